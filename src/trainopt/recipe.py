@@ -1,0 +1,436 @@
+"""The recipe: a typed schema (pydantic), YAML loading, `--set` overrides and one-line validation errors.
+
+Every key is documented in docs/recipe.md (type, default, meaning); keep the two in step.
+Validation happens before any work starts: a bad recipe never creates a run directory.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import RecipeError
+
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+BUILTIN_MODELS = ("builtin:minilm-l6", "builtin:smollm2-135m")
+BUILTIN_DATA = ("builtin:fine_foods", "builtin:austen")
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ----------------------------------------------------------------------------------------------- model
+class TokenizerTrainSpec(Strict):
+    """Train a byte-level BPE tokenizer on the training split (for models built from a config)."""
+
+    vocab_size: int = Field(4096, ge=260, le=262144)
+    min_frequency: int = Field(2, ge=1)
+
+
+class ModelSpec(Strict):
+    path: str | None = None
+    config: dict[str, Any] | None = None
+    tokenizer: str | None = None
+    train_tokenizer: TokenizerTrainSpec | None = None
+    dropout: float | None = Field(None, ge=0.0, lt=1.0)
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if self.path is None and self.config is None:
+            raise ValueError("set model.path (a local HF folder or builtin:…) or model.config (build from a config)")
+        if self.path is not None and self.config is not None:
+            raise ValueError("model.path and model.config are exclusive: load a checkpoint or build from a config")
+        if self.config is not None and "model_type" not in self.config:
+            raise ValueError("model.config needs a model_type (e.g. gpt2, llama, bert)")
+        if self.config is not None and self.tokenizer is None and self.train_tokenizer is None:
+            raise ValueError("a model built from model.config needs model.tokenizer (a folder) or model.train_tokenizer")
+        if self.path is not None and self.train_tokenizer is not None:
+            raise ValueError("model.train_tokenizer only applies to models built from model.config")
+        return self
+
+
+# ------------------------------------------------------------------------------------------------ data
+class CleanSpec(Strict):
+    strip_html: bool = True
+    normalize_whitespace: bool = True
+    dedup: bool = True
+
+
+class DataSpec(Strict):
+    source: str = "builtin:fine_foods"
+    format: Literal["auto", "jsonl", "csv", "txt", "parquet", "datasets"] = "auto"
+    validation_source: str | None = None
+    test_source: str | None = None
+    text_column: str | None = None
+    label_column: str | None = None
+    labels: list[str] | None = None
+    unseen_labels: Literal["error", "drop"] = "error"
+    clean: CleanSpec = CleanSpec()
+    validation_fraction: float = Field(0.1, ge=0.0, lt=0.5)
+    test_fraction: float = Field(0.1, ge=0.0, lt=0.5)
+    split_seed: int = 0
+    max_train_examples: int | None = Field(None, ge=1)
+    max_validation_examples: int | None = Field(None, ge=1)
+    max_test_examples: int | None = Field(None, ge=1)
+    max_length: int = Field(128, ge=8, le=32768)
+    block_size: int = Field(256, ge=8, le=32768)
+    bucket: bool = True
+    encoding_errors: Literal["replace", "strict"] = "replace"
+
+
+# ---------------------------------------------------------------------------------------------- stages
+class OptimizerSpec(Strict):
+    name: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(5e-5, gt=0.0, le=10.0)
+    weight_decay: float = Field(0.01, ge=0.0, le=1.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = False
+
+    @model_validator(mode="after")
+    def _betas(self):
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError("optimizer.betas must both lie in [0, 1)")
+        return self
+
+
+class ScheduleSpec(Strict):
+    name: Literal["constant", "linear", "cosine"] = "linear"
+    warmup_steps: int | None = Field(None, ge=0)
+    warmup_ratio: float | None = Field(None, ge=0.0, lt=1.0)
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _one_warmup(self):
+        if self.warmup_steps is not None and self.warmup_ratio is not None:
+            raise ValueError("set schedule.warmup_steps or schedule.warmup_ratio, not both")
+        return self
+
+
+class EarlyStoppingSpec(Strict):
+    patience: int = Field(3, ge=1)
+    min_delta: float = Field(0.0, ge=0.0)
+
+
+class TrainStage(Strict):
+    kind: Literal["train"]
+    name: str = Field("train", pattern=_NAME)
+    epochs: float = Field(1.0, gt=0.0, le=1000.0)
+    max_steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(32, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+    optimizer: OptimizerSpec = OptimizerSpec()
+    schedule: ScheduleSpec = ScheduleSpec()
+    max_grad_norm: float | None = Field(1.0, gt=0.0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
+    eval_every: int | None = Field(None, ge=1)
+    metric: str | None = None
+    early_stopping: EarlyStoppingSpec | None = None
+    keep_best: bool = True
+    checkpoint_every: int = Field(50, ge=0)
+    log_every: int = Field(10, ge=1)
+
+
+class EvalStage(Strict):
+    kind: Literal["eval"]
+    name: str = Field("eval", pattern=_NAME)
+
+
+Stage = Annotated[Union[TrainStage, EvalStage], Field(discriminator="kind")]
+
+
+# ------------------------------------------------------------------------------------------ run/measure
+class MeasureSpec(Strict):
+    latency: bool = True
+    batch_sizes: list[int] = [1, 32]
+    warmup: int = Field(3, ge=0)
+    repeats: int = Field(20, ge=1)
+    max_seconds: float = Field(15.0, gt=0.0)
+    seq_len: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _sizes(self):
+        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
+            raise ValueError("measure.batch_sizes must be a non-empty list of positive integers")
+        return self
+
+
+class RunSpec(Strict):
+    seed: int = 0
+    deterministic: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1)
+    peak_flops: float | None = Field(None, gt=0.0)
+    tensorboard: bool = True
+    progress: bool = True
+
+
+class Recipe(Strict):
+    name: str = Field("run", pattern=_NAME)
+    task: Literal["classification", "causal_lm"] = "classification"
+    model: ModelSpec
+    data: DataSpec = DataSpec()
+    stages: list[Stage] = Field(min_length=1)
+    run: RunSpec = RunSpec()
+    measure: MeasureSpec = MeasureSpec()
+
+    @model_validator(mode="after")
+    def _cross(self):
+        names = [s.name for s in self.stages]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"stage names must be unique; '{dup[0]}' appears twice (give each stage a name:)")
+        return self
+
+    def stage(self, name: str):
+        return next(s for s in self.stages if s.name == name)
+
+
+# ------------------------------------------------------------------------------------ loading & errors
+def builtin_recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def resolve_recipe_path(spec: str | None) -> Path:
+    """A path to a YAML file, or the name of a built-in recipe (default: quickstart)."""
+    if spec is None:
+        spec = "quickstart"
+    p = Path(spec)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise RecipeError("", f"recipe file {spec} does not exist", "pass a YAML file or a built-in name: "
+                              + ", ".join(builtin_recipe_names()))
+        return p
+    builtin = RECIPES_DIR / f"{spec}.yaml"
+    if builtin.is_file():
+        return builtin
+    close = difflib.get_close_matches(spec, builtin_recipe_names(), n=1)
+    hint = f"did you mean '{close[0]}'?" if close else "built-in recipes: " + ", ".join(builtin_recipe_names())
+    raise RecipeError("", f"no recipe file or built-in recipe named '{spec}'", hint)
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise RecipeError("", f"{path} is not UTF-8 text (byte {e.start})", "save the recipe as UTF-8") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise RecipeError("", f"malformed YAML in {path}{where}: {problem}", "fix the YAML syntax") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise RecipeError("", f"{path} must hold a mapping of keys (model:, data:, stages:, …), "
+                          f"not a {type(raw).__name__}", "see docs/recipe.md")
+    return raw
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply `key.path=value` overrides (value parsed as YAML). Stages are addressed by index or name."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise RecipeError(item, "an override must look like key.path=value", "e.g. --set stages.0.epochs=2")
+        key, _, value_text = item.partition("=")
+        try:
+            value = yaml.safe_load(value_text) if value_text.strip() else None
+        except yaml.YAMLError:
+            value = value_text
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise RecipeError(item, "empty key", "e.g. --set data.max_length=64")
+        node: Any = raw
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            where = ".".join(parts[: i + 1])
+            if isinstance(node, list):
+                idx = _list_index(node, part, where)
+                if last:
+                    node[idx] = value
+                else:
+                    node = node[idx]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                else:
+                    if node.get(part) is None:
+                        node[part] = {}
+                    node = node[part]
+            else:
+                raise RecipeError(where, f"cannot set a key inside a {type(node).__name__}", "check the key path")
+    return raw
+
+
+def _list_index(node: list, part: str, where: str) -> int:
+    if part.lstrip("-").isdigit():
+        idx = int(part)
+        if not -len(node) <= idx < len(node):
+            raise RecipeError(where, f"index {idx} is out of range (the list has {len(node)} items)",
+                              "use an existing index or a stage name")
+        return idx
+    names = [s.get("name", s.get("kind")) if isinstance(s, dict) else None for s in node]
+    if part in names:
+        return names.index(part)
+    close = difflib.get_close_matches(part, [n for n in names if n], n=1)
+    raise RecipeError(where, f"no list item named '{part}'",
+                      f"did you mean '{close[0]}'?" if close else f"names here: {names}")
+
+
+def parse_recipe(raw: dict) -> Recipe:
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as e:
+        raise _one_line(e) from None
+
+
+def load_recipe(spec: str | Path | dict | Recipe | None = None, overrides: list[str] | None = None) -> Recipe:
+    """Load, override and validate a recipe: a YAML path, a built-in name, a dict or a Recipe."""
+    if isinstance(spec, Recipe):
+        raw = spec.model_dump(mode="json", exclude_unset=False)
+    elif isinstance(spec, dict):
+        raw = yaml.safe_load(yaml.safe_dump(spec))  # deep copy, and plain YAML types only
+    else:
+        raw = read_yaml(resolve_recipe_path(str(spec) if spec is not None else None))
+    return parse_recipe(apply_overrides(raw, overrides or []))
+
+
+def _one_line(e: ValidationError) -> RecipeError:
+    err = e.errors(include_url=False)[0]
+    loc = list(err["loc"])
+    typ, msg = err["type"], err["msg"]
+    # Discriminated unions put the tag ("train") into the location; drop it from what the user sees.
+    clean_loc = [p for i, p in enumerate(loc) if not (i > 0 and loc[i - 1] != "kind" and _is_tag(loc, i))]
+    key = _dotted(clean_loc)
+    value = err.get("input")
+    if typ == "extra_forbidden":
+        allowed = _fields_at(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.5)
+        fix = f"did you mean '{close[0]}'?" if close else ("allowed keys here: " + ", ".join(allowed) if allowed
+                                                           else "remove it")
+        return RecipeError(key, "unknown key", fix)
+    if typ == "missing":
+        return RecipeError(key, "required key is missing", "add it (see docs/recipe.md)")
+    if typ in ("union_tag_invalid", "union_tag_not_found"):
+        kinds = ", ".join(_stage_kinds())
+        got = f" '{value.get('kind')}'" if isinstance(value, dict) and "kind" in value else ""
+        return RecipeError(key + ".kind", f"unknown or missing stage kind{got}", f"use one of: {kinds}")
+    if typ == "literal_error":
+        return RecipeError(key, f"{value!r} is not allowed", msg.replace("Input should be", "use"))
+    if typ.endswith("_type") or typ.endswith("_parsing") or typ in ("model_type", "dict_type", "list_type"):
+        return RecipeError(key, f"wrong type: got {type(value).__name__} {_short(value)}",
+                           msg.replace("Input should be", "it should be"))
+    if typ in ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "too_short", "too_long"):
+        return RecipeError(key, f"{_short(value)} is out of range", msg.replace("Input should", "it should")
+                           .replace("Value should", "it should").replace("List should", "it should"))
+    if typ == "string_pattern_mismatch":
+        return RecipeError(key, f"{_short(value)} is not a valid name",
+                           "use letters, digits, '_', '-' and '.' (starting with a letter or digit)")
+    if typ == "value_error":
+        text = msg.removeprefix("Value error, ")
+        return RecipeError(key or "recipe", text)
+    return RecipeError(key, msg)
+
+
+def _short(v: Any) -> str:
+    s = repr(v)
+    return s if len(s) <= 40 else s[:37] + "..."
+
+
+def _is_tag(loc: list, i: int) -> bool:
+    return isinstance(loc[i], str) and isinstance(loc[i - 1], int) and loc[i] in _stage_kinds() \
+        and i >= 2 and loc[i - 2] == "stages"
+
+
+def _stage_kinds() -> list[str]:
+    return [typing.get_args(c.model_fields["kind"].annotation)[0] for c in typing.get_args(
+        typing.get_args(Stage)[0])]
+
+
+def _dotted(loc: list) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def _fields_at(loc: list) -> list[str]:
+    """The keys allowed at a location of the recipe (for did-you-mean)."""
+    cls: Any = Recipe
+    for part in loc:
+        if isinstance(part, int):
+            cls = _unwrap(cls, want_item=True)
+            continue
+        if isinstance(cls, list):  # a stage union, resolved by its tag
+            cls = next((c for c in cls if typing.get_args(c.model_fields["kind"].annotation)[0] == part), None)
+            if cls is not None:
+                continue
+            return []
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)) or part not in cls.model_fields:
+            return []
+        cls = _unwrap(cls.model_fields[part].annotation)
+    if isinstance(cls, list):
+        return []
+    return list(cls.model_fields) if isinstance(cls, type) and issubclass(cls, BaseModel) else []
+
+
+def _unwrap(tp: Any, want_item: bool = False) -> Any:
+    """Strip Optional/Annotated/list[...] down to a model class, or a list of classes for a union."""
+    for _ in range(6):
+        origin = typing.get_origin(tp)
+        args = typing.get_args(tp)
+        if origin is Annotated:
+            tp = args[0]
+        elif origin in (list, tuple) and want_item:
+            tp, want_item = args[0], False
+        elif origin in (Union, types.UnionType):
+            models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+            if len(models) == 1:
+                tp = models[0]
+            else:
+                return models
+        else:
+            break
+    return tp
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, width=110)
+
+
+def is_builtin(ref: str | None) -> bool:
+    return bool(ref) and str(ref).startswith("builtin:")
+
+
+def check_paths(recipe: Recipe) -> None:
+    """Missing files are recipe errors too: name the key and the fix before any work starts."""
+    checks = [("model.path", recipe.model.path, BUILTIN_MODELS), ("model.tokenizer", recipe.model.tokenizer,
+                                                                   BUILTIN_MODELS),
+              ("data.source", recipe.data.source, BUILTIN_DATA),
+              ("data.validation_source", recipe.data.validation_source, ()),
+              ("data.test_source", recipe.data.test_source, ())]
+    for key, ref, builtins in checks:
+        if ref is None:
+            continue
+        if is_builtin(ref):
+            if ref not in builtins:
+                close = difflib.get_close_matches(ref, builtins, n=1)
+                raise RecipeError(key, f"unknown built-in '{ref}'",
+                                  f"did you mean '{close[0]}'?" if close else f"built-ins: {', '.join(builtins)}")
+            continue
+        if not Path(ref).expanduser().exists():
+            raise RecipeError(key, f"path {ref} does not exist", "give an existing local path (or a builtin:… name)")
+    if re.match(r"^(https?|s3|gs|hf)://", str(recipe.model.path or "")):
+        raise RecipeError("model.path", "remote models are not downloaded", "give a local HF checkpoint folder")

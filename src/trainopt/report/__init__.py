@@ -1,0 +1,127 @@
+"""The report: report.json (the contract in DESIGN.md) and report.md (one row per stage, deltas vs baseline)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from rich.table import Table
+
+from ..train.monitor import console
+
+
+def write_report(run_dir: Path, report: dict) -> None:
+    run_dir = Path(run_dir)
+    for name, text in (("report.json", json.dumps(report, indent=1)), ("report.md", to_markdown(report))):
+        tmp = run_dir / (name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, run_dir / name)
+
+
+def load_report(run_dir: Path) -> dict:
+    path = Path(run_dir) / "report.json"
+    if not path.is_file():
+        from ..errors import TrainoptError
+
+        raise TrainoptError(f"{run_dir} has no report.json (is it a trainopt run directory that finished?)")
+    return json.loads(path.read_text())
+
+
+def _fmt(v, spec: str = "", none: str = "—") -> str:
+    if v is None:
+        return none
+    return format(v, spec) if spec else str(v)
+
+
+def _delta(v, spec: str) -> str:
+    return "" if v is None else f" ({v:+{spec}})"
+
+
+def _ratio(v, suffix: str = "x") -> str:
+    return "" if v is None else f" ({v:.2f}{suffix})"
+
+
+def rows(report: dict) -> tuple[list[str], list[list[str]]]:
+    task = report["recipe"]["task"]
+    sizes = report["recipe"]["measure"]["batch_sizes"]
+    head = ["stage", "kind", "effect"]
+    head += ["accuracy", "macro-F1"] if task == "classification" else ["loss", "perplexity"]
+    head += ["params", "non-zero", "disk MB"] + [f"b{b} p50 ms" for b in sizes]
+    head += ["train s", "tokens/s", "MFU", "peak mem MB"]
+    body = []
+    for s in report["stages"]:
+        q, z, sp, c, vs = s["quality"], s["size"], s["speed"], s["cost"], s["vs_baseline"]
+        row = [s["name"], s["kind"], s["effect"]]
+        if task == "classification":
+            row += [_fmt(q.get("accuracy"), ".4f") + _delta(vs.get("quality_delta"), ".4f"),
+                    _fmt(q.get("f1_macro"), ".4f")]
+        else:
+            row += [_fmt(q.get("loss"), ".4f"),
+                    _fmt(q.get("perplexity"), ".2f") + _delta(vs.get("quality_delta"), ".2f")]
+        row += [f"{z['params']:,}", f"{z['nonzero_params']:,}",
+                f"{z['disk_bytes'] / 1e6:.1f}" + _ratio(vs.get("size_ratio"))]
+        for b in sizes:
+            row.append(_fmt(sp.get(f"latency_ms_b{b}_p50"), ".2f") + _ratio(vs.get(f"speedup_b{b}")))
+        row += [_fmt(c.get("wall_s"), ".1f") if s["kind"] == "train" else "—",
+                _fmt(c.get("tokens_per_s"), ",.0f"), _fmt(c.get("mfu"), ".1%"),
+                _fmt(None if c.get("peak_mem_bytes") is None else c["peak_mem_bytes"] / 1e6, ",.0f")]
+        body.append(row)
+    return head, body
+
+
+def to_markdown(report: dict) -> str:
+    hw = report["hardware"]
+    head, body = rows(report)
+    lines = [f"# trainopt report: {report['recipe']['name']}", "",
+             f"Hardware: {hw.get('name')} ({hw['device']}, {hw['threads']} threads), torch {hw['torch']}. "
+             f"Total wall time {report.get('total_wall_s', 0):.1f} s.", "",
+             "Deltas and ratios are against the baseline stage: quality delta in the metric's units, "
+             "latency speedup (above 1 is faster), disk-size ratio (below 1 is smaller). Peak memory on CPU is "
+             "the process's peak resident set.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in body]
+    data = report.get("data", {})
+    lines += ["", "## Data", "", f"- source: {data.get('source')} (text column `{data.get('text_column')}`"
+              + (f", label column `{data.get('label_column')}`)" if data.get("label_column") else ")"),
+              f"- rows: {data.get('rows')}", f"- cleaning: {data.get('cleaning') or 'nothing changed'}"]
+    if data.get("label_counts"):
+        lines.append(f"- labels per split: {data['label_counts']}")
+    if data.get("tokens"):
+        lines.append(f"- tokens: {data['tokens']}")
+    for s in report["stages"]:
+        extra = []
+        q = s["quality"]
+        if q.get("confusion_matrix"):
+            labels = q.get("labels") or [str(i) for i in range(len(q["confusion_matrix"]))]
+            extra += ["", "Confusion matrix (rows: true, columns: predicted):", "",
+                      "| | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+            extra += [f"| **{labels[i]}** | " + " | ".join(str(x) for x in r) + " |"
+                      for i, r in enumerate(q["confusion_matrix"])]
+            extra += ["", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+            extra += [f"| {c} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} | {v['support']} |"
+                      for c, v in q.get("per_class", {}).items()]
+        t = s.get("training")
+        if t:
+            extra += ["", f"Training: {t['steps']} steps ({t['epochs_done']} epochs), {t['tokens_seen']:,} tokens, "
+                          f"best validation {t['metric']} {t['best_val_metric']} at step {t['best_step']}, "
+                          f"non-finite steps skipped: {t['skipped_nonfinite_steps']}"
+                      + (", stopped early" if t["stopped_early"] else "")
+                      + (f", resumed from step {t['resumed_from_step']}" if t.get("resumed_from_step") else "")]
+        if extra:
+            lines += ["", f"## Stage `{s['name']}`"] + extra
+    return "\n".join(lines) + "\n"
+
+
+def print_summary(report: dict) -> None:
+    head, body = rows(report)
+    table = Table(title=f"trainopt: {report['recipe']['name']} — {report['hardware'].get('name')}")
+    for h in head:
+        table.add_column(h)
+    for r in body:
+        table.add_row(*r)
+    from rich.console import Console
+
+    out = console if console.is_terminal else Console(stderr=True, width=max(console.width, 200))
+    out.print(table)
+    out.print(f"report: {Path(report['run_dir']) / 'report.md'}")

@@ -1,0 +1,214 @@
+"""`trainopt run`: validate the recipe, prepare data and model, run the stages, measure each, write the report.
+
+Run directory layout:
+  recipe.yaml            the fully resolved recipe
+  data.json              data statistics (rows, cleaning counts, labels, tokens)
+  stages/<name>/model/   the stage's model (save_pretrained folder, safetensors, tokenizer, label map)
+  stages/<name>/stage.json  the stage's report entry (written last: its presence marks the stage done)
+  metrics.jsonl, tensorboard/   training curves
+  report.json, report.md        the side-by-side report
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from . import __version__, measure
+from .data import load_texts, tokenize
+from .errors import RecipeError, TrainoptError
+from .evaluate import METRICS, evaluate
+from .models import count_params, disk_bytes, load_model, load_saved, load_tokenizer, resolve_model_ref, save_model
+from .recipe import Recipe, check_paths, dump_recipe, load_recipe
+from .report import print_summary, write_report
+from .stages import STAGES, RunContext
+from .train.loop import set_determinism
+from .train.monitor import MetricsLog, console
+
+
+def check_compat(recipe: Recipe, device: torch.device) -> None:
+    """Options that are each valid but not together, or not on this machine."""
+    if recipe.run.device == "cuda" and not torch.cuda.is_available():
+        raise RecipeError("run.device", "cuda was asked for but no CUDA device is available", "use auto or cpu")
+    for i, stage in enumerate(recipe.stages):
+        if stage.kind != "train":
+            continue
+        if stage.precision == "fp16" and device.type != "cuda":
+            raise RecipeError(f"stages.{i}.precision", "fp16 training needs a CUDA device (GradScaler)",
+                              "use bf16 or fp32 on CPU")
+        if stage.metric is not None and stage.metric not in METRICS[recipe.task]:
+            raise RecipeError(f"stages.{i}.metric", f"'{stage.metric}' is not a {recipe.task} metric",
+                              f"use one of {list(METRICS[recipe.task])}")
+        if stage.label_smoothing and recipe.task != "classification":
+            raise RecipeError(f"stages.{i}.label_smoothing", "label smoothing applies to classification only",
+                              "remove it or set it to 0")
+    if recipe.task == "causal_lm" and (recipe.data.labels or recipe.data.label_column):
+        raise RecipeError("data.label_column" if recipe.data.label_column else "data.labels",
+                          "causal_lm data has no labels", "remove it, or set task: classification")
+
+
+def _check_validation(recipe: Recipe, texts) -> None:
+    for i, stage in enumerate(recipe.stages):
+        if getattr(stage, "early_stopping", None) and not texts.validation:
+            raise RecipeError(f"stages.{i}.early_stopping", "early stopping needs a validation split",
+                              "set data.validation_fraction > 0 or data.validation_source")
+
+
+def _saved_labels(recipe: Recipe) -> list[str] | None:
+    """Labels stored with a trainopt-saved model, so that a reloaded classifier keeps its label ids."""
+    if recipe.model.path is None or recipe.data.labels is not None:
+        return None
+    meta = resolve_model_ref(recipe.model.path) / "trainopt.json"
+    if meta.is_file():
+        return json.loads(meta.read_text()).get("labels")
+    return None
+
+
+def prepare_run_dir(recipe: Recipe, out: str | Path | None, resume: bool, overwrite: bool) -> Path:
+    run_dir = Path(out) if out else Path("runs") / recipe.name
+    recipe_file = run_dir / "recipe.yaml"
+    if resume:
+        if recipe_file.is_file() and recipe_file.read_text() != dump_recipe(recipe):
+            raise RecipeError("", f"the recipe differs from the one {run_dir} was started with",
+                              "resume with the same recipe and --set values, or pass --overwrite to start over")
+        return run_dir
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise TrainoptError(f"run directory {run_dir} already exists; pass --resume to continue it, "
+                                "--overwrite to replace it, or --out DIR for a new one")
+        shutil.rmtree(run_dir)
+    return run_dir
+
+
+def run(recipe=None, out: str | Path | None = None, overrides: list[str] | None = None, resume: bool = False,
+        overwrite: bool = False) -> dict:
+    """Run a recipe (a path, a built-in name, a dict or a Recipe) and return the report as a dict."""
+    t_start = time.perf_counter()
+    recipe = load_recipe(recipe, overrides)
+    check_paths(recipe)
+    device = measure.pick_device(recipe.run.device)
+    check_compat(recipe, device)
+    if recipe.run.threads:
+        torch.set_num_threads(recipe.run.threads)
+    labels = _saved_labels(recipe)
+    if labels:
+        recipe.data.labels = labels
+    texts = load_texts(recipe)  # data errors surface here, before a run directory exists
+    _check_validation(recipe, texts)
+    run_dir = prepare_run_dir(recipe, out, resume, overwrite)
+
+    set_determinism(recipe.run.seed, recipe.run.deterministic)
+    tokenizer = load_tokenizer(recipe, texts.train)
+    data = tokenize(texts, tokenizer, recipe)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
+    _write_text(run_dir / "data.json", json.dumps(data.stats, indent=1))
+    log = MetricsLog(run_dir, recipe.run.tensorboard)
+    ctx = RunContext(recipe=recipe, run_dir=run_dir, device=device, tokenizer=tokenizer, data=data, log=log,
+                     resume=resume)
+    hardware = measure.hardware_info(device)
+    eval_split = data.test if data.test is not None else (data.validation or data.train)
+    inputs = measure.fixed_inputs(eval_split, recipe.task, recipe.measure.batch_sizes, recipe.measure.seq_len) \
+        if recipe.measure.latency else None
+    meta = {"task": recipe.task, "labels": data.label_names, "max_length": recipe.data.max_length,
+            "block_size": recipe.data.block_size, "trainopt_version": __version__}
+
+    model = None
+    entries: list[dict] = []
+    try:
+        for stage in recipe.stages:
+            stage_dir = run_dir / "stages" / stage.name
+            done = stage_dir / "stage.json"
+            if resume and done.is_file():
+                entries.append(json.loads(done.read_text()))
+                model = None  # reload lazily from the finished stage's folder
+                console.print(f"[green]stage {stage.name} already done[/green]: skipped")
+                continue
+            if model is None:
+                model = _model_for(recipe, tokenizer, data, entries, run_dir)
+            stage_dir.mkdir(parents=True, exist_ok=True)
+            console.rule(f"[bold]{stage.name}[/bold] ({stage.kind})")
+            model, result = STAGES[stage.kind](model, data, stage, ctx, stage_dir)
+            entry = _measure_stage(model, data, stage, result, ctx, inputs, stage_dir, meta, entries)
+            _write_text(done, json.dumps(entry, indent=1))
+            shutil.rmtree(stage_dir / "checkpoints", ignore_errors=True)  # the model folder is the artifact
+            (stage_dir / "best.safetensors").unlink(missing_ok=True)
+            entries.append(entry)
+    finally:
+        log.close()
+
+    report = {"trainopt_version": __version__, "recipe": recipe.model_dump(mode="json"), "hardware": hardware,
+              "data": data.stats, "stages": entries, "run_dir": str(run_dir),
+              "total_wall_s": round(time.perf_counter() - t_start, 2)}
+    write_report(run_dir, report)
+    print_summary(report)
+    return report
+
+
+def _model_for(recipe, tokenizer, data, entries, run_dir):
+    if entries:  # continue from the last finished stage's saved model
+        model, _, _ = load_saved(run_dir / entries[-1]["checkpoint"], recipe.task)
+        return model
+    return load_model(recipe, tokenizer, data.label_names)
+
+
+def _measure_stage(model, data, stage, result, ctx: RunContext, inputs, stage_dir: Path, meta: dict,
+                   previous: list[dict]) -> dict:
+    recipe, device = ctx.recipe, ctx.device
+    model.eval()
+    model_dir = save_model(model, ctx.tokenizer, stage_dir / "model", meta)
+    params, nonzero = count_params(model)
+    entry = {"name": stage.name, "kind": stage.kind, "effect": "baseline" if not previous else result["effect"]}
+    t0 = time.perf_counter()
+    if data.test is not None:
+        q = evaluate(model, data.test, recipe.task, 64, device)  # fp32: the saved model as plain HF loads it
+        if recipe.task == "classification":
+            names = data.label_names
+            q["per_class"] = {names[int(c)]: v for c, v in q["per_class"].items()}
+            q["labels"] = names
+    else:
+        q = {"accuracy": None, "f1_macro": None, "loss": None, "perplexity": None}
+    entry["quality"] = q
+    entry["size"] = {"params": params, "nonzero_params": nonzero, "disk_bytes": disk_bytes(model_dir)}
+    if inputs is not None:
+        m = recipe.measure
+        entry["speed"] = measure.measure_latency(model, inputs, device, m.warmup, m.repeats, m.max_seconds)
+    else:
+        entry["speed"] = {f"latency_ms_b{b}_p50": None for b in recipe.measure.batch_sizes}
+        entry["speed"]["throughput_items_per_s"] = None
+    entry["cost"] = dict(result.get("cost", {}))
+    entry["cost"]["eval_wall_s"] = round(time.perf_counter() - t0, 2)
+    for key in ("training", "notes"):
+        if key in result:
+            entry[key] = result[key]
+    entry["vs_baseline"] = vs_baseline(entry, previous, recipe.task)
+    entry["checkpoint"] = os.path.relpath(model_dir, ctx.run_dir)
+    return entry
+
+
+def vs_baseline(entry: dict, previous: list[dict], task: str) -> dict:
+    base = next((e for e in previous if e["effect"] == "baseline"), entry)
+    metric = "accuracy" if task == "classification" else "perplexity"
+    out = {"quality_metric": metric}
+    a, b = entry["quality"].get(metric), base["quality"].get(metric)
+    out["quality_delta"] = round(a - b, 5) if a is not None and b is not None else None
+    for key, value in entry["speed"].items():
+        if key.startswith("latency_ms_b") and key.endswith("_p50"):
+            b_lat = base["speed"].get(key)
+            name = "speedup_" + key[len("latency_ms_"):-len("_p50")]
+            out[name] = round(b_lat / value, 3) if b_lat and value else None
+    bd, sd = base["size"]["disk_bytes"], entry["size"]["disk_bytes"]
+    out["size_ratio"] = round(sd / bd, 4) if bd else None
+    return out
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,131 @@
+"""Atomic training checkpoints: model, optimizer, scheduler, scaler, RNG states and the data position.
+
+A checkpoint is a folder `step-XXXXXXXX/` written under a temporary name, every file fsynced, then renamed;
+`manifest.json` (sizes + SHA-256 of every file) is written last inside the temporary folder, so a folder
+without a valid manifest is never mistaken for a complete checkpoint. Tensors load with safetensors or
+`torch.load(weights_only=True)`: a checkpoint can never run code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model as st_load_model
+from safetensors.torch import save_model as st_save_model
+
+PREFIX = "step-"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, scaler, train_state: dict,
+                    keep: int = 2) -> Path:
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / f"{PREFIX}{step:08d}"
+    tmp = ckpt_root / f".tmp-{PREFIX}{step:08d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    st_save_model(model, str(tmp / "model.safetensors"))
+    rng = rng_state()
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "rng_torch": rng["torch"], "rng_cuda": rng.get("cuda")}, tmp / "trainer.pt")
+    py = rng["python"]
+    (tmp / "state.json").write_text(json.dumps({"train": train_state,
+                                                "python_rng": [py[0], list(py[1]), py[2]]}))
+    files = {}
+    for f in sorted(tmp.iterdir()):
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+        files[f.name] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
+    manifest = tmp / "manifest.json"
+    manifest.write_text(json.dumps({"step": step, "files": files}, indent=1))
+    with open(manifest, "rb") as fh:
+        os.fsync(fh.fileno())
+    _fsync_dir(tmp)
+    if final.exists():  # a re-run of the same step after a resume: replace it
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(ckpt_root)
+    for old in list_checkpoints(ckpt_root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(ckpt_root: Path) -> list[Path]:
+    if not ckpt_root.is_dir():
+        return []
+    return sorted(p for p in ckpt_root.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
+
+
+def is_complete(path: Path) -> bool:
+    manifest = path / "manifest.json"
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (OSError, ValueError, KeyError):
+        return False
+    for name, info in files.items():
+        f = path / name
+        if not f.is_file() or f.stat().st_size != info["bytes"] or _sha256(f) != info["sha256"]:
+            return False
+    return True
+
+
+def latest_checkpoint(ckpt_root: Path) -> Path | None:
+    """The newest complete checkpoint; incomplete or corrupt ones are skipped."""
+    for path in reversed(list_checkpoints(ckpt_root)):
+        if is_complete(path):
+            return path
+    return None
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler, scaler, device) -> dict:
+    """Restore everything saved by save_checkpoint; returns the saved train state."""
+    st_load_model(model, str(path / "model.safetensors"), device=str(device))
+    trainer = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(trainer["optimizer"])
+    scheduler.load_state_dict(trainer["scheduler"])
+    if scaler is not None and trainer["scaler"] is not None:
+        scaler.load_state_dict(trainer["scaler"])
+    state = json.loads((path / "state.json").read_text())
+    set_rng_state({"torch": trainer["rng_torch"], "python": state["python_rng"],
+                   **({"cuda": trainer["rng_cuda"]} if trainer.get("rng_cuda") is not None else {})})
+    return state["train"]

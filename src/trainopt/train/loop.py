@@ -1,0 +1,230 @@
+"""The training loop, readable top to bottom.
+
+One optimizer step = `grad_accum` micro-batches; the loss is summed over the micro-batches and divided by
+the number of items (classification) or predicted tokens (causal LM) in the whole accumulated batch, so
+accumulation gives the same update as one big batch. A step whose loss or gradient is not finite is
+skipped (counted, never applied). Checkpoints are atomic; a killed run resumes exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model as st_load_model
+from safetensors.torch import save_model as st_save_model
+
+from .. import measure
+from ..evaluate import DEFAULT_METRIC, METRICS, classification_loss_sum, evaluate, forward_logits, is_better, \
+    lm_loss_sum
+from ..recipe import TrainStage
+from . import checkpoint as ckpt
+from .monitor import console, progress_bar
+from .optim import build_optimizer, build_scheduler
+
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto`: bf16 autocast where the hardware runs bf16 natively (CUDA with bf16, CPUs with AVX512-BF16/AMX
+    through oneDNN), fp32 elsewhere."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    try:
+        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    except (AttributeError, RuntimeError):
+        return "fp32"
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps taken (skipped non-finite steps included)
+    epoch: int = 0
+    batch_in_epoch: int = 0  # micro-batches of this epoch already consumed
+    tokens_seen: int = 0
+    skipped_nonfinite: int = 0
+    best_metric: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    stopped_early: bool = False
+    train_seconds: float = 0.0  # summed over resumes
+
+
+def set_determinism(seed: int, deterministic: bool) -> None:
+    import random
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def train(model, data, stage: TrainStage, ctx, stage_dir: Path) -> dict:
+    """Train `model` in place on data.train; returns the stage's training summary (cost and events)."""
+    task, device, run = ctx.recipe.task, ctx.device, ctx.recipe.run
+    split = data.train
+    precision = resolve_precision(stage.precision, device)
+    autocast_dtype = AUTOCAST[precision]
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    metric = stage.metric or DEFAULT_METRIC[task]
+    mode = METRICS[task][metric]
+
+    micro_per_epoch = len(split.batches(stage.batch_size, run.seed, 0, bucket=ctx.recipe.data.bucket))
+    steps_per_epoch = math.ceil(micro_per_epoch / stage.grad_accum)
+    total_steps = stage.max_steps or max(1, math.ceil(stage.epochs * steps_per_epoch))
+    eval_every = stage.eval_every or steps_per_epoch
+    seq_len = split.blocks.shape[1] if task == "causal_lm" else None
+
+    model.to(device)
+    model.train()
+    optimizer = build_optimizer(model, stage.optimizer, fused=device.type == "cuda")
+    scheduler = build_scheduler(optimizer, stage.schedule, total_steps)
+    state = TrainState()
+    ckpt_root = stage_dir / "checkpoints"
+    best_file = stage_dir / "best.safetensors"
+
+    resumed_from = None
+    latest = ckpt.latest_checkpoint(ckpt_root) if ctx.resume else None
+    if latest is not None:
+        state = TrainState(**ckpt.load_checkpoint(latest, model, optimizer, scheduler, scaler, device))
+        ctx.log.truncate(stage.name, state.step)
+        resumed_from = state.step
+        console.print(f"[yellow]resuming {stage.name} from step {state.step} ({latest.name})[/yellow]")
+    elif ckpt_root.exists() and not ctx.resume:
+        import shutil
+
+        shutil.rmtree(ckpt_root)
+
+    fpt = None  # model FLOPs per token; set from the first batch's sequence length
+    peak = measure.peak_flops(device, precision, run.peak_flops)
+    measure.reset_peak_memory(device)
+    batches = split.batches(stage.batch_size, run.seed, state.epoch, bucket=ctx.recipe.data.bucket)
+    window_tokens, window_start, window_loss, window_steps = 0, time.perf_counter(), 0.0, 0
+    last_tps, last_mfu = None, None
+    kill_at = int(os.environ.get("TRAINOPT_FAULT_KILL_AT_STEP", "0"))  # fault injection for the resume tests
+    session_start = time.perf_counter()
+    stage_start_train_seconds = state.train_seconds
+
+    with progress_bar(run.progress, stage.name, total_steps, state.step) as update:
+        while state.step < total_steps and not state.stopped_early:
+            # 1. Gather the micro-batches of one optimizer step (never across an epoch boundary).
+            if state.batch_in_epoch >= len(batches):
+                state.epoch += 1
+                state.batch_in_epoch = 0
+                batches = split.batches(stage.batch_size, run.seed, state.epoch, bucket=ctx.recipe.data.bucket)
+            group = batches[state.batch_in_epoch: state.batch_in_epoch + stage.grad_accum]
+            state.batch_in_epoch += len(group)
+            micro = [split.collate(idx) for idx in group]
+            denom = sum(split.count(b)[0] for b in micro)
+            tokens = sum(split.count(b)[1] for b in micro)
+
+            # 2. Forward and backward, the loss normalised over the whole accumulated batch.
+            loss_total = torch.zeros((), device=device)
+            for batch in micro:
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                    logits = forward_logits(model, batch)
+                if task == "classification":
+                    loss = classification_loss_sum(logits, batch["labels"], stage.label_smoothing) / denom
+                else:
+                    loss = lm_loss_sum(logits, batch["labels"]) / denom
+                (scaler.scale(loss) if scaler is not None else loss).backward()
+                loss_total += loss.detach()
+            if fpt is None:
+                fpt = measure.flops_per_token(model, seq_len or micro[0]["input_ids"].shape[1])
+
+            # 3. Step, unless the loss or the gradient is not finite.
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), stage.max_grad_norm or float("inf"))
+            loss_value = loss_total.item()
+            finite = math.isfinite(loss_value) and bool(torch.isfinite(grad_norm))
+            if finite and scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            elif finite:
+                optimizer.step()
+            else:
+                state.skipped_nonfinite += 1
+                if scaler is not None:
+                    scaler.update()
+                ctx.log.log(stage.name, state.step + 1, event="nonfinite_skipped", loss=loss_value)
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            state.step += 1
+            state.tokens_seen += tokens
+            window_tokens += tokens
+            window_steps += 1
+            window_loss += loss_value if math.isfinite(loss_value) else 0.0
+
+            # 4. Log: loss, lr, tokens/s, MFU.
+            if state.step % stage.log_every == 0 or state.step == total_steps:
+                measure.sync(device)
+                elapsed = time.perf_counter() - window_start
+                last_tps = window_tokens / elapsed if elapsed > 0 else None
+                last_mfu = (last_tps * fpt / peak) if (peak and last_tps) else None
+                lr = scheduler.get_last_lr()[0]
+                ctx.log.log(stage.name, state.step, loss=round(window_loss / max(window_steps, 1), 5), lr=lr,
+                            grad_norm=round(float(grad_norm), 4), tokens_per_s=round(last_tps or 0, 1),
+                            mfu=None if last_mfu is None else round(last_mfu, 4), epoch=state.epoch)
+                update(info=f"loss {window_loss / max(window_steps, 1):.4f} lr {lr:.2e} "
+                            f"{(last_tps or 0):,.0f} tok/s" + (f" MFU {last_mfu:.1%}" if last_mfu else ""))
+                window_tokens, window_start, window_loss, window_steps = 0, time.perf_counter(), 0.0, 0
+            update(advance=1)
+
+            # 5. Evaluate on the validation split: keep the best weights, stop early when it stalls.
+            if data.validation is not None and (state.step % eval_every == 0 or state.step == total_steps):
+                quality = evaluate(model, data.validation, task, stage.eval_batch_size, device, autocast_dtype)
+                value = quality[metric]
+                improved = is_better(value, state.best_metric, mode,
+                                     stage.early_stopping.min_delta if stage.early_stopping else 0.0)
+                if improved:
+                    state.best_metric, state.best_step, state.evals_without_improvement = value, state.step, 0
+                    if stage.keep_best:
+                        _atomic_save_weights(model, best_file)
+                else:
+                    state.evals_without_improvement += 1
+                if stage.early_stopping and state.evals_without_improvement >= stage.early_stopping.patience:
+                    state.stopped_early = True
+                ctx.log.log(stage.name, state.step, **{f"val_{k}": v for k, v in quality.items()
+                                                       if isinstance(v, (int, float))}, best=improved)
+                window_start = time.perf_counter()  # evaluation time is not training throughput
+
+            # 6. Checkpoint atomically (model, optimizer, scheduler, RNG, data position).
+            state.train_seconds = stage_start_train_seconds + (time.perf_counter() - session_start)
+            if stage.checkpoint_every and (state.step % stage.checkpoint_every == 0):
+                ckpt.save_checkpoint(ckpt_root, state.step, model, optimizer, scheduler, scaler, asdict(state))
+            if kill_at and state.step == kill_at and resumed_from is None:
+                os.kill(os.getpid(), 9)
+
+    if stage.keep_best and state.best_step is not None and best_file.is_file() and state.best_step != state.step:
+        st_load_model(model, str(best_file), device=str(device))
+        console.print(f"restored the best weights (step {state.best_step}, val {metric} {state.best_metric})")
+    wall = stage_start_train_seconds + (time.perf_counter() - session_start)
+    return {
+        "steps": state.step, "total_steps": total_steps, "epochs_done": round(state.step / steps_per_epoch, 3),
+        "tokens_seen": state.tokens_seen, "skipped_nonfinite_steps": state.skipped_nonfinite,
+        "best_step": state.best_step, "best_val_metric": state.best_metric, "metric": metric,
+        "stopped_early": state.stopped_early, "resumed_from_step": resumed_from,
+        "train_wall_s": round(wall, 2),
+        "tokens_per_s": round(state.tokens_seen / wall, 1) if wall > 0 else None,
+        "mfu": None if (peak is None or fpt is None or wall <= 0) else round(state.tokens_seen * fpt / wall / peak, 4),
+        "precision": precision, "peak_flops": peak, "flops_per_token": fpt,
+        "peak_mem_bytes": measure.peak_memory_bytes(device),
+    }
+
+
+def _atomic_save_weights(model, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    st_save_model(model, str(tmp))
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

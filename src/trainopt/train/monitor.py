@@ -1,0 +1,99 @@
+"""Monitoring: metrics.jsonl, TensorBoard event files and a rich progress bar."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+    TimeRemainingColumn
+
+console = Console(stderr=True)
+
+
+class MetricsLog:
+    """Appends one JSON object per event to metrics.jsonl and mirrors scalars to TensorBoard."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.tb_dir = Path(run_dir) / "tensorboard"
+        self._tb = None
+        self._tb_enabled = tensorboard
+
+    def _writer(self):
+        if self._tb is None and self._tb_enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is a pinned dependency; degrade to jsonl only if absent
+                self._tb_enabled = False
+                return None
+            self._tb = SummaryWriter(log_dir=str(self.tb_dir), flush_secs=10)
+        return self._tb
+
+    def log(self, stage: str, step: int, **values) -> None:
+        row = {"time": round(time.time(), 3), "stage": stage, "step": step}
+        row.update({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()})
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        tb = self._writer()
+        if tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                    tb.add_scalar(f"{stage}/{k}", v, step)
+
+    def truncate(self, stage: str, after_step: int) -> None:
+        """On resume: forget this stage's events logged after the checkpoint (they will be replayed)."""
+        if not self.path.is_file():
+            return
+        keep = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line cut by a kill
+            if row.get("stage") == stage and row.get("step", 0) > after_step:
+                continue
+            keep.append(line)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
+        tmp.replace(self.path)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            pass
+    return rows
+
+
+@contextmanager
+def progress_bar(enabled: bool, description: str, total: int, completed: int = 0):
+    """Yields update(advance=…, info=…). A no-op when progress is disabled."""
+    if not enabled:
+        yield lambda advance=0, info="": None
+        return
+    bar = Progress(TextColumn("[bold blue]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                   TimeRemainingColumn(), console=console, transient=False)
+    with bar:
+        task = bar.add_task(description, total=total, completed=completed, info="")
+
+        def update(advance: int = 0, info: str = ""):
+            bar.update(task, advance=advance, info=info)
+
+        yield update
