@@ -83,6 +83,7 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path) -> dict:
     eval_every = stage.eval_every or steps_per_epoch
     seq_len = split.blocks.shape[1] if task == "causal_lm" else None
 
+    stage_dir.mkdir(parents=True, exist_ok=True)
     model.to(device)
     model.train()
     optimizer = build_optimizer(model, stage.optimizer, fused=device.type == "cuda")

@@ -19,6 +19,7 @@ class MetricsLog:
     """Appends one JSON object per event to metrics.jsonl and mirrors scalars to TensorBoard."""
 
     def __init__(self, run_dir: Path, tensorboard: bool = True):
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
         self.path = Path(run_dir) / "metrics.jsonl"
         self.tb_dir = Path(run_dir) / "tensorboard"
         self._tb = None

@@ -1,0 +1,115 @@
+"""Shared fixtures: tiny models built in the test, small data files, and the fetched demo data sets."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(2)
+
+POS = ["great", "delicious", "love", "excellent", "tasty", "perfect", "wonderful", "fresh"]
+NEG = ["awful", "stale", "bad", "terrible", "bland", "broken", "disgusting", "waste"]
+FILL = ["the", "coffee", "tea", "snack", "was", "really", "very", "box", "price", "taste", "this", "it"]
+
+
+def make_reviews(n: int, seed: int = 0) -> list[dict]:
+    """A learnable two-class set: the label follows the sentiment words."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = "great" if i % 3 else "other"
+        words = rng.sample(FILL, 5) + rng.sample(POS if label == "great" else NEG, 2)
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words) + f" {i}", "label": label})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def minilm_tokenizer():
+    from transformers import AutoTokenizer
+
+    from trainopt.assets import minilm_path
+
+    return AutoTokenizer.from_pretrained(str(minilm_path()))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, minilm_tokenizer) -> Path:
+    """A 2-layer, hidden-32 BERT with MiniLM's tokenizer, saved as a plain HF folder."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=minilm_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+    path = tmp_path_factory.mktemp("tiny_bert")
+    BertForSequenceClassification(cfg).save_pretrained(path)
+    minilm_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def austen_text() -> str:
+    return ("It is a truth universally acknowledged, that a single man in possession of a good fortune, must be "
+            "in want of a wife. However little known the feelings or views of such a man may be on his first "
+            "entering a neighbourhood, this truth is so well fixed in the minds of the surrounding families. ") * 30
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt_dir(tmp_path_factory, austen_text) -> Path:
+    """A 2-layer, hidden-32 GPT-2 with a BPE tokenizer trained in the test."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from trainopt.models import train_bpe_tokenizer
+
+    tok = train_bpe_tokenizer([austen_text], vocab_size=300)
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=len(tok), n_layer=2, n_head=2, n_embd=32, n_positions=128,
+                     eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
+    path = tmp_path_factory.mktemp("tiny_gpt")
+    GPT2LMHeadModel(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def reviews_dir(tmp_path) -> Path:
+    d = tmp_path / "reviews"
+    d.mkdir()
+    write_jsonl(d / "train.jsonl", make_reviews(240, seed=1))
+    write_jsonl(d / "test.jsonl", make_reviews(60, seed=2))
+    return d
+
+
+def classification_recipe(model_dir: Path, data: Path, **stage) -> dict:
+    """A small, fast classification recipe as a dict."""
+    train = {"kind": "train", "name": "finetune", "epochs": 2, "batch_size": 16,
+             "optimizer": {"lr": 1e-3}, "eval_every": 10, "checkpoint_every": 5, "log_every": 5}
+    train.update(stage)
+    return {"name": "tiny", "task": "classification", "model": {"path": str(model_dir)},
+            "data": {"source": str(data), "max_length": 32},
+            "stages": [train], "run": {"seed": 0, "progress": False, "tensorboard": True},
+            "measure": {"batch_sizes": [1, 8], "repeats": 3, "warmup": 1, "max_seconds": 1}}
+
+
+def need_builtin(name: str) -> Path:
+    """The fetched built-in data set; in CI a missing one fails (make test fetches it), elsewhere it skips."""
+    from trainopt import assets
+    from trainopt.errors import AssetError
+
+    try:
+        return assets.asset_path(name)
+    except AssetError as e:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(e))

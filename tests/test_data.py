@@ -1,0 +1,172 @@
+"""Data: every source format, cleaning counts, splits, labels, encoding errors, batching and packing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from trainopt.data import ClassificationSplit, LMSplit, load_texts, tokenize
+from trainopt.errors import DataError, RecipeError
+from trainopt.recipe import load_recipe
+
+from .conftest import make_reviews, need_builtin, write_jsonl
+
+
+def recipe_for(source, task="classification", **data):
+    stages = [{"kind": "eval"}]
+    return load_recipe({"task": task, "model": {"path": "builtin:minilm-l6"},
+                        "data": {"source": str(source), **data}, "stages": stages})
+
+
+ROWS = make_reviews(100)
+
+
+def _write_all(tmp: Path) -> dict[str, Path]:
+    df = pd.DataFrame(ROWS)
+    paths = {"jsonl": write_jsonl(tmp / "d.jsonl", ROWS), "csv": tmp / "d.csv", "parquet": tmp / "d.parquet"}
+    df.to_csv(paths["csv"], index=False)
+    df.to_parquet(paths["parquet"])
+    import datasets
+
+    datasets.DatasetDict({"train": datasets.Dataset.from_pandas(df.iloc[:80].reset_index(drop=True)),
+                          "test": datasets.Dataset.from_pandas(df.iloc[80:].reset_index(drop=True))}) \
+        .save_to_disk(str(tmp / "ds"))
+    paths["datasets"] = tmp / "ds"
+    return paths
+
+
+def test_every_table_source_reads_the_same_rows(tmp_path):
+    for fmt, path in _write_all(tmp_path).items():
+        texts = load_texts(recipe_for(path, validation_fraction=0.1, test_fraction=0.2))
+        total = sum(texts.stats["rows"].values())
+        assert total == 100, (fmt, texts.stats)
+        assert set(texts.train_labels) == {"great", "other"}
+        if fmt == "datasets":  # its own test split is used as it is
+            assert texts.stats["rows"]["test"] == 20 and "test_split_from_train" not in texts.stats["cleaning"]
+
+
+def test_folder_with_split_files_and_stratified_split(tmp_path):
+    d = tmp_path / "f"
+    d.mkdir()
+    write_jsonl(d / "train.jsonl", make_reviews(300, 1))
+    write_jsonl(d / "test.jsonl", make_reviews(30, 2))
+    a = load_texts(recipe_for(d, validation_fraction=0.2))
+    b = load_texts(recipe_for(d, validation_fraction=0.2))
+    assert a.validation == b.validation  # seeded
+    assert len(a.test) == 30 and len(a.validation) == 60
+    frac_train = a.train_labels.count("other") / len(a.train_labels)
+    frac_val = a.validation_labels.count("other") / len(a.validation_labels)
+    assert abs(frac_train - frac_val) < 0.02  # stratified
+    c = load_texts(recipe_for(d, validation_fraction=0.2, split_seed=5))
+    assert c.validation != a.validation
+
+
+def test_cleaning_counts(tmp_path):
+    rows = [{"text": "Good<br />stuff &amp; more", "label": "a"}, {"text": "  spaced \n\t out ", "label": "b"},
+            {"text": "dup", "label": "a"}, {"text": "dup", "label": "a"}, {"text": "   ", "label": "b"},
+            {"text": "<br /><br />", "label": "b"}, {"text": "in test too", "label": "a"}] + \
+           [{"text": f"row {i}", "label": "ab"[i % 2]} for i in range(20)]
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    write_jsonl(tmp_path / "test.jsonl", [{"text": "in test too", "label": "a"}, {"text": "t", "label": "b"}])
+    t = load_texts(recipe_for(tmp_path, validation_fraction=0.0))
+    assert "Good stuff & more" in t.train and "spaced out" in t.train
+    c = t.stats["cleaning"]
+    assert c["duplicates_dropped"] == 1 and c["eval_overlap_dropped"] == 1 and c["empty_dropped_train"] == 2
+    assert c["html_cleaned"] == 2
+
+
+def test_non_utf8_bytes_replaced_or_refused(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    lines = [json.dumps(r).encode() for r in make_reviews(40)]
+    lines[3] = b'{"text": "caf\xe9 \xff bytes", "label": "great"}'
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    t = load_texts(recipe_for(path))
+    assert t.stats["cleaning"]["decode_replaced"] == 1
+    assert any("\ufffd" in x for x in t.train + t.validation + t.test)
+    with pytest.raises(DataError, match="invalid UTF-8"):
+        load_texts(recipe_for(path, encoding_errors="strict"))
+
+
+def test_data_edge_cases(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    with pytest.raises(DataError, match="no training texts"):
+        load_texts(recipe_for(empty))
+    one = write_jsonl(tmp_path / "one.jsonl", [{"text": f"x {i}", "label": "a"} for i in range(10)])
+    with pytest.raises(DataError, match="single class"):
+        load_texts(recipe_for(one))
+    notjson = tmp_path / "nj.jsonl"
+    notjson.write_text('{"text": "a", "label": "b"}\n{oops\n')
+    with pytest.raises(DataError, match=r"nj.jsonl:2"):
+        load_texts(recipe_for(notjson))
+    with pytest.raises(RecipeError, match="data.label_column"):
+        load_texts(recipe_for(write_jsonl(tmp_path / "nl.jsonl", [{"text": "a"}])))
+    with pytest.raises(DataError, match="format"):
+        load_texts(recipe_for(tmp_path / "one.jsonl", format="auto") if False else recipe_for(
+            _touch(tmp_path / "x.weird")))
+
+
+def _touch(p: Path) -> Path:
+    p.write_text("x")
+    return p
+
+
+def test_unseen_labels(tmp_path):
+    d = tmp_path / "u"
+    d.mkdir()
+    write_jsonl(d / "train.jsonl", make_reviews(60))
+    write_jsonl(d / "test.jsonl", make_reviews(10) + [{"text": "new", "label": "surprise"}])
+    with pytest.raises(DataError, match="never seen in training"):
+        load_texts(recipe_for(d))
+    t = load_texts(recipe_for(d, unseen_labels="drop"))
+    assert len(t.test) == 10 and t.stats["cleaning"]["unseen_label_dropped_test"] == 1
+
+
+def test_txt_documents_and_lm_packing(tmp_path, tiny_gpt_dir, austen_text):
+    from transformers import AutoTokenizer
+
+    d = tmp_path / "novels"
+    d.mkdir()
+    (d / "a.txt").write_text(austen_text)
+    (d / "b.txt").write_text(austen_text.upper())
+    recipe = recipe_for(d, task="causal_lm", block_size=32, validation_fraction=0.1, test_fraction=0.1)
+    texts = load_texts(recipe)
+    assert len(texts.train) == 2
+    bundle = tokenize(texts, AutoTokenizer.from_pretrained(tiny_gpt_dir), recipe)
+    assert bundle.train.blocks.shape[1] == 32 and len(bundle.validation) > 0 and len(bundle.test) > 0
+    b = bundle.train.collate([0, 1])
+    assert b["input_ids"].shape == (2, 32) and LMSplit.count(b) == (62, 64)
+
+
+def test_bucketed_batches_are_a_deterministic_partition():
+    lengths = [5 + (i * 7919) % 60 for i in range(500)]
+    split = ClassificationSplit([[1] * n for n in lengths], [0] * 500, pad_id=0)
+    a = split.batches(16, seed=3, epoch=2)
+    assert a == split.batches(16, seed=3, epoch=2)
+    assert a != split.batches(16, seed=3, epoch=3)
+    flat = sorted(i for b in a for i in b)
+    assert flat == list(range(500))
+    # bucketing pads less than random batches
+    pad = lambda bs: sum(max(lengths[i] for i in b) * len(b) for b in bs)  # noqa: E731
+    assert pad(a) < 0.8 * pad(split.batches(16, seed=3, epoch=2, bucket=False))
+    batch = split.collate(a[0])
+    assert batch["attention_mask"].sum() == sum(lengths[i] for i in a[0])
+
+
+def test_builtin_fine_foods():
+    need_builtin("fine_foods")
+    t = load_texts(recipe_for("builtin:fine_foods", text_column="review", label_column="score"))
+    assert t.stats["rows_read"] == {"train": 4000, "validation": 0, "test": 1000}
+    assert t.label_names == ["great", "other"]
+    assert not any("<br" in x for x in t.train)
+    assert t.stats["cleaning"]["duplicates_dropped"] > 0
+
+
+def test_builtin_austen_holds_out_persuasion():
+    need_builtin("austen")
+    t = load_texts(load_recipe("lm-scratch"))
+    assert len(t.train) == 5 and len(t.test) == 1
+    assert "Anne Elliot" in t.test[0] and "Anne Elliot" not in " ".join(t.train)

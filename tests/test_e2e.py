@@ -1,0 +1,119 @@
+"""End to end: the quickstart path (real reviews, tiny model), the LM path, and every command on the result."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from trainopt.cli import main
+
+from .conftest import need_builtin
+
+CONTRACT_STAGE_KEYS = {"name", "kind", "effect", "quality", "size", "speed", "cost", "vs_baseline", "checkpoint"}
+
+
+@pytest.fixture(scope="module")
+def quickstart_run(tmp_path_factory, tiny_bert_dir):
+    """The built-in quickstart recipe, with a tiny model and a slice of the real fine-food reviews."""
+    need_builtin("fine_foods")
+    out = tmp_path_factory.mktemp("qs") / "run"
+    code = main(["run", "quickstart", "--out", str(out), "--set", f"model.path={tiny_bert_dir}",
+                 "--set", "data.max_train_examples=300", "--set", "data.max_test_examples=100",
+                 "--set", "stages.finetune.eval_every=5", "--set", "stages.finetune.checkpoint_every=5",
+                 "--set", "stages.finetune.optimizer.lr=1e-3", "--set", "measure.max_seconds=1",
+                 "--set", "run.progress=false"])
+    assert code == 0
+    return out
+
+
+def test_quickstart_report_contract(quickstart_run):
+    report = json.loads((quickstart_run / "report.json").read_text())
+    assert report["trainopt_version"] and report["recipe"]["name"] == "quickstart"
+    assert {"device", "name", "threads", "torch"} <= report["hardware"].keys()
+    (stage,) = report["stages"]
+    assert CONTRACT_STAGE_KEYS <= stage.keys()
+    assert stage["effect"] == "baseline" and stage["kind"] == "train"
+    q = stage["quality"]
+    assert 0.0 <= q["accuracy"] <= 1.0 and 0.0 <= q["f1_macro"] <= 1.0 and q["perplexity"] is None
+    assert sum(map(sum, q["confusion_matrix"])) == 100 and set(q["per_class"]) == {"great", "other"}
+    assert stage["size"]["params"] >= stage["size"]["nonzero_params"] > 0
+    assert stage["size"]["disk_bytes"] > 0
+    for key in ("latency_ms_b1_p50", "latency_ms_b32_p50", "throughput_items_per_s"):
+        assert stage["speed"][key] > 0
+    assert stage["cost"]["wall_s"] > 0 and stage["cost"]["tokens_per_s"] > 0 and stage["cost"]["mfu"] is None
+    assert stage["vs_baseline"] == {"quality_metric": "accuracy", "quality_delta": 0.0, "speedup_b1": 1.0,
+                                    "speedup_b32": 1.0, "size_ratio": 1.0}
+    assert report["data"]["rows"]["test"] == 100 and report["data"]["cleaning"]["html_cleaned"] > 0
+    md = (quickstart_run / "report.md").read_text()
+    assert "| finetune | train | baseline |" in md and "Confusion matrix" in md
+    assert (quickstart_run / "metrics.jsonl").stat().st_size > 0
+    assert any((quickstart_run / "tensorboard").glob("events.out.tfevents.*"))
+    assert (quickstart_run / "recipe.yaml").is_file() and not (quickstart_run / "stages/finetune/checkpoints").exists()
+
+
+def test_saved_model_loads_with_plain_transformers(quickstart_run):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = quickstart_run / "stages/finetune/model"
+    model = AutoModelForSequenceClassification.from_pretrained(path)
+    AutoTokenizer.from_pretrained(path)
+    assert model.config.id2label == {0: "great", 1: "other"}
+    assert (path / "model.safetensors").is_file()
+
+
+def test_predict_eval_report_commands(quickstart_run, capsys, tmp_path):
+    model = quickstart_run / "stages/finetune/model"
+    assert main(["predict", str(model), "--text", "Delicious, will buy again", "--text", "stale", "--json"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert len(lines) == 2 and lines[0]["label"] in ("great", "other")
+    assert sum(lines[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
+
+    f = tmp_path / "in.txt"
+    f.write_text("good\n\nbad coffee\n")
+    assert main(["predict", str(model), "--file", str(f)]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2
+
+    out = tmp_path / "eval"
+    assert main(["eval", str(model), "--out", str(out), "--set", "data.max_test_examples=100",
+                 "--set", "measure.max_seconds=1", "--set", "run.progress=false"]) == 0
+    ev = json.loads((out / "report.json").read_text())["stages"][0]
+    trained = json.loads((quickstart_run / "report.json").read_text())["stages"][0]
+    assert ev["kind"] == "eval" and ev["quality"]["accuracy"] == trained["quality"]["accuracy"]
+
+    (quickstart_run / "report.md").unlink()
+    assert main(["report", str(quickstart_run)]) == 0
+    assert (quickstart_run / "report.md").is_file()
+    assert main(["report", str(tmp_path)]) == 2
+
+
+def test_resume_skips_finished_stages(quickstart_run, tiny_bert_dir, capsys):
+    code = main(["run", "quickstart", "--out", str(quickstart_run), "--resume",
+                 "--set", f"model.path={tiny_bert_dir}", "--set", "data.max_train_examples=300",
+                 "--set", "data.max_test_examples=100", "--set", "stages.finetune.eval_every=5",
+                 "--set", "stages.finetune.checkpoint_every=5", "--set", "stages.finetune.optimizer.lr=1e-3",
+                 "--set", "measure.max_seconds=1", "--set", "run.progress=false"])
+    assert code == 0 and "already done" in capsys.readouterr().err
+    code = main(["run", "quickstart", "--out", str(quickstart_run), "--resume", "--set", "run.seed=3"])
+    assert code == 2 and "differs" in capsys.readouterr().err
+
+
+def test_lm_scratch_path_lowers_perplexity(tmp_path):
+    need_builtin("austen")
+    out = tmp_path / "lm"
+    code = main(["run", "lm-scratch", "--out", str(out), "--set", "model.config.n_layer=1",
+                 "--set", "model.config.n_embd=64", "--set", "model.config.n_head=2",
+                 "--set", "model.train_tokenizer.vocab_size=512", "--set", "data.block_size=32",
+                 "--set", "data.max_train_examples=400", "--set", "data.max_validation_examples=20",
+                 "--set", "data.max_test_examples=40", "--set", "stages.pretrain.max_steps=150",
+                 "--set", "stages.pretrain.batch_size=16", "--set", "stages.pretrain.eval_every=50",
+                 "--set", "measure.max_seconds=1", "--set", "measure.seq_len=32", "--set", "run.progress=false"])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    untrained, trained = report["stages"]
+    assert untrained["effect"] == "baseline" and trained["effect"] == "unchanged"
+    assert trained["quality"]["perplexity"] < 0.5 * untrained["quality"]["perplexity"]
+    assert trained["vs_baseline"]["quality_metric"] == "perplexity" and trained["vs_baseline"]["quality_delta"] < 0
+
+    model = out / "stages/pretrain/model"
+    assert main(["predict", str(model), "--text", "It is a truth", "--max-new-tokens", "5", "--json"]) == 0

@@ -1,0 +1,45 @@
+"""Measurement: FLOPs per token, percentiles, fixed latency inputs, size counting."""
+
+from __future__ import annotations
+
+import torch
+
+from trainopt import measure
+from trainopt.data import ClassificationSplit
+from trainopt.models import count_params
+
+
+def test_flops_per_token_counts_matmuls_and_attention():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(vocab_size=100, n_layer=2, n_head=2, n_embd=16, n_positions=64)
+    model = GPT2LMHeadModel(cfg)
+    per_layer = 16 * 48 + 16 * 16 + 16 * 64 + 64 * 16  # qkv, proj, fc, fc-proj
+    n = 2 * per_layer + 100 * 16  # + LM head
+    assert measure.matmul_params(model) == n
+    assert measure.flops_per_token(model, 32) == 3 * (2 * n + 4 * 2 * 16 * 32)
+    assert measure.flops_per_token(model, 32, training=False) == 2 * n + 4 * 2 * 16 * 32
+
+
+def test_percentile_and_timing():
+    assert measure.percentile([3.0, 1.0, 2.0], 0.5) == 2.0
+    assert abs(measure.percentile([1.0, 2.0, 3.0, 4.0], 0.95) - 3.85) < 1e-9
+    times = measure.time_call(lambda: None, torch.device("cpu"), warmup=1, repeats=5, max_seconds=10)
+    assert len(times) == 5 and all(t >= 0 for t in times)
+
+
+def test_fixed_inputs_are_identical_across_calls():
+    split = ClassificationSplit([[1] * (3 + i % 7) for i in range(40)], [0] * 40, pad_id=0)
+    a = measure.fixed_inputs(split, "classification", [1, 32], None)
+    b = measure.fixed_inputs(split, "classification", [1, 32], None)
+    assert a[1]["input_ids"].shape[0] == 1 and a[32]["input_ids"].shape[0] == 32
+    assert torch.equal(a[32]["input_ids"], b[32]["input_ids"]) and "labels" not in a[1]
+
+
+def test_count_params_counts_tied_weights_once_and_zeros():
+    lin = torch.nn.Linear(4, 4, bias=False)
+    model = torch.nn.Sequential(lin, torch.nn.Linear(4, 4, bias=False))
+    model[1].weight = lin.weight
+    with torch.no_grad():
+        lin.weight[0].zero_()
+    assert count_params(model) == (16, 12)

@@ -1,0 +1,116 @@
+"""Recipes: the built-ins validate; every kind of bad input is one line naming the key, and exit status 2."""
+
+from __future__ import annotations
+
+import pytest
+
+from trainopt.cli import main
+from trainopt.errors import RecipeError
+from trainopt.recipe import builtin_recipe_names, load_recipe
+
+from .conftest import classification_recipe
+
+
+def test_builtin_recipes_validate():
+    names = builtin_recipe_names()
+    assert {"quickstart", "lm-scratch", "lm-finetune"} <= set(names)
+    for name in names:
+        recipe = load_recipe(name)
+        assert recipe.stages
+
+
+def _error(raw_or_name, overrides=None) -> str:
+    with pytest.raises(RecipeError) as info:
+        load_recipe(raw_or_name, overrides)
+    msg = str(info.value)
+    assert "\n" not in msg
+    return msg
+
+
+BASE = {"model": {"path": "builtin:minilm-l6"}, "stages": [{"kind": "train", "name": "ft"}]}
+
+
+@pytest.mark.parametrize("override, expect", [
+    ("stages.0.optimizer.lrr=0.1", ["stages.0.optimizer.lrr", "unknown key", "did you mean 'lr'"]),
+    ("stages.ft.epoch=2", ["stages.0.epoch", "did you mean 'epochs'"]),
+    ("dta={}", ["dta", "did you mean 'data'"]),
+    ("stages.0.epochs=two", ["stages.0.epochs", "wrong type"]),
+    ("stages.0.optimizer.lr=-1", ["stages.0.optimizer.lr", "out of range", "greater than 0"]),
+    ("data.validation_fraction=0.9", ["data.validation_fraction", "out of range"]),
+    ("stages.0.precision=fp8", ["stages.0.precision", "not allowed", "'fp32'"]),
+    ("stages.0.kind=prunee", ["stages.0.kind", "unknown or missing stage kind", "train"]),
+    ("model.config={model_type: gpt2}", ["model", "exclusive"]),
+    ("stages.0.schedule={warmup_steps: 3, warmup_ratio: 0.1}", ["schedule.warmup_steps", "not both"]),
+    ("name=bad name!", ["name", "not a valid name"]),
+])
+def test_bad_values_are_one_line(override, expect):
+    msg = _error(BASE, [override])
+    for part in expect:
+        assert part in msg, msg
+
+
+def test_duplicate_stage_names():
+    raw = {**BASE, "stages": [{"kind": "train", "name": "a"}, {"kind": "eval", "name": "a"}]}
+    assert "unique" in _error(raw)
+
+
+def test_overrides_by_name_and_index():
+    r = load_recipe(BASE, ["stages.ft.epochs=3", "stages.0.batch_size=8", "data.max_length=64",
+                           "run.seed=7"])
+    assert (r.stages[0].epochs, r.stages[0].batch_size, r.data.max_length, r.run.seed) == (3, 8, 64, 7)
+    assert "no list item named" in _error(BASE, ["stages.fine.epochs=3"])
+    assert "out of range" in _error(BASE, ["stages.5.epochs=3"])
+    assert "key.path=value" in _error(BASE, ["stages.0.epochs"])
+
+
+def test_malformed_yaml(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  path: x\n stages: [\n")
+    assert "malformed YAML" in _error(str(bad)) and "line" in _error(str(bad))
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- a\n- b\n")
+    assert "mapping" in _error(str(lst))
+    assert "did you mean 'quickstart'" in _error("quickstrat")
+
+
+def _cli(args, capsys) -> tuple[int, str]:
+    code = main(args)
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+def test_cli_errors_exit_2_and_create_nothing(tmp_path, capsys, tiny_bert_dir, reviews_dir):
+    out = tmp_path / "run"
+    recipe = tmp_path / "r.yaml"
+    import yaml
+
+    recipe.write_text(yaml.safe_dump(classification_recipe(tiny_bert_dir, reviews_dir)))
+    cases = [
+        ["--set", "stages.0.optimizer.lrr=1"],                 # unknown key
+        ["--set", "data.source=/no/such/file.jsonl"],          # missing file
+        ["--set", "data.text_column=body"],                    # missing column
+        ["--set", "stages.0.precision=fp16"],                  # incompatible with a CPU
+        ["--set", "model.path=builtin:minilm"],                # unknown built-in
+        ["--set", "stages.0.metric=bleu"],                     # not a metric of the task
+        ["--set", "data.validation_fraction=0", "--set", "stages.0.early_stopping={patience: 2}"],
+    ]
+    keys = ["stages.0.optimizer.lrr", "data.source", "data.text_column", "stages.0.precision", "model.path",
+            "stages.0.metric", "stages.0.early_stopping"]
+    for extra, key in zip(cases, keys):
+        code, err = _cli(["run", str(recipe), "--out", str(out), *extra], capsys)
+        assert code == 2, err
+        assert len(err.splitlines()) == 1 and key in err, err
+        assert not out.exists()
+
+
+def test_cli_existing_run_dir_needs_resume_or_overwrite(tmp_path, capsys, tiny_bert_dir, reviews_dir):
+    import yaml
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "something").write_text("x")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(classification_recipe(tiny_bert_dir, reviews_dir)))
+    code, err = _cli(["run", str(recipe), "--out", str(out)], capsys)
+    assert code == 2 and "--resume" in err and "--overwrite" in err
+    assert (out / "something").exists()

@@ -1,0 +1,155 @@
+"""The training loop: accumulation, schedules, parameter groups, non-finite steps, early stopping, exact resume."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from trainopt.data import load_texts, tokenize
+from trainopt.models import load_model, load_tokenizer
+from trainopt.recipe import ScheduleSpec, load_recipe
+from trainopt.stages import RunContext
+from trainopt.train.loop import train
+from trainopt.train.monitor import MetricsLog, read_metrics
+from trainopt.train.optim import lr_multiplier, param_groups
+
+from .conftest import classification_recipe
+
+
+def _setup(tmp_path, model_dir, data_dir, **stage):
+    recipe = load_recipe(classification_recipe(model_dir, data_dir, **stage))
+    texts = load_texts(recipe)
+    tok = load_tokenizer(recipe)
+    data = tokenize(texts, tok, recipe)
+    torch.manual_seed(0)
+    model = load_model(recipe, tok, data.label_names)
+    ctx = RunContext(recipe=recipe, run_dir=tmp_path, device=torch.device("cpu"), tokenizer=tok, data=data,
+                     log=MetricsLog(tmp_path, tensorboard=False))
+    return recipe, data, model, ctx
+
+
+def test_grad_accumulation_matches_one_big_batch(tmp_path, tiny_bert_dir, reviews_dir):
+    common = dict(max_steps=1, eval_every=None, checkpoint_every=0, max_grad_norm=None, keep_best=False)
+    results = []
+    for bs, acc in ((8, 1), (4, 2)):
+        recipe, data, model, ctx = _setup(tmp_path / f"{bs}", tiny_bert_dir, reviews_dir, batch_size=bs,
+                                          grad_accum=acc, **common)
+        recipe.model.dropout = 0.0
+        model.eval()  # no dropout: the two runs must see identical forward passes
+        model.train = lambda mode=True, m=model: m  # keep eval mode inside the loop
+        recipe.data.bucket = False
+        train(model, data, recipe.stages[0], ctx, tmp_path / f"s{bs}")
+        results.append({k: v.clone() for k, v in model.state_dict().items()})
+    for k in results[0]:
+        torch.testing.assert_close(results[0][k], results[1][k], rtol=1e-5, atol=1e-6)
+
+
+def test_schedules():
+    lin = ScheduleSpec(name="linear", warmup_steps=10)
+    assert lr_multiplier(0, lin, 100) == pytest.approx(1 / 11)
+    assert lr_multiplier(10, lin, 100) == pytest.approx(1.0)
+    assert lr_multiplier(55, lin, 100) == pytest.approx(0.5)
+    cos = ScheduleSpec(name="cosine", warmup_ratio=0.1, min_lr_ratio=0.1)
+    assert lr_multiplier(10, cos, 100) == pytest.approx(1.0)
+    assert lr_multiplier(55, cos, 100) == pytest.approx(0.55)
+    assert lr_multiplier(100, cos, 100) == pytest.approx(0.1)
+    assert lr_multiplier(50, ScheduleSpec(name="constant"), 100) == 1.0
+
+
+def test_no_weight_decay_on_biases_and_norms(tiny_bert_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir)
+    decay, no_decay = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(p.ndim == 2 for p in decay["params"])
+    assert any("LayerNorm" in names[id(p)] for p in no_decay["params"])
+    assert all(not names[id(p)].endswith("bias") for p in decay["params"])
+    assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.1
+
+
+def test_nonfinite_loss_step_is_skipped(tmp_path, tiny_bert_dir, reviews_dir):
+    recipe, data, model, ctx = _setup(tmp_path, tiny_bert_dir, reviews_dir, max_steps=3, eval_every=None,
+                                      checkpoint_every=0, keep_best=False)
+    calls = {"n": 0}
+    snapshots = []
+
+    def poison(module, args, output):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second micro-batch = optimizer step 2
+            snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+            output.logits = output.logits * float("nan")
+        return output
+
+    model.register_forward_hook(poison)
+    summary = train(model, data, recipe.stages[0], ctx, tmp_path / "s")
+    assert summary["skipped_nonfinite_steps"] == 1 and summary["steps"] == 3
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
+    events = [r for r in read_metrics(tmp_path) if r.get("event") == "nonfinite_skipped"]
+    assert len(events) == 1 and events[0]["step"] == 2
+
+
+def test_early_stopping_and_best_weights(tmp_path, tiny_bert_dir, reviews_dir):
+    recipe, data, model, ctx = _setup(tmp_path, tiny_bert_dir, reviews_dir, epochs=50, eval_every=2,
+                                      metric="loss", early_stopping={"patience": 2, "min_delta": 10.0},
+                                      optimizer={"lr": 1e-4})
+    summary = train(model, data, recipe.stages[0], ctx, tmp_path / "s")
+    # min_delta 10 makes every evaluation after the first "no better": stop after 1 + patience evaluations
+    assert summary["stopped_early"] and summary["steps"] == 6 and summary["best_step"] == 2
+
+
+def _run_cli(args, env_extra=None, cwd=None):
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "trainopt", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=300)
+
+
+def test_killed_run_resumes_to_identical_weights(tmp_path, tiny_bert_dir, reviews_dir):
+    raw = classification_recipe(tiny_bert_dir, reviews_dir, epochs=2, checkpoint_every=4, eval_every=5,
+                                keep_best=False)
+    raw["model"]["dropout"] = 0.1  # dropout draws random numbers: the RNG state must resume too
+    raw["run"]["deterministic"] = True
+    raw["measure"]["latency"] = False
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+
+    clean = _run_cli(["run", str(recipe), "--out", str(tmp_path / "clean")])
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    killed = _run_cli(["run", str(recipe), "--out", str(tmp_path / "killed")],
+                      {"TRAINOPT_FAULT_KILL_AT_STEP": "10"})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert not (tmp_path / "killed" / "report.json").exists()
+    resumed = _run_cli(["run", str(recipe), "--out", str(tmp_path / "killed"), "--resume"],
+                       {"TRAINOPT_FAULT_KILL_AT_STEP": "10"})
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming finetune from step 8" in resumed.stderr
+
+    a = load_file(tmp_path / "clean/stages/finetune/model/model.safetensors")
+    b = load_file(tmp_path / "killed/stages/finetune/model/model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    steps = [r["step"] for r in read_metrics(tmp_path / "killed") if r.get("stage") == "finetune" and "loss" in r]
+    assert steps == sorted(steps) and len(steps) == len(set(steps))  # replayed steps are not logged twice
+
+
+def test_incomplete_checkpoint_is_ignored(tmp_path):
+    from trainopt.train import checkpoint as ckpt
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    good = ckpt.save_checkpoint(tmp_path, 1, model, opt, sched, None, {"step": 1})
+    bad = ckpt.save_checkpoint(tmp_path, 2, model, opt, sched, None, {"step": 2})
+    with open(bad / "model.safetensors", "r+b") as f:  # a torn write
+        f.seek(10)
+        f.write(b"\x00\x01\x02")
+    (tmp_path / ".tmp-step-00000003-1").mkdir()  # a kill during a write leaves only a temporary folder
+    assert ckpt.latest_checkpoint(tmp_path) == good
