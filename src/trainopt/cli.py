@@ -178,6 +178,10 @@ def _predict(args) -> int:
     if args.text:
         texts = args.text
     else:
+        if args.file != "-" and not Path(args.file).is_file():
+            from .errors import TrainoptError
+
+            raise TrainoptError(f"--file {args.file} does not exist")
         stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8", errors="replace")
         with stream:
             texts = [line.rstrip("\n") for line in stream if line.strip()]

@@ -416,6 +416,8 @@ def is_builtin(ref: str | None) -> bool:
 
 def check_paths(recipe: Recipe) -> None:
     """Missing files are recipe errors too: name the key and the fix before any work starts."""
+    if re.match(r"^(https?|s3|gs|hf)://", str(recipe.model.path or "")):
+        raise RecipeError("model.path", "remote models are not downloaded", "give a local HF checkpoint folder")
     checks = [("model.path", recipe.model.path, BUILTIN_MODELS), ("model.tokenizer", recipe.model.tokenizer,
                                                                    BUILTIN_MODELS),
               ("data.source", recipe.data.source, BUILTIN_DATA),
@@ -432,5 +434,3 @@ def check_paths(recipe: Recipe) -> None:
             continue
         if not Path(ref).expanduser().exists():
             raise RecipeError(key, f"path {ref} does not exist", "give an existing local path (or a builtin:… name)")
-    if re.match(r"^(https?|s3|gs|hf)://", str(recipe.model.path or "")):
-        raise RecipeError("model.path", "remote models are not downloaded", "give a local HF checkpoint folder")

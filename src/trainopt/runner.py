@@ -103,11 +103,22 @@ def run(recipe=None, out: str | Path | None = None, overrides: list[str] | None 
     run_dir = prepare_run_dir(recipe, out, resume, overwrite)
 
     set_determinism(recipe.run.seed, recipe.run.deterministic)
-    tokenizer = load_tokenizer(recipe, texts.train)
+    saved_tokenizer = run_dir / "tokenizer"
+    if resume and saved_tokenizer.is_dir():  # a trained tokenizer must not change between a run and its resume
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(saved_tokenizer))
+    else:
+        tokenizer = load_tokenizer(recipe, texts.train)
     data = tokenize(texts, tokenizer, recipe)
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
     _write_text(run_dir / "data.json", json.dumps(data.stats, indent=1))
+    if not saved_tokenizer.is_dir():
+        tmp = run_dir / "tokenizer.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tokenizer.save_pretrained(str(tmp))
+        os.replace(tmp, saved_tokenizer)
     log = MetricsLog(run_dir, recipe.run.tensorboard)
     ctx = RunContext(recipe=recipe, run_dir=run_dir, device=device, tokenizer=tokenizer, data=data, log=log,
                      resume=resume)

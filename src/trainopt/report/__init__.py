@@ -122,6 +122,8 @@ def print_summary(report: dict) -> None:
         table.add_row(*r)
     from rich.console import Console
 
-    out = console if console.is_terminal else Console(stderr=True, width=max(console.width, 200))
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=200)
     out.print(table)
     out.print(f"report: {Path(report['run_dir']) / 'report.md'}")
