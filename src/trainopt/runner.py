@@ -127,7 +127,8 @@ def run(recipe=None, out: str | Path | None = None, overrides: list[str] | None 
     inputs = measure.fixed_inputs(eval_split, recipe.task, recipe.measure.batch_sizes, recipe.measure.seq_len) \
         if recipe.measure.latency else None
     meta = {"task": recipe.task, "labels": data.label_names, "max_length": recipe.data.max_length,
-            "block_size": recipe.data.block_size, "trainopt_version": __version__}
+            "block_size": recipe.data.block_size, "clean": recipe.data.clean.model_dump(),
+            "trainopt_version": __version__}
 
     model = None
     entries: list[dict] = []
