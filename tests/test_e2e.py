@@ -31,8 +31,10 @@ def test_quickstart_report_contract(quickstart_run):
     report = json.loads((quickstart_run / "report.json").read_text())
     assert report["trainopt_version"] and report["recipe"]["name"] == "quickstart"
     assert {"device", "name", "threads", "torch"} <= report["hardware"].keys()
-    (stage,) = report["stages"]
-    assert CONTRACT_STAGE_KEYS <= stage.keys()
+    stage, int8 = report["stages"]
+    assert CONTRACT_STAGE_KEYS <= stage.keys() and CONTRACT_STAGE_KEYS <= int8.keys()
+    assert int8["kind"] == "quantize" and int8["effect"] in ("smaller", "accelerated")
+    assert int8["vs_baseline"]["size_ratio"] < 0.5 and int8["vs_parent"]["stage"] == "finetune"
     assert stage["effect"] == "baseline" and stage["kind"] == "train"
     q = stage["quality"]
     assert 0.0 <= q["accuracy"] <= 1.0 and 0.0 <= q["f1_macro"] <= 1.0 and q["perplexity"] is None
@@ -46,10 +48,11 @@ def test_quickstart_report_contract(quickstart_run):
                                     "speedup_b32": 1.0, "size_ratio": 1.0}
     assert report["data"]["rows"]["test"] == 100 and report["data"]["cleaning"]["html_cleaned"] > 0
     md = (quickstart_run / "report.md").read_text()
-    assert "| finetune | train | baseline |" in md and "Confusion matrix" in md
+    assert "| finetune | train | baseline |" in md and "| int8 | quantize |" in md and "Confusion matrix" in md
     assert (quickstart_run / "metrics.jsonl").stat().st_size > 0
     assert any((quickstart_run / "tensorboard").glob("events.out.tfevents.*"))
-    assert (quickstart_run / "recipe.yaml").is_file() and not (quickstart_run / "stages/finetune/checkpoints").exists()
+    assert (quickstart_run / "recipe.yaml").is_file()
+    assert not (quickstart_run / "stages/finetune/checkpoints").exists()
 
 
 def test_saved_model_loads_with_plain_transformers(quickstart_run):

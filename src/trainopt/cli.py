@@ -55,6 +55,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
 
+    p = sub.add_parser("quantize", help="quantize a saved model and measure it against the float model",
+                       description="Evaluate a saved model as it is, quantize it (dynamic int8 for CPU inference; "
+                                   "optionally after quantization-aware fine-tuning) and report both side by side.")
+    p.add_argument("model_dir", help="a saved model folder (a stage's model/ or a local HF checkpoint)")
+    p.add_argument("--method", default="dynamic_int8", choices=["dynamic_int8", "weight_only_int8",
+                                                                "weight_only_int4"])
+    p.add_argument("--qat-epochs", type=float, default=None,
+                   help="fine-tune this many epochs with fake quantization before converting (QAT)")
+    p.add_argument("--recipe", default=None,
+                   help="recipe whose data to use (default: quickstart for classifiers, lm-finetune for LMs)")
+    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/quantize-<model folder name>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+
     p = sub.add_parser("report", help="print a finished run's report and rewrite report.md",
                        description="Read RUN_DIR/report.json, rewrite report.md and print the stage table.")
     p.add_argument("run_dir")
@@ -116,8 +130,20 @@ def _dispatch(args, parser) -> int:
     if args.command == "eval":
         from .runner import run
 
-        run(eval_recipe(args.model_dir, args.recipe, args.overrides), out=args.out or
+        run(model_recipe(args.model_dir, args.recipe, args.overrides, "eval", [{"kind": "eval", "name": "eval"}]),
+            out=args.out or
             f"runs/eval-{Path(args.model_dir).resolve().name}", overwrite=args.overwrite)
+        return 0
+    if args.command == "quantize":
+        from .runner import run
+
+        quant = {"kind": "quantize", "name": args.method.replace("_", "-"), "method": args.method}
+        if args.qat_epochs:
+            quant["qat"] = {"epochs": args.qat_epochs, "optimizer": {"lr": 2e-5}, "precision": "auto"}
+        recipe = model_recipe(args.model_dir, args.recipe, args.overrides, "quantize",
+                              [{"kind": "eval", "name": "float"}, quant])
+        run(recipe, out=args.out or f"runs/quantize-{Path(args.model_dir).resolve().name}",
+            overwrite=args.overwrite)
         return 0
     if args.command == "report":
         from .report import load_report, print_summary, write_report
@@ -152,7 +178,8 @@ def train_only(recipe_spec, overrides):
     return parse_recipe(raw)
 
 
-def eval_recipe(model_dir: str, recipe_spec, overrides):
+def model_recipe(model_dir: str, recipe_spec, overrides, prefix: str, stages: list[dict]):
+    """A recipe that runs `stages` on a saved model, with the data of `recipe_spec` (default by task)."""
     from .errors import TrainoptError
     from .recipe import apply_overrides, parse_recipe, read_yaml, resolve_recipe_path
 
@@ -165,8 +192,8 @@ def eval_recipe(model_dir: str, recipe_spec, overrides):
         recipe_spec = "lm-finetune" if task == "causal_lm" else "quickstart"
     raw = read_yaml(resolve_recipe_path(recipe_spec))
     raw["model"] = {"path": str(path)}
-    raw["stages"] = [{"kind": "eval", "name": "eval"}]
-    raw["name"] = f"eval-{path.resolve().name}"
+    raw["stages"] = stages
+    raw["name"] = f"{prefix}-{path.resolve().name}"
     if task:
         raw["task"] = task
     return parse_recipe(apply_overrides(raw, overrides))

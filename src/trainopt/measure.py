@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import platform
 import resource
-import statistics
 import time
 
 import torch
@@ -174,8 +173,24 @@ def measure_latency(model, inputs: dict[int, dict], device: torch.device, warmup
     big = max(inputs)
     result["throughput_items_per_s"] = round(big / (result[f"latency_ms_b{big}_p50"] / 1000.0), 2)
     result["threads"] = torch.get_num_threads()
+    result["device"] = device.type
     return result
 
 
-def median(xs):
-    return statistics.median(xs) if xs else None
+@torch.inference_mode()
+def measure_generation(model, prompt: torch.Tensor, new_tokens: int, device: torch.device, repeats: int,
+                       max_seconds: float) -> dict:
+    """Greedy decoding at batch 1 from a fixed prompt: exactly `new_tokens` tokens per call (EOS ignored)."""
+    model.eval()
+    ids = prompt.to(device)
+    mask = torch.ones_like(ids)
+
+    def call():
+        model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                       do_sample=False, temperature=None, top_p=None, top_k=None,
+                       pad_token_id=model.config.eos_token_id)
+
+    times = time_call(call, device, warmup=1, repeats=max(repeats, 3), max_seconds=max_seconds)
+    p50 = percentile(times, 0.5)
+    return {"generate_tokens_per_s_b1": round(new_tokens / (p50 / 1000.0), 2), "generate_new_tokens": new_tokens,
+            "generate_prompt_tokens": int(ids.shape[1]), "generate_ms_p50": round(p50, 2)}

@@ -139,7 +139,17 @@ def save_model(model, tokenizer, out_dir: Path, meta: dict) -> Path:
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    from .compress.quantize import export_tensors, is_quantized
+
+    if is_quantized(model):  # integer weights + scales; see compress/quantize.py for the format
+        from safetensors.torch import save_file
+
+        tensors, info = export_tensors(model)
+        meta = {**meta, "quantization": {**meta.get("quantization", {}), **info}}
+        model.config.save_pretrained(tmp)
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
     for f in tmp.iterdir():
@@ -171,7 +181,15 @@ def load_saved(model_dir: Path, task: str | None = None):
     if task is None:
         archs = " ".join(getattr(config, "architectures", None) or [])
         task = "causal_lm" if "CausalLM" in archs or "LMHead" in archs else "classification"
-    model = _auto_class(task).from_pretrained(str(model_dir), dtype=torch.float32)
+    if meta.get("quantization"):
+        from safetensors.torch import load_file
+
+        from .compress.quantize import import_tensors
+
+        model = _auto_class(task).from_config(config)
+        import_tensors(model, load_file(str(model_dir / "model.safetensors")), meta["quantization"])
+    else:
+        model = _auto_class(task).from_pretrained(str(model_dir), dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -183,14 +201,17 @@ def load_saved(model_dir: Path, task: str | None = None):
 
 
 def count_params(model) -> tuple[int, int]:
-    """(parameters, non-zero parameters), counting tied weights once."""
+    """(parameters, non-zero parameters), counting tied weights once and quantized weights as parameters."""
+    from .compress.quantize import quantized_weights
+
     seen, total, nonzero = set(), 0, 0
-    for p in model.parameters():
-        if p.data_ptr() in seen:
+    tensors = [p.detach() for p in model.parameters()] + quantized_weights(model)
+    for t in tensors:
+        if t.data_ptr() in seen:
             continue
-        seen.add(p.data_ptr())
-        total += p.numel()
-        nonzero += int(torch.count_nonzero(p).item())
+        seen.add(t.data_ptr())
+        total += t.numel()
+        nonzero += int(torch.count_nonzero(t).item())
     return total, nonzero
 
 

@@ -123,9 +123,9 @@ class EarlyStoppingSpec(Strict):
     min_delta: float = Field(0.0, ge=0.0)
 
 
-class TrainStage(Strict):
-    kind: Literal["train"]
-    name: str = Field("train", pattern=_NAME)
+class TrainSettings(Strict):
+    """How to train: used by `train` stages and by stages that fine-tune internally (QAT, recovery)."""
+
     epochs: float = Field(1.0, gt=0.0, le=1000.0)
     max_steps: int | None = Field(None, ge=1)
     batch_size: int = Field(32, ge=1)
@@ -144,12 +144,32 @@ class TrainStage(Strict):
     log_every: int = Field(10, ge=1)
 
 
-class EvalStage(Strict):
+class StageBase(Strict):
+    name: str = Field("stage", pattern=_NAME)
+    from_stage: str | None = None  # start from this earlier stage's model instead of the previous stage's
+
+
+class TrainStage(StageBase, TrainSettings):
+    kind: Literal["train"]
+    name: str = Field("train", pattern=_NAME)
+
+
+class EvalStage(StageBase):
     kind: Literal["eval"]
     name: str = Field("eval", pattern=_NAME)
 
 
-Stage = Annotated[Union[TrainStage, EvalStage], Field(discriminator="kind")]
+class QuantizeStage(StageBase):
+    kind: Literal["quantize"]
+    name: str = Field("quantize", pattern=_NAME)
+    method: Literal["dynamic_int8", "weight_only_int8", "weight_only_int4"] = "dynamic_int8"
+    embeddings: bool = True
+    skip: list[str] = []
+    group_size: int = Field(128, ge=16)
+    qat: TrainSettings | None = None
+
+
+Stage = Annotated[Union[TrainStage, EvalStage, QuantizeStage], Field(discriminator="kind")]
 
 
 # ------------------------------------------------------------------------------------------ run/measure
@@ -160,6 +180,7 @@ class MeasureSpec(Strict):
     repeats: int = Field(20, ge=1)
     max_seconds: float = Field(15.0, gt=0.0)
     seq_len: int | None = Field(None, ge=1)
+    generate_tokens: int = Field(32, ge=0)
 
     @model_validator(mode="after")
     def _sizes(self):
@@ -193,6 +214,10 @@ class Recipe(Strict):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"stage names must be unique; '{dup[0]}' appears twice (give each stage a name:)")
+        for i, stage in enumerate(self.stages):
+            if stage.from_stage is not None and stage.from_stage not in names[:i]:
+                raise RecipeError(f"stages.{i}.from_stage", f"'{stage.from_stage}' is not an earlier stage",
+                                  f"use one of {names[:i]}" if i else "the first stage starts from model:")
         return self
 
     def stage(self, name: str):

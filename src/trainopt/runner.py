@@ -35,17 +35,25 @@ def check_compat(recipe: Recipe, device: torch.device) -> None:
     """Options that are each valid but not together, or not on this machine."""
     if recipe.run.device == "cuda" and not torch.cuda.is_available():
         raise RecipeError("run.device", "cuda was asked for but no CUDA device is available", "use auto or cpu")
+    trainings = []  # (key prefix, TrainSettings) of every stage that trains
     for i, stage in enumerate(recipe.stages):
-        if stage.kind != "train":
-            continue
-        if stage.precision == "fp16" and device.type != "cuda":
-            raise RecipeError(f"stages.{i}.precision", "fp16 training needs a CUDA device (GradScaler)",
+        if stage.kind == "train":
+            trainings.append((f"stages.{i}", stage))
+        elif stage.kind == "quantize":
+            from .compress.quantize import check_supported
+
+            check_supported(stage, device, i)
+            if stage.qat is not None:
+                trainings.append((f"stages.{i}.qat", stage.qat))
+    for key, settings in trainings:
+        if settings.precision == "fp16" and device.type != "cuda":
+            raise RecipeError(f"{key}.precision", "fp16 training needs a CUDA device (GradScaler)",
                               "use bf16 or fp32 on CPU")
-        if stage.metric is not None and stage.metric not in METRICS[recipe.task]:
-            raise RecipeError(f"stages.{i}.metric", f"'{stage.metric}' is not a {recipe.task} metric",
+        if settings.metric is not None and settings.metric not in METRICS[recipe.task]:
+            raise RecipeError(f"{key}.metric", f"'{settings.metric}' is not a {recipe.task} metric",
                               f"use one of {list(METRICS[recipe.task])}")
-        if stage.label_smoothing and recipe.task != "classification":
-            raise RecipeError(f"stages.{i}.label_smoothing", "label smoothing applies to classification only",
+        if settings.label_smoothing and recipe.task != "classification":
+            raise RecipeError(f"{key}.label_smoothing", "label smoothing applies to classification only",
                               "remove it or set it to 0")
     if recipe.task == "causal_lm" and (recipe.data.labels or recipe.data.label_column):
         raise RecipeError("data.label_column" if recipe.data.label_column else "data.labels",
@@ -126,6 +134,8 @@ def run(recipe=None, out: str | Path | None = None, overrides: list[str] | None 
     eval_split = data.test if data.test is not None else (data.validation or data.train)
     inputs = measure.fixed_inputs(eval_split, recipe.task, recipe.measure.batch_sizes, recipe.measure.seq_len) \
         if recipe.measure.latency else None
+    if recipe.task == "causal_lm":  # the fixed prompt of the generation benchmark
+        ctx.extras["prompt"] = eval_split.blocks[:1, : min(32, eval_split.blocks.shape[1])]
     meta = {"task": recipe.task, "labels": data.label_names, "max_length": recipe.data.max_length,
             "block_size": recipe.data.block_size, "clean": recipe.data.clean.model_dump(),
             "trainopt_version": __version__}
@@ -141,7 +151,10 @@ def run(recipe=None, out: str | Path | None = None, overrides: list[str] | None 
                 model = None  # reload lazily from the finished stage's folder
                 console.print(f"[green]stage {stage.name} already done[/green]: skipped")
                 continue
-            if model is None:
+            if stage.from_stage is not None:
+                parent = next(e for e in entries if e["name"] == stage.from_stage)
+                model, _, _ = load_saved(run_dir / parent["checkpoint"], recipe.task)
+            elif model is None:
                 model = _model_for(recipe, tokenizer, data, entries, run_dir)
             stage_dir.mkdir(parents=True, exist_ok=True)
             console.rule(f"[bold]{stage.name}[/bold] ({stage.kind})")
@@ -171,11 +184,13 @@ def _model_for(recipe, tokenizer, data, entries, run_dir):
 
 def _measure_stage(model, data, stage, result, ctx: RunContext, inputs, stage_dir: Path, meta: dict,
                    previous: list[dict]) -> dict:
-    recipe, device = ctx.recipe, ctx.device
+    recipe = ctx.recipe
+    device = torch.device(result.get("measure_device", ctx.device.type))
     model.eval()
-    model_dir = save_model(model, ctx.tokenizer, stage_dir / "model", meta)
+    stage_meta = {**meta, **({"quantization": result["quantization"]} if "quantization" in result else {})}
+    model_dir = save_model(model, ctx.tokenizer, stage_dir / "model", stage_meta)
     params, nonzero = count_params(model)
-    entry = {"name": stage.name, "kind": stage.kind, "effect": "baseline" if not previous else result["effect"]}
+    entry = {"name": stage.name, "kind": stage.kind, "effect": result["effect"]}
     t0 = time.perf_counter()
     if data.test is not None:
         q = evaluate(model, data.test, recipe.task, 64, device)  # fp32: the saved model as plain HF loads it
@@ -190,21 +205,58 @@ def _measure_stage(model, data, stage, result, ctx: RunContext, inputs, stage_di
     if inputs is not None:
         m = recipe.measure
         entry["speed"] = measure.measure_latency(model, inputs, device, m.warmup, m.repeats, m.max_seconds)
+        if recipe.task == "causal_lm" and m.generate_tokens:
+            prompt = ctx.extras["prompt"]
+            entry["speed"].update(measure.measure_generation(model, prompt, m.generate_tokens, device,
+                                                             min(m.repeats, 5), m.max_seconds))
     else:
         entry["speed"] = {f"latency_ms_b{b}_p50": None for b in recipe.measure.batch_sizes}
         entry["speed"]["throughput_items_per_s"] = None
     entry["cost"] = dict(result.get("cost", {}))
     entry["cost"]["eval_wall_s"] = round(time.perf_counter() - t0, 2)
-    for key in ("training", "notes"):
+    for key in ("training", "quantization", "notes"):
         if key in result:
             entry[key] = result[key]
+    parent = next((e for e in previous if e["name"] == stage.from_stage), None) if stage.from_stage else \
+        (previous[-1] if previous else None)
+    entry["effect"] = "baseline" if not previous else classify_effect(entry, parent)
+    if parent is not None:
+        entry["vs_parent"] = {"stage": parent["name"], **compare(entry, parent, recipe.task)}
     entry["vs_baseline"] = vs_baseline(entry, previous, recipe.task)
     entry["checkpoint"] = os.path.relpath(model_dir, ctx.run_dir)
     return entry
 
 
+ACCELERATED_MIN_SPEEDUP = 1.10  # below this, a latency difference on a shared CPU is within noise
+
+
+def classify_effect(entry: dict, parent: dict | None) -> str:
+    """A compression stage's label, from measurements: accelerated (faster than the model it came from, at the
+    largest measured batch), smaller (fewer bytes on disk), masked (zeros only), else unchanged."""
+    if entry["effect"] != "compressed":
+        return entry["effect"]
+    if parent is not None:
+        sizes = sorted(int(k[len("latency_ms_b"):-len("_p50")]) for k in entry["speed"]
+                       if k.startswith("latency_ms_b") and k.endswith("_p50"))
+        if sizes:
+            key = f"latency_ms_b{sizes[-1]}_p50"
+            new, old = entry["speed"].get(key), parent["speed"].get(key)
+            same_device = entry["speed"].get("device") == parent["speed"].get("device")
+            if new and old and same_device and old / new >= ACCELERATED_MIN_SPEEDUP:
+                return "accelerated"
+        if entry["size"]["disk_bytes"] < parent["size"]["disk_bytes"]:
+            return "smaller"
+    if entry["size"]["nonzero_params"] < entry["size"]["params"]:
+        return "masked"
+    return "unchanged"
+
+
 def vs_baseline(entry: dict, previous: list[dict], task: str) -> dict:
     base = next((e for e in previous if e["effect"] == "baseline"), entry)
+    return compare(entry, base, task)
+
+
+def compare(entry: dict, base: dict, task: str) -> dict:
     metric = "accuracy" if task == "classification" else "perplexity"
     out = {"quality_metric": metric}
     a, b = entry["quality"].get(metric), base["quality"].get(metric)
@@ -214,6 +266,9 @@ def vs_baseline(entry: dict, previous: list[dict], task: str) -> dict:
             b_lat = base["speed"].get(key)
             name = "speedup_" + key[len("latency_ms_"):-len("_p50")]
             out[name] = round(b_lat / value, 3) if b_lat and value else None
+    g_new, g_old = entry["speed"].get("generate_tokens_per_s_b1"), base["speed"].get("generate_tokens_per_s_b1")
+    if g_new and g_old:
+        out["speedup_generate_b1"] = round(g_new / g_old, 3)
     bd, sd = base["size"]["disk_bytes"], entry["size"]["disk_bytes"]
     out["size_ratio"] = round(sd / bd, 4) if bd else None
     return out

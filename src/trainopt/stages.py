@@ -63,3 +63,7 @@ def eval_stage(model, data, stage, ctx: RunContext, stage_dir: Path):
     return model, {"effect": "unchanged",
                    "cost": {"wall_s": round(time.perf_counter() - start, 2), "tokens_per_s": None, "mfu": None,
                             "peak_mem_bytes": measure.peak_memory_bytes(ctx.device)}}
+
+
+# Stage kinds defined in their own modules register themselves on import.
+from .compress import quantize as _quantize  # noqa: E402,F401

@@ -48,6 +48,8 @@ def rows(report: dict) -> tuple[list[str], list[list[str]]]:
     head = ["stage", "kind", "effect"]
     head += ["accuracy", "macro-F1"] if task == "classification" else ["loss", "perplexity"]
     head += ["params", "non-zero", "disk MB"] + [f"b{b} p50 ms" for b in sizes]
+    if task == "causal_lm":
+        head.append("generate tok/s b1")
     head += ["train s", "tokens/s", "MFU", "peak mem MB"]
     body = []
     for s in report["stages"]:
@@ -63,7 +65,9 @@ def rows(report: dict) -> tuple[list[str], list[list[str]]]:
                 f"{z['disk_bytes'] / 1e6:.1f}" + _ratio(vs.get("size_ratio"))]
         for b in sizes:
             row.append(_fmt(sp.get(f"latency_ms_b{b}_p50"), ".2f") + _ratio(vs.get(f"speedup_b{b}")))
-        row += [_fmt(c.get("wall_s"), ".1f") if s["kind"] == "train" else "—",
+        if task == "causal_lm":
+            row.append(_fmt(sp.get("generate_tokens_per_s_b1"), ".1f") + _ratio(vs.get("speedup_generate_b1")))
+        row += [_fmt(c.get("wall_s"), ".1f") if s.get("training") else "—",
                 _fmt(c.get("tokens_per_s"), ",.0f"), _fmt(c.get("mfu"), ".1%"),
                 _fmt(None if c.get("peak_mem_bytes") is None else c["peak_mem_bytes"] / 1e6, ",.0f")]
         body.append(row)

@@ -1,0 +1,1 @@
+"""Compression stages: quantization (and, as they land, pruning and distillation)."""

@@ -1,0 +1,233 @@
+"""Quantization through PyTorch (`torch.ao.quantization`): dynamic int8 for CPU inference, with optional
+quantization-aware training (QAT) before the conversion.
+
+- dynamic_int8: every nn.Linear gets int8 weights (per output channel, symmetric) and quantizes its input on
+  the fly (per tensor) — PyTorch's x86/oneDNN/fbgemm dynamic kernels. Vocabulary-sized embeddings get 8-bit
+  weights per row (weight-only). Small embeddings (positions, token types) stay float: the quantized embedding
+  kernel needs contiguous indices, which HF passes for input ids only.
+- QAT: before converting, fine-tune with fake quantization of exactly what the conversion will quantize
+  (weights per channel, activations per tensor from the batch's own range), straight-through gradients.
+
+Saved form (`trainopt.json` → "quantization"): config.json + model.safetensors holding, for each quantized
+module, its integer weights and their scales/zero points; every other tensor as float. Plain `transformers`
+cannot load it; `trainopt.models.load_saved` (so `trainopt eval/predict`) rebuilds the model from its config,
+applies the same quantization and loads the stored integers: the reloaded model is bit-identical.
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch.ao.nn.quantized import Embedding as QEmbedding
+from torch.ao.nn.quantized.dynamic import Linear as QDynLinear
+from torch.ao.quantization import float_qparams_weight_only_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
+
+from ..errors import RecipeError
+from ..recipe import QuantizeStage, TrainStage
+from ..stages import RunContext, register
+from ..train.loop import train
+
+MIN_EMBEDDING_ROWS = 1000  # quantize vocabulary embeddings, not position/type tables
+ACT_QMAX = 127  # activation range of the x86 dynamic int8 Linear (reduce_range=True)
+
+
+def check_supported(stage: QuantizeStage, device: torch.device, index: int) -> None:
+    if stage.method != "dynamic_int8":
+        raise RecipeError(f"stages.{index}.method", f"{stage.method} runs on CUDA through torchao, which this "
+                          "build of trainopt does not provide yet", "use method: dynamic_int8 (CPU inference)")
+
+
+def plan(model: torch.nn.Module, stage_embeddings: bool, skip: list[str]) -> dict[str, list[str]]:
+    """Names of the modules to quantize: {"linear": [...], "embedding": [...]}."""
+    linear, embedding = [], []
+    for name, module in model.named_modules():
+        if any(s and s in name for s in skip):
+            continue
+        if isinstance(module, torch.nn.Linear):
+            linear.append(name)
+        elif stage_embeddings and isinstance(module, torch.nn.Embedding) and \
+                module.num_embeddings >= MIN_EMBEDDING_ROWS:
+            embedding.append(name)
+    return {"linear": linear, "embedding": embedding}
+
+
+def convert(model: torch.nn.Module, modules: dict[str, list[str]]) -> torch.nn.Module:
+    """Dynamic int8 conversion of the planned modules (in place), on CPU."""
+    model.cpu().eval()
+    spec = {name: per_channel_dynamic_qconfig for name in modules["linear"]}
+    spec.update({name: float_qparams_weight_only_qconfig for name in modules["embedding"]})
+    # Tied input/output embeddings: the conversion gives each module its own quantized copy.
+    with _quiet():
+        return quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)
+
+
+@contextmanager
+def _quiet():
+    """PyTorch 2.13 warns that quantized-tensor constructors are deprecated in favour of torchao; they are
+    what its fast x86 dynamic int8 kernels (fbgemm/oneDNN) take, and they still work."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+        warnings.filterwarnings("ignore", message=".*torch.ao.quantization.*deprecated.*")
+        yield
+
+
+# ------------------------------------------------------------------------------------------------- QAT
+class FakeQuantLinear(torch.nn.Module):
+    """A Linear seen through the int8 dynamic kernel's rounding, with straight-through gradients.
+
+    Written here because the PyTorch QAT flow (prepare_qat) inserts static activation observers, while the
+    dynamic kernel quantizes each input from its own range; torch.fake_quantize_* does the rounding."""
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        self.linear = linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.linear.weight
+        # weights: per output channel, symmetric, qint8 (what per_channel_dynamic_qconfig's observer computes)
+        w_scale = (w.detach().abs().amax(dim=1) / 127.5).clamp(min=1e-8).float()
+        w_zero = torch.zeros_like(w_scale, dtype=torch.int32)
+        wq = torch.fake_quantize_per_channel_affine(w, w_scale, w_zero, 0, -128, 127)
+        # activations: per tensor, affine, from this batch's range, on 7 bits: the dynamic int8 Linear calls
+        # quantized.linear_dynamic with reduce_range=True (0..127) to avoid overflow in its int16 accumulation
+        lo = torch.clamp(x.detach().min(), max=0.0).float()
+        hi = torch.clamp(x.detach().max(), min=0.0).float()
+        a_scale = ((hi - lo) / ACT_QMAX).clamp(min=1e-8)
+        a_zero = torch.round(-lo / a_scale).clamp(0, ACT_QMAX).int()
+        xq = torch.fake_quantize_per_tensor_affine(x.float(), a_scale, a_zero, 0, ACT_QMAX).to(x.dtype)
+        return F.linear(xq, wq.to(x.dtype), self.linear.bias)
+
+
+def _set_module(model: torch.nn.Module, name: str, new: torch.nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def insert_fake_quant(model: torch.nn.Module, linear_names: list[str]) -> None:
+    for name in linear_names:
+        _set_module(model, name, FakeQuantLinear(model.get_submodule(name)))
+
+
+def remove_fake_quant(model: torch.nn.Module, linear_names: list[str]) -> None:
+    for name in linear_names:
+        _set_module(model, name, model.get_submodule(name).linear)
+
+
+@register("quantize")
+def quantize_stage(model, data, stage: QuantizeStage, ctx: RunContext, stage_dir):
+    import time
+
+    start = time.perf_counter()
+    modules = plan(model, stage.embeddings, stage.skip)
+    result: dict = {"effect": "compressed"}
+    if stage.qat is not None:
+        insert_fake_quant(model, modules["linear"])
+        qat_stage = TrainStage(kind="train", name=stage.name, **stage.qat.model_dump())
+        summary = train(model, data, qat_stage, ctx, stage_dir)
+        remove_fake_quant(model, modules["linear"])
+        result["training"] = summary
+        result["cost"] = {"wall_s": summary["train_wall_s"], "tokens_per_s": summary["tokens_per_s"],
+                          "mfu": summary["mfu"], "peak_mem_bytes": summary["peak_mem_bytes"]}
+    model = convert(model, modules)
+    result["measure_device"] = "cpu"  # the dynamic int8 kernels run on the CPU: measure them there
+    result.setdefault("cost", {"wall_s": round(time.perf_counter() - start, 2), "tokens_per_s": None,
+                               "mfu": None, "peak_mem_bytes": None})
+    result["quantization"] = {"method": stage.method, "qat": stage.qat is not None,
+                              "linear_modules": len(modules["linear"]), "embeddings": modules["embedding"],
+                              "weights": "int8 per output channel (symmetric); embeddings 8-bit per row",
+                              "activations": "int8 dynamic, per tensor", "backend": torch.backends.quantized.engine}
+    return model, result
+
+
+# ----------------------------------------------------------------------------------------- save / load
+def quantized_weights(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The dequantized weights and biases held by quantized modules (they are not nn.Parameters)."""
+    out = []
+    for m in model.modules():
+        if isinstance(m, QDynLinear):
+            w, b = m._weight_bias()
+            out.append(w.dequantize())
+            if b is not None:
+                out.append(b.detach())
+        elif isinstance(m, QEmbedding):
+            out.append(m.weight().dequantize())
+    return out
+
+
+def is_quantized(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, (QDynLinear, QEmbedding)) for m in model.modules())
+
+
+def export_tensors(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict]:
+    """Integer weights + qparams of quantized modules, float tensors for the rest (tied tensors once)."""
+    tensors: dict[str, torch.Tensor] = {}
+    modules = {"linear": [], "embedding": []}
+    quantized_prefixes = []
+    for name, m in model.named_modules():
+        if isinstance(m, QDynLinear):
+            w, b = m._weight_bias()
+            tensors[f"{name}.weight.int8"] = w.int_repr().contiguous()
+            tensors[f"{name}.weight.scale"] = w.q_per_channel_scales().float().contiguous()
+            tensors[f"{name}.weight.zero_point"] = w.q_per_channel_zero_points().to(torch.int32).contiguous()
+            if b is not None:
+                tensors[f"{name}.bias"] = b.detach().contiguous()
+            modules["linear"].append(name)
+            quantized_prefixes.append(name + ".")
+        elif isinstance(m, QEmbedding):
+            w = m.weight()
+            tensors[f"{name}.weight.uint8"] = w.int_repr().contiguous()
+            tensors[f"{name}.weight.scale"] = w.q_per_channel_scales().float().contiguous()
+            tensors[f"{name}.weight.zero_point"] = w.q_per_channel_zero_points().float().contiguous()
+            modules["embedding"].append(name)
+            quantized_prefixes.append(name + ".")
+    tied: dict[str, str] = {}
+    seen: dict[int, str] = {}
+    for key, value in model.state_dict().items():
+        if any(key.startswith(p) for p in quantized_prefixes) or not isinstance(value, torch.Tensor):
+            continue
+        ptr = value.data_ptr()
+        if ptr in seen:
+            tied[key] = seen[ptr]
+            continue
+        seen[ptr] = key
+        tensors[key] = value.detach().contiguous()
+    return tensors, {"modules": modules, "tied": tied}
+
+
+def import_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor], info: dict) -> torch.nn.Module:
+    """Rebuild a model saved by export_tensors: quantize the same modules, then load the stored integers."""
+    modules = info["modules"]
+    convert(model, modules)
+    with _quiet():
+        _load_integers(model, tensors, modules)
+    quantized = tuple(n + "." for n in modules["linear"] + modules["embedding"])
+    plain = {k: v for k, v in tensors.items() if not k.startswith(quantized)}
+    for alias, source in info.get("tied", {}).items():
+        plain[alias] = plain[source]
+    # Copy float tensors one by one: load_state_dict would ask the quantized modules for keys of their own.
+    expected = {k for k, v in model.state_dict().items() if isinstance(v, torch.Tensor) and not k.startswith(quantized)}
+    if expected != set(plain):
+        raise RuntimeError(f"quantized checkpoint does not match its config: missing {sorted(expected - set(plain))[:3]}, "
+                           f"unexpected {sorted(set(plain) - expected)[:3]}")
+    with torch.no_grad():
+        for key, value in plain.items():
+            module_name, _, attr = key.rpartition(".")
+            getattr(model.get_submodule(module_name) if module_name else model, attr).copy_(value)
+    return model.eval()
+
+
+def _load_integers(model: torch.nn.Module, tensors: dict[str, torch.Tensor], modules: dict) -> None:
+    for name in modules["linear"]:
+        q = torch._make_per_channel_quantized_tensor(tensors[f"{name}.weight.int8"],
+                                                      tensors[f"{name}.weight.scale"].double(),
+                                                      tensors[f"{name}.weight.zero_point"].long(), 0)
+        model.get_submodule(name).set_weight_bias(q, tensors.get(f"{name}.bias"))
+    for name in modules["embedding"]:
+        q = torch._make_per_channel_quantized_tensor(tensors[f"{name}.weight.uint8"],
+                                                      tensors[f"{name}.weight.scale"],
+                                                      tensors[f"{name}.weight.zero_point"], 0)
+        model.get_submodule(name).set_weight(q)

@@ -1,0 +1,126 @@
+"""Quantization: dynamic int8 conversion, QAT's fake quantization, the saved format and its reload."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from trainopt.cli import main
+from trainopt.compress.quantize import FakeQuantLinear, convert, plan
+from trainopt.models import load_saved
+
+from .conftest import classification_recipe
+
+
+def test_fake_quant_matches_the_int8_kernel():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 32)
+    x = torch.randn(8, 64) * 3
+    with torch.no_grad():
+        ref = lin(x)
+        fq = FakeQuantLinear(lin)(x)
+        q = convert(torch.nn.Sequential(lin), {"linear": ["0"], "embedding": []})(x)
+    # QAT sees (almost) exactly what the converted kernel computes: far closer than the float output is
+    assert (fq - q).abs().max() < 0.25 * (ref - q).abs().max()
+
+
+def test_fake_quant_passes_gradients():
+    lin = torch.nn.Linear(8, 4)
+    FakeQuantLinear(lin)(torch.randn(3, 8)).sum().backward()
+    assert lin.weight.grad is not None and lin.weight.grad.abs().sum() > 0
+
+
+def test_plan_skips_small_embeddings_and_named_modules(tiny_bert_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir)
+    p = plan(model, True, ["classifier"])
+    assert p["embedding"] == ["bert.embeddings.word_embeddings"]
+    assert "classifier" not in p["linear"] and len(p["linear"]) == 2 * 6 + 1  # 6 per layer + pooler
+
+
+@pytest.fixture(scope="module")
+def quant_run(tmp_path_factory, tiny_bert_dir):
+    from .conftest import make_reviews, write_jsonl
+
+    d = tmp_path_factory.mktemp("qdata")
+    write_jsonl(d / "train.jsonl", make_reviews(240, seed=1))
+    write_jsonl(d / "test.jsonl", make_reviews(60, seed=2))
+    raw = classification_recipe(tiny_bert_dir, d, epochs=2)
+    raw["stages"] += [{"kind": "quantize", "name": "int8"},
+                      {"kind": "quantize", "name": "int8-qat", "from_stage": "finetune",
+                       "qat": {"max_steps": 6, "batch_size": 16, "optimizer": {"lr": 1e-4}, "checkpoint_every": 3}}]
+    out = tmp_path_factory.mktemp("q") / "run"
+    import trainopt
+
+    report = trainopt.run(raw, out=out)
+    return out, report
+
+
+def test_quantize_stages_report_and_reload(quant_run):
+    out, report = quant_run
+    base, ptq, qat = report["stages"]
+    for st in (ptq, qat):
+        assert st["effect"] in ("smaller", "accelerated")
+        assert st["vs_baseline"]["size_ratio"] < 0.5  # the tiny model is mostly its (now 8-bit) embedding
+        assert st["size"]["params"] == base["size"]["params"]
+        assert st["quantization"]["method"] == "dynamic_int8" and st["speed"]["device"] == "cpu"
+        assert st["vs_parent"]["stage"] == "finetune"
+    assert ptq["quantization"]["qat"] is False and qat["quantization"]["qat"] is True
+    assert qat["training"]["steps"] == 6 and "training" not in ptq
+
+    # the saved form reloads into the same quantized model: same predictions, same accuracy
+    model, tok, meta = load_saved(out / ptq["checkpoint"])
+    assert meta["quantization"]["modules"]["embedding"] == ["bert.embeddings.word_embeddings"]
+    from trainopt.compress.quantize import is_quantized
+
+    assert is_quantized(model)
+    meta_file = json.loads((out / ptq["checkpoint"] / "trainopt.json").read_text())
+    assert meta_file["quantization"]["method"] == "dynamic_int8"
+
+
+def test_quantized_model_predicts_and_evaluates(quant_run, tmp_path, capsys):
+    out, report = quant_run
+    model_dir = out / report["stages"][1]["checkpoint"]
+    assert main(["predict", str(model_dir), "--text", "great tasty coffee", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["label"] in ("great", "other")
+    data_dir = report["recipe"]["data"]["source"]
+    assert main(["eval", str(model_dir), "--out", str(tmp_path / "ev"), "--set", f"data.source={data_dir}",
+                 "--set", "data.text_column=text", "--set", "data.label_column=label",
+                 "--set", "measure.max_seconds=1", "--set", "run.progress=false"]) == 0
+    ev = json.loads((tmp_path / "ev" / "report.json").read_text())["stages"][0]
+    assert ev["quality"]["accuracy"] == report["stages"][1]["quality"]["accuracy"]
+
+
+def test_quantize_command_and_unsupported_method(quant_run, tmp_path, capsys):
+    out, report = quant_run
+    model_dir = out / report["stages"][0]["checkpoint"]
+    data_dir = report["recipe"]["data"]["source"]
+    args = ["--set", f"data.source={data_dir}", "--set", "data.text_column=text", "--set", "data.label_column=label",
+            "--set", "measure.max_seconds=1", "--set", "run.progress=false"]
+    assert main(["quantize", str(model_dir), "--method", "weight_only_int4", "--out", str(tmp_path / "x"),
+                 *args]) == 2
+    assert "stages.1.method" in capsys.readouterr().err
+    assert main(["quantize", str(model_dir), "--out", str(tmp_path / "q"), *args]) == 0
+    rep = json.loads((tmp_path / "q" / "report.json").read_text())
+    assert [s["name"] for s in rep["stages"]] == ["float", "dynamic-int8"]
+
+
+def test_quantized_causal_lm_generates(tmp_path, tiny_gpt_dir, austen_text):
+    import trainopt
+
+    (tmp_path / "book.txt").write_text(austen_text)
+    raw = {"name": "lmq", "task": "causal_lm", "model": {"path": str(tiny_gpt_dir)},
+           "data": {"source": str(tmp_path / "book.txt"), "block_size": 32},
+           "stages": [{"kind": "eval", "name": "float"}, {"kind": "quantize", "name": "int8"}],
+           "run": {"progress": False}, "measure": {"batch_sizes": [1, 4], "max_seconds": 1, "generate_tokens": 8}}
+    report = trainopt.run(raw, out=tmp_path / "run")
+    fl, q = report["stages"]
+    assert q["speed"]["generate_tokens_per_s_b1"] > 0 and q["speed"]["generate_new_tokens"] == 8
+    assert "speedup_generate_b1" in q["vs_baseline"]
+    assert q["quality"]["perplexity"] == pytest.approx(fl["quality"]["perplexity"], rel=0.1)
+    model, tok, _ = load_saved(tmp_path / "run" / q["checkpoint"])
+    ids = tok("It is a truth", return_tensors="pt")
+    assert model.generate(**ids, max_new_tokens=4, do_sample=False).shape[1] == ids["input_ids"].shape[1] + 4
