@@ -23,9 +23,16 @@ def classification_loss_sum(logits: torch.Tensor, labels: torch.Tensor, label_sm
     return F.cross_entropy(logits.float(), labels, reduction="sum", label_smoothing=label_smoothing)
 
 
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def model_inputs(batch: dict) -> dict:
+    """The keys of a batch that the model takes (batches also carry labels and example indices)."""
+    return {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+
+
 def forward_logits(model, batch: dict) -> torch.Tensor:
-    kwargs = {k: v for k, v in batch.items() if k != "labels"}
-    return model(**kwargs).logits
+    return model(**model_inputs(batch)).logits
 
 
 @torch.inference_mode()

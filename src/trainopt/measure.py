@@ -144,8 +144,7 @@ def fixed_inputs(split, task: str, batch_sizes: list[int], seq_len: int | None) 
         for b in batch_sizes:
             idx = [median] if b == 1 else [first[i % n_max] for i in range(b)]
             batch = split.collate(idx)
-            batch.pop("labels")
-            out[b] = batch
+            out[b] = {k: batch[k] for k in ("input_ids", "attention_mask")}
     else:
         width = min(seq_len or 128, split.blocks.shape[1])
         for b in batch_sizes:

@@ -169,7 +169,50 @@ class QuantizeStage(StageBase):
     qat: TrainSettings | None = None
 
 
-Stage = Annotated[Union[TrainStage, EvalStage, QuantizeStage], Field(discriminator="kind")]
+class StudentSpec(Strict):
+    """The student: teacher layers to keep (layer dropping), or a smaller config (fresh initialisation)."""
+
+    layers: list[int] | None = None
+    num_layers: int | None = Field(None, ge=1)
+    config: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_way(self):
+        if self.config is not None and (self.layers is not None or self.num_layers is not None):
+            raise ValueError("student.config (a smaller model) excludes student.layers / student.num_layers "
+                             "(layer dropping)")
+        if self.layers is not None and self.num_layers is not None and len(self.layers) != self.num_layers:
+            raise ValueError("student.layers and student.num_layers disagree; set one of them")
+        if self.layers is not None and not self.layers:
+            raise ValueError("student.layers must list at least one teacher layer")
+        return self
+
+
+class DistillLossSpec(Strict):
+    kd: float = Field(1.0, ge=0.0)
+    temperature: float = Field(2.0, gt=0.0, le=100.0)
+    ce: float = Field(1.0, ge=0.0)
+    hidden: float = Field(0.0, ge=0.0)
+    attention: float = Field(0.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _some_term(self):
+        if not (self.kd or self.ce or self.hidden or self.attention):
+            raise ValueError("the distillation loss needs a positive weight (kd, ce, hidden or attention)")
+        return self
+
+
+class DistillStage(StageBase):
+    kind: Literal["distill"]
+    name: str = Field("distill", pattern=_NAME)
+    teacher: str | None = None  # a model folder; default: the stage's input model
+    student: StudentSpec = StudentSpec()
+    loss: DistillLossSpec = DistillLossSpec()
+    train: TrainSettings = TrainSettings()
+    cache_teacher: bool = True
+
+
+Stage = Annotated[Union[TrainStage, EvalStage, QuantizeStage, DistillStage], Field(discriminator="kind")]
 
 
 # ------------------------------------------------------------------------------------------ run/measure
@@ -446,6 +489,8 @@ def check_paths(recipe: Recipe) -> None:
     checks = [("model.path", recipe.model.path, BUILTIN_MODELS), ("model.tokenizer", recipe.model.tokenizer,
                                                                    BUILTIN_MODELS),
               ("data.source", recipe.data.source, BUILTIN_DATA),
+              *[(f"stages.{i}.teacher", s.teacher, BUILTIN_MODELS) for i, s in enumerate(recipe.stages)
+                if getattr(s, "teacher", None)],
               ("data.validation_source", recipe.data.validation_source, ()),
               ("data.test_source", recipe.data.test_source, ())]
     for key, ref, builtins in checks:

@@ -45,6 +45,8 @@ def check_compat(recipe: Recipe, device: torch.device) -> None:
             check_supported(stage, device, i)
             if stage.qat is not None:
                 trainings.append((f"stages.{i}.qat", stage.qat))
+        elif stage.kind == "distill":
+            trainings.append((f"stages.{i}.train", stage.train))
     for key, settings in trainings:
         if settings.precision == "fp16" and device.type != "cuda":
             raise RecipeError(f"{key}.precision", "fp16 training needs a CUDA device (GradScaler)",
@@ -214,7 +216,7 @@ def _measure_stage(model, data, stage, result, ctx: RunContext, inputs, stage_di
         entry["speed"]["throughput_items_per_s"] = None
     entry["cost"] = dict(result.get("cost", {}))
     entry["cost"]["eval_wall_s"] = round(time.perf_counter() - t0, 2)
-    for key in ("training", "quantization", "notes"):
+    for key in ("training", "quantization", "distillation", "notes"):
         if key in result:
             entry[key] = result[key]
     parent = next((e for e in previous if e["name"] == stage.from_stage), None) if stage.from_stage else \

@@ -60,7 +60,8 @@ class ClassificationSplit:
             ids[r, : len(s)] = torch.tensor(s, dtype=torch.long)
             mask[r, : len(s)] = 1
         return {"input_ids": ids, "attention_mask": mask,
-                "labels": torch.tensor([self.labels[i] for i in idx], dtype=torch.long)}
+                "labels": torch.tensor([self.labels[i] for i in idx], dtype=torch.long),
+                "index": torch.tensor(idx, dtype=torch.long)}
 
     @staticmethod
     def count(batch: dict) -> tuple[int, int]:
@@ -96,7 +97,7 @@ class LMSplit:
 
     def collate(self, idx: list[int]) -> dict[str, torch.Tensor]:
         x = self.blocks[idx]
-        return {"input_ids": x, "labels": x}
+        return {"input_ids": x, "labels": x, "index": torch.tensor(idx, dtype=torch.long)}
 
     @staticmethod
     def count(batch: dict) -> tuple[int, int]:

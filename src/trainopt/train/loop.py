@@ -67,8 +67,25 @@ def set_determinism(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def train(model, data, stage: TrainStage, ctx, stage_dir: Path) -> dict:
-    """Train `model` in place on data.train; returns the stage's training summary (cost and events)."""
+def task_loss(task: str, label_smoothing: float = 0.0):
+    """The default objective: cross-entropy on the labels (classification) or on the next token (LM), summed
+    over the micro-batch and divided by `denom`, the item/token count of the whole accumulated batch."""
+
+    def loss_fn(model, batch: dict, denom: int) -> torch.Tensor:
+        logits = forward_logits(model, batch)
+        if task == "classification":
+            return classification_loss_sum(logits, batch["labels"], label_smoothing) / denom
+        return lm_loss_sum(logits, batch["labels"]) / denom
+
+    return loss_fn
+
+
+def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
+          extra: torch.nn.Module | None = None) -> dict:
+    """Train `model` in place on data.train; returns the stage's training summary (cost and events).
+
+    `loss_fn(model, batch, denom)` replaces the task loss (distillation passes its own); `extra` holds
+    trainable modules outside the model (e.g. projections), optimized and checkpointed with it."""
     task, device, run = ctx.recipe.task, ctx.device, ctx.recipe.run
     split = data.train
     precision = resolve_precision(stage.precision, device)
@@ -84,9 +101,11 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path) -> dict:
     seq_len = split.blocks.shape[1] if task == "causal_lm" else None
 
     stage_dir.mkdir(parents=True, exist_ok=True)
-    model.to(device)
-    model.train()
-    optimizer = build_optimizer(model, stage.optimizer, fused=device.type == "cuda")
+    loss_fn = loss_fn or task_loss(task, stage.label_smoothing)
+    trainable = model if extra is None else torch.nn.ModuleDict({"model": model, "extra": extra})
+    trainable.to(device)
+    trainable.train()
+    optimizer = build_optimizer(trainable, stage.optimizer, fused=device.type == "cuda")
     scheduler = build_scheduler(optimizer, stage.schedule, total_steps)
     state = TrainState()
     ckpt_root = stage_dir / "checkpoints"
@@ -95,7 +114,7 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path) -> dict:
     resumed_from = None
     latest = ckpt.latest_checkpoint(ckpt_root) if ctx.resume else None
     if latest is not None:
-        state = TrainState(**ckpt.load_checkpoint(latest, model, optimizer, scheduler, scaler, device))
+        state = TrainState(**ckpt.load_checkpoint(latest, trainable, optimizer, scheduler, scaler, device))
         ctx.log.truncate(stage.name, state.step)
         resumed_from = state.step
         console.print(f"[yellow]resuming {stage.name} from step {state.step} ({latest.name})[/yellow]")
@@ -132,11 +151,7 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path) -> dict:
             for batch in micro:
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                    logits = forward_logits(model, batch)
-                if task == "classification":
-                    loss = classification_loss_sum(logits, batch["labels"], stage.label_smoothing) / denom
-                else:
-                    loss = lm_loss_sum(logits, batch["labels"]) / denom
+                    loss = loss_fn(model, batch, denom)
                 (scaler.scale(loss) if scaler is not None else loss).backward()
                 loss_total += loss.detach()
             if fpt is None:
@@ -145,7 +160,7 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path) -> dict:
             # 3. Step, unless the loss or the gradient is not finite.
             if scaler is not None:
                 scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), stage.max_grad_norm or float("inf"))
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable.parameters(), stage.max_grad_norm or float("inf"))
             loss_value = loss_total.item()
             finite = math.isfinite(loss_value) and bool(torch.isfinite(grad_norm))
             if finite and scaler is not None:
@@ -190,7 +205,7 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path) -> dict:
                 if improved:
                     state.best_metric, state.best_step, state.evals_without_improvement = value, state.step, 0
                     if stage.keep_best:
-                        _atomic_save_weights(model, best_file)
+                        _atomic_save_weights(trainable, best_file)
                 else:
                     state.evals_without_improvement += 1
                 if stage.early_stopping and state.evals_without_improvement >= stage.early_stopping.patience:
@@ -202,12 +217,13 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path) -> dict:
             # 6. Checkpoint atomically (model, optimizer, scheduler, RNG, data position).
             state.train_seconds = stage_start_train_seconds + (time.perf_counter() - session_start)
             if stage.checkpoint_every and (state.step % stage.checkpoint_every == 0):
-                ckpt.save_checkpoint(ckpt_root, state.step, model, optimizer, scheduler, scaler, asdict(state))
+                ckpt.save_checkpoint(ckpt_root, state.step, trainable, optimizer, scheduler, scaler,
+                                     asdict(state))
             if kill_at and state.step == kill_at and resumed_from is None:
                 os.kill(os.getpid(), 9)
 
     if stage.keep_best and state.best_step is not None and best_file.is_file() and state.best_step != state.step:
-        st_load_model(model, str(best_file), device=str(device))
+        st_load_model(trainable, str(best_file), device=str(device))
         console.print(f"restored the best weights (step {state.best_step}, val {metric} {state.best_metric})")
     wall = stage_start_train_seconds + (time.perf_counter() - session_start)
     return {
