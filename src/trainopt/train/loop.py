@@ -128,6 +128,7 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
     measure.reset_peak_memory(device)
     batches = split.batches(stage.batch_size, run.seed, state.epoch, bucket=ctx.recipe.data.bucket)
     window_tokens, window_start, window_loss, window_steps = 0, time.perf_counter(), 0.0, 0
+    window_eval_s = 0.0  # evaluation time inside the window: not training throughput
     last_tps, last_mfu = None, None
     kill_at = int(os.environ.get("TRAINOPT_FAULT_KILL_AT_STEP", "0"))  # fault injection for the resume tests
     session_start = time.perf_counter()
@@ -184,7 +185,7 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
             # 4. Log: loss, lr, tokens/s, MFU.
             if state.step % stage.log_every == 0 or state.step == total_steps:
                 measure.sync(device)
-                elapsed = time.perf_counter() - window_start
+                elapsed = time.perf_counter() - window_start - window_eval_s
                 last_tps = window_tokens / elapsed if elapsed > 0 else None
                 last_mfu = (last_tps * fpt / peak) if (peak and last_tps) else None
                 lr = scheduler.get_last_lr()[0]
@@ -194,10 +195,12 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
                 update(info=f"loss {window_loss / max(window_steps, 1):.4f} lr {lr:.2e} "
                             f"{(last_tps or 0):,.0f} tok/s" + (f" MFU {last_mfu:.1%}" if last_mfu else ""))
                 window_tokens, window_start, window_loss, window_steps = 0, time.perf_counter(), 0.0, 0
+                window_eval_s = 0.0
             update(advance=1)
 
             # 5. Evaluate on the validation split: keep the best weights, stop early when it stalls.
             if data.validation is not None and (state.step % eval_every == 0 or state.step == total_steps):
+                eval_start = time.perf_counter()
                 quality = evaluate(model, data.validation, task, stage.eval_batch_size, device, autocast_dtype)
                 value = quality[metric]
                 improved = is_better(value, state.best_metric, mode,
@@ -212,7 +215,7 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
                     state.stopped_early = True
                 ctx.log.log(stage.name, state.step, **{f"val_{k}": v for k, v in quality.items()
                                                        if isinstance(v, (int, float))}, best=improved)
-                window_start = time.perf_counter()  # evaluation time is not training throughput
+                window_eval_s += time.perf_counter() - eval_start
 
             # 6. Checkpoint atomically (model, optimizer, scheduler, RNG, data position).
             state.train_seconds = stage_start_train_seconds + (time.perf_counter() - session_start)
