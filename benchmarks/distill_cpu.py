@@ -23,6 +23,8 @@ def main() -> None:
     ap.add_argument("--kd", type=float, default=1.0)
     ap.add_argument("--ce", type=float, default=0.5)
     ap.add_argument("--temperature", type=float, default=2.0)
+    ap.add_argument("--hidden", type=float, default=0.0, help="weight of the hidden-state MSE")
+    ap.add_argument("--no-ablation", action="store_true", help="skip the labels-only student")
     ap.add_argument("--out", default="runs/bench-distill")
     args = ap.parse_args()
     raw = trainopt.load_recipe("quickstart").model_dump(mode="json")
@@ -36,9 +38,12 @@ def main() -> None:
              "checkpoint_every": 0}
     raw["stages"] = [first,
                      {"kind": "distill", "name": "student-kd", "student": {"layers": layers},
-                      "loss": {"kd": args.kd, "ce": args.ce, "temperature": args.temperature}, "train": train},
+                      "loss": {"kd": args.kd, "ce": args.ce, "temperature": args.temperature, "hidden": args.hidden},
+                      "train": train},
                      {"kind": "distill", "name": "student-labels", "from_stage": "teacher",
                       "student": {"layers": layers}, "loss": {"kd": 0.0, "ce": 1.0}, "train": train}]
+    if args.no_ablation:
+        raw["stages"].pop()
     raw["name"] = "bench-distill"
     raw["run"]["progress"] = False
     report = trainopt.run(raw, out=args.out, overwrite=True)

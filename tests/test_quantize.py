@@ -124,3 +124,13 @@ def test_quantized_causal_lm_generates(tmp_path, tiny_gpt_dir, austen_text):
     model, tok, _ = load_saved(tmp_path / "run" / q["checkpoint"])
     ids = tok("It is a truth", return_tensors="pt")
     assert model.generate(**ids, max_new_tokens=4, do_sample=False).shape[1] == ids["input_ids"].shape[1] + 4
+
+
+def test_commands_infer_the_task_of_a_plain_hf_checkpoint(tmp_path, tiny_gpt_dir, austen_text):
+    (tmp_path / "book.txt").write_text(austen_text)
+    out = tmp_path / "ev"
+    assert main(["eval", str(tiny_gpt_dir), "--out", str(out), "--set", f"data.source={tmp_path / 'book.txt'}",
+                 "--set", "data.block_size=32", "--set", "measure.max_seconds=1", "--set", "measure.generate_tokens=4",
+                 "--set", "run.progress=false"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["recipe"]["task"] == "causal_lm" and report["stages"][0]["quality"]["perplexity"] > 1
