@@ -134,3 +134,33 @@ def test_commands_infer_the_task_of_a_plain_hf_checkpoint(tmp_path, tiny_gpt_dir
                  "--set", "run.progress=false"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["recipe"]["task"] == "causal_lm" and report["stages"][0]["quality"]["perplexity"] > 1
+
+
+def test_smoothing_keeps_the_float_function_of_a_gqa_decoder():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from trainopt.compress.quantize import smooth
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():  # give some input channels outliers, as real LMs have
+        model.model.layers[0].input_layernorm.weight[3] = 20.0
+    ids = torch.randint(0, 64, (2, 16))
+    before = model(input_ids=ids).logits
+    assert smooth(model, [{"input_ids": ids}], alpha=0.8) == 14
+    after = model(input_ids=ids).logits
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+    assert model.model.layers[0].input_layernorm.weight[3] < 20.0  # the outlier moved into the weights
+
+
+def test_smoothing_refuses_other_architectures(tiny_bert_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    from trainopt.compress.quantize import smooth
+    from trainopt.errors import RecipeError
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir)
+    with pytest.raises(RecipeError, match="Llama-family"):
+        smooth(model, [], 0.5)

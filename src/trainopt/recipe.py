@@ -159,6 +159,11 @@ class EvalStage(StageBase):
     name: str = Field("eval", pattern=_NAME)
 
 
+class SmoothSpec(Strict):
+    alpha: float = Field(0.5, ge=0.0, le=1.0)
+    calibration_batches: int = Field(8, ge=1)
+
+
 class QuantizeStage(StageBase):
     kind: Literal["quantize"]
     name: str = Field("quantize", pattern=_NAME)
@@ -166,6 +171,7 @@ class QuantizeStage(StageBase):
     embeddings: bool = True
     skip: list[str] = []
     group_size: int = Field(128, ge=16)
+    smooth: SmoothSpec | None = None
     qat: TrainSettings | None = None
 
 

@@ -74,6 +74,85 @@ def _quiet():
         yield
 
 
+# ------------------------------------------------------------------------------------------- smoothing
+# SmoothQuant (Xiao et al. 2023): per input channel j, divide the activation by s_j and multiply the weight
+# column by s_j, s_j = max|X_j|^α / max|W_:,j|^(1-α), so that outlier channels stop dominating the per-tensor
+# activation scale. The division is folded into whatever produces X (an RMSNorm weight, the up projection's
+# rows, the value projection's rows), so the float model computes the same function. Written here because
+# torch.ao's dynamic int8 path has no smoothing and torchao's targets its own quantized tensors.
+SMOOTHABLE = ("llama", "mistral", "qwen2", "qwen3", "smollm3", "olmo2")
+
+
+@torch.no_grad()
+def input_absmax(model, batches, names: list[str]) -> dict[str, torch.Tensor]:
+    """Per-input-channel max |x| of the named Linear layers over calibration batches."""
+    stats: dict[str, torch.Tensor] = {}
+    hooks = []
+    for name in names:
+        def hook(module, args, output, name=name):
+            x = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(0).float()
+            stats[name] = torch.maximum(stats[name], x) if name in stats else x
+        hooks.append(model.get_submodule(name).register_forward_hook(hook))
+    try:
+        for batch in batches:
+            model(**batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    return stats
+
+
+def _scales(x_max: torch.Tensor, weights: list[torch.Tensor], alpha: float) -> torch.Tensor:
+    w_max = torch.cat([w.abs() for w in weights], 0).amax(0).float().clamp(min=1e-5)
+    return (x_max.clamp(min=1e-5).pow(alpha) / w_max.pow(1 - alpha)).clamp(min=1e-5)
+
+
+@torch.no_grad()
+def smooth(model, batches, alpha: float) -> int:
+    """Fold SmoothQuant scales into a Llama-family decoder, in place; returns the number of smoothed Linears."""
+    from .distill import find_blocks
+
+    cfg = model.config
+    if cfg.model_type not in SMOOTHABLE:
+        raise RecipeError("stages.smooth", f"smoothing knows Llama-family decoders ({', '.join(SMOOTHABLE)}), "
+                          f"not {cfg.model_type}", "remove smooth: from the quantize stage")
+    _, attr, blocks = find_blocks(model)
+    prefix = next(n for n, m in model.named_modules() if m is blocks)
+    names = [f"{prefix}.{i}.{m}" for i in range(len(blocks))
+             for m in ("self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj")]
+    stats = input_absmax(model, batches, names)
+    heads, kv_heads = cfg.num_attention_heads, getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    for i, block in enumerate(blocks):
+        att, mlp = block.self_attn, block.mlp
+        # 1. attention input: the input norm feeds q, k, v
+        s = _scales(stats[f"{prefix}.{i}.self_attn.q_proj"], [att.q_proj.weight, att.k_proj.weight,
+                                                              att.v_proj.weight], alpha)
+        block.input_layernorm.weight.div_(s)
+        for lin in (att.q_proj, att.k_proj, att.v_proj):
+            lin.weight.mul_(s)
+        # 2. MLP input: the post-attention norm feeds gate and up
+        s = _scales(stats[f"{prefix}.{i}.mlp.gate_proj"], [mlp.gate_proj.weight, mlp.up_proj.weight], alpha)
+        block.post_attention_layernorm.weight.div_(s)
+        for lin in (mlp.gate_proj, mlp.up_proj):
+            lin.weight.mul_(s)
+        # 3. down projection input = SiLU(gate)·up: scale up's output rows
+        s = _scales(stats[f"{prefix}.{i}.mlp.down_proj"], [mlp.down_proj.weight], alpha)
+        mlp.up_proj.weight.div_(s[:, None])
+        if mlp.up_proj.bias is not None:
+            mlp.up_proj.bias.div_(s)
+        mlp.down_proj.weight.mul_(s)
+        # 4. output projection input = attention-weighted values: scale v's rows; with grouped KV heads one
+        # value channel serves several query heads, so they share one scale (the max over the group)
+        s = _scales(stats[f"{prefix}.{i}.self_attn.o_proj"], [att.o_proj.weight], alpha)
+        s_kv = s.view(kv_heads, heads // kv_heads, head_dim).amax(1)  # [kv_heads, head_dim]
+        att.v_proj.weight.div_(s_kv.reshape(-1)[:, None])
+        if att.v_proj.bias is not None:
+            att.v_proj.bias.div_(s_kv.reshape(-1))
+        att.o_proj.weight.mul_(s_kv[:, None, :].expand(kv_heads, heads // kv_heads, head_dim).reshape(-1))
+    return 7 * len(blocks)
+
+
 # ------------------------------------------------------------------------------------------------- QAT
 class FakeQuantLinear(torch.nn.Module):
     """A Linear seen through the int8 dynamic kernel's rounding, with straight-through gradients.
@@ -124,6 +203,13 @@ def quantize_stage(model, data, stage: QuantizeStage, ctx: RunContext, stage_dir
     start = time.perf_counter()
     modules = plan(model, stage.embeddings, stage.skip)
     result: dict = {"effect": "compressed"}
+    smoothed = 0
+    if stage.smooth is not None:
+        model.cpu().eval()
+        split = data.train
+        idx = list(range(min(len(split), stage.smooth.calibration_batches * 4)))
+        batches = [{"input_ids": split.collate(idx[i: i + 4])["input_ids"]} for i in range(0, len(idx), 4)]
+        smoothed = smooth(model, batches, stage.smooth.alpha)
     if stage.qat is not None:
         insert_fake_quant(model, modules["linear"])
         qat_stage = TrainStage(kind="train", name=stage.name, **stage.qat.model_dump())
@@ -139,7 +225,9 @@ def quantize_stage(model, data, stage: QuantizeStage, ctx: RunContext, stage_dir
     result["quantization"] = {"method": stage.method, "qat": stage.qat is not None,
                               "linear_modules": len(modules["linear"]), "embeddings": modules["embedding"],
                               "weights": "int8 per output channel (symmetric); embeddings 8-bit per row",
-                              "activations": "int8 dynamic, per tensor", "backend": torch.backends.quantized.engine}
+                              "activations": "int8 dynamic, per tensor", "backend": torch.backends.quantized.engine,
+                              "smoothed_linears": smoothed,
+                              "smooth_alpha": stage.smooth.alpha if stage.smooth is not None else None}
     return model, result
 
 
