@@ -170,7 +170,6 @@ class QuantizeStage(StageBase):
     method: Literal["dynamic_int8", "weight_only_int8", "weight_only_int4"] = "dynamic_int8"
     embeddings: bool = True
     skip: list[str] = []
-    group_size: int = Field(128, ge=16)
     smooth: SmoothSpec | None = None
     qat: TrainSettings | None = None
 
