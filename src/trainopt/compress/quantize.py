@@ -7,6 +7,8 @@ quantization-aware training (QAT) before the conversion.
   kernel needs contiguous indices, which HF passes for input ids only.
 - QAT: before converting, fine-tune with fake quantization of exactly what the conversion will quantize
   (weights per channel, activations per tensor from the batch's own range), straight-through gradients.
+- Smoothing (Llama-family decoders): SmoothQuant-style per-channel scales moved from the activations into the
+  weights before converting, so that activation outliers stop ruining the per-tensor activation scale.
 
 Saved form (`trainopt.json` → "quantization"): config.json + model.safetensors holding, for each quantized
 module, its integer weights and their scales/zero points; every other tensor as float. Plain `transformers`
