@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 import trainopt
+from common import quickstart_recipe, summarize
 
 
 def main() -> None:
@@ -27,11 +28,7 @@ def main() -> None:
     ap.add_argument("--no-ablation", action="store_true", help="skip the labels-only student")
     ap.add_argument("--out", default="runs/bench-distill")
     args = ap.parse_args()
-    raw = trainopt.load_recipe("quickstart").model_dump(mode="json")
-    finetune = next(s for s in raw["stages"] if s["kind"] == "train")
-    first = {"kind": "eval", "name": "teacher"} if args.model else {**finetune, "name": "teacher"}
-    if args.model:
-        raw["model"] = {"path": args.model}
+    raw, first = quickstart_recipe(args.model, "teacher", "bench-distill")
     layers = [int(x) for x in args.layers.split(",")]
     train = {"epochs": args.epochs, "batch_size": 32, "optimizer": {"lr": args.lr, "weight_decay": 0.01},
              "schedule": {"name": "linear", "warmup_ratio": 0.1}, "precision": "auto", "eval_every": 56,
@@ -44,15 +41,7 @@ def main() -> None:
                       "student": {"layers": layers}, "loss": {"kd": 0.0, "ce": 1.0}, "train": train}]
     if args.no_ablation:
         raw["stages"].pop()
-    raw["name"] = "bench-distill"
-    raw["run"]["progress"] = False
-    report = trainopt.run(raw, out=args.out, overwrite=True)
-    teacher_acc = report["stages"][0]["quality"]["accuracy"]
-    for s in report["stages"]:
-        vs = s["vs_baseline"]
-        print(f"{s['name']:<15} effect={s['effect']:<11} acc={s['quality']['accuracy']:.4f} "
-              f"({s['quality']['accuracy'] / teacher_acc:.1%} of teacher) speedup_b1={vs['speedup_b1']} "
-              f"speedup_b32={vs['speedup_b32']} size_ratio={vs['size_ratio']}")
+    summarize(trainopt.run(raw, out=args.out, overwrite=True))
 
 
 if __name__ == "__main__":
