@@ -225,7 +225,7 @@ def fetch(only: list[str] | None = None, log=print) -> dict[str, Path]:
         task = bar.add_task("fetching assets", total=len(names))
         for name in names:
             bar.update(task, description=f"fetching {name}")
-            paths[name] = FETCHERS[name](root, lambda m: bar.console.print(f"  {name}: {m}"))
+            paths[name] = FETCHERS[name](root, lambda m, name=name: bar.console.print(f"  {name}: {m}"))
             bar.console.print(f"  [green]✓[/green] {name}: {paths[name]}")
             bar.advance(task)
     return paths

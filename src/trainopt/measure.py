@@ -161,7 +161,7 @@ def measure_latency(model, inputs: dict[int, dict], device: torch.device, warmup
     for b, batch in sorted(inputs.items()):
         batch = {k: v.to(device) for k, v in batch.items()}
 
-        def call():
+        def call(batch=batch):
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 model(**batch)
 

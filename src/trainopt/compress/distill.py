@@ -90,7 +90,7 @@ class Projections(torch.nn.Module):
 
 
 def _hidden_size(model) -> int:
-    return getattr(model.config, "hidden_size", None) or getattr(model.config, "n_embd")
+    return getattr(model.config, "hidden_size", None) or model.config.n_embd
 
 
 def make_loss(teacher, stage: DistillStage, task: str, layer_map: list[int], projections: Projections | None,

@@ -59,7 +59,7 @@ def read_raw(spec: DataSpec, task: str) -> RawData:
         return Path(ref).expanduser()
 
     splits, replaced = read_source(resolve(spec.source), spec.format, spec.encoding_errors)
-    for key, ref, name in (("data.validation_source", spec.validation_source, "validation"),
+    for _key, ref, name in (("data.validation_source", spec.validation_source, "validation"),
                            ("data.test_source", spec.test_source, "test")):
         if ref is not None:
             extra, bad = read_source(resolve(ref), spec.format if not Path(ref).is_dir() else "auto",

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from rich.table import Table
 
-from ..train.monitor import console
 
 
 def write_report(run_dir: Path, report: dict) -> None:
