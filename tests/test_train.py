@@ -152,3 +152,14 @@ def test_incomplete_checkpoint_is_ignored(tmp_path):
         f.write(b"\x00\x01\x02")
     (tmp_path / ".tmp-step-00000003-1").mkdir()  # a kill during a write leaves only a temporary folder
     assert ckpt.latest_checkpoint(tmp_path) == good
+
+
+def test_sgd_label_smoothing_and_mfu_with_a_given_peak(tmp_path, tiny_bert_dir, reviews_dir):
+    recipe, data, model, ctx = _setup(tmp_path, tiny_bert_dir, reviews_dir, max_steps=3, eval_every=None,
+                                      checkpoint_every=0, keep_best=False, label_smoothing=0.1,
+                                      optimizer={"name": "sgd", "lr": 0.1, "momentum": 0.9})
+    recipe.run.peak_flops = 1e12  # a CPU has no table entry: MFU appears only when the peak is given
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    summary = train(model, data, recipe.stages[0], ctx, tmp_path / "s")
+    assert summary["mfu"] is not None and 0 < summary["mfu"] < 1
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
