@@ -186,11 +186,9 @@ def model_recipe(model_dir: str, recipe_spec, overrides, prefix: str, stages: li
     path = Path(model_dir)
     if not (path / "config.json").is_file():
         raise TrainoptError(f"{model_dir} is not a saved model folder (no config.json)")
-    meta_file = path / "trainopt.json"
-    task = json.loads(meta_file.read_text()).get("task") if meta_file.is_file() else None
-    if task is None:  # a plain HF checkpoint: its architecture says which task it was saved for
-        archs = " ".join(json.loads((path / "config.json").read_text()).get("architectures") or [])
-        task = "causal_lm" if ("CausalLM" in archs or "LMHead" in archs) else "classification"
+    from .models import saved_task
+
+    task = saved_task(path)
     if recipe_spec is None:
         recipe_spec = "lm-finetune" if task == "causal_lm" else "quickstart"
     raw = read_yaml(resolve_recipe_path(recipe_spec))

@@ -166,6 +166,17 @@ def save_model(model, tokenizer, out_dir: Path, meta: dict) -> Path:
     return out_dir
 
 
+def saved_task(model_dir: Path) -> str:
+    """The task a saved folder was made for: trainopt.json says it, else the config's architecture does."""
+    model_dir = Path(model_dir)
+    meta_file = model_dir / META_FILE
+    task = json.loads(meta_file.read_text()).get("task") if meta_file.is_file() else None
+    if task:
+        return task
+    archs = " ".join(json.loads((model_dir / "config.json").read_text()).get("architectures") or [])
+    return "causal_lm" if "CausalLM" in archs or "LMHead" in archs else "classification"
+
+
 def load_saved(model_dir: Path, task: str | None = None):
     """Load a folder saved by trainopt (or any HF checkpoint): (model, tokenizer, meta)."""
     from transformers import AutoConfig, AutoTokenizer
@@ -176,11 +187,7 @@ def load_saved(model_dir: Path, task: str | None = None):
         raise TrainoptError(f"{model_dir} is not a model folder (no config.json)")
     meta = json.loads((model_dir / META_FILE).read_text()) if (model_dir / META_FILE).is_file() else {}
     config = AutoConfig.from_pretrained(str(model_dir))
-    if task is None:
-        task = meta.get("task")
-    if task is None:
-        archs = " ".join(getattr(config, "architectures", None) or [])
-        task = "causal_lm" if "CausalLM" in archs or "LMHead" in archs else "classification"
+    task = task or saved_task(model_dir)
     if meta.get("quantization"):
         from safetensors.torch import load_file
 

@@ -42,7 +42,7 @@ def check_compat(recipe: Recipe, device: torch.device) -> None:
         elif stage.kind == "quantize":
             from .compress.quantize import check_supported
 
-            check_supported(stage, device, i)
+            check_supported(stage, i)
             if stage.qat is not None:
                 trainings.append((f"stages.{i}.qat", stage.qat))
         elif stage.kind == "distill":

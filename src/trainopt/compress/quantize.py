@@ -36,7 +36,7 @@ MIN_EMBEDDING_ROWS = 1000  # quantize vocabulary embeddings, not position/type t
 ACT_QMAX = 127  # activation range of the x86 dynamic int8 Linear (reduce_range=True)
 
 
-def check_supported(stage: QuantizeStage, device: torch.device, index: int) -> None:
+def check_supported(stage: QuantizeStage, index: int) -> None:
     if stage.method != "dynamic_int8":
         raise RecipeError(f"stages.{index}.method", f"{stage.method} runs on CUDA through torchao, which this "
                           "build of trainopt does not provide yet", "use method: dynamic_int8 (CPU inference)")
