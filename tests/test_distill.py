@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainopt.compress.distill import build_student, default_layers, drop_layers, find_blocks
+from trainopt.compress.blocks import find_blocks
+from trainopt.compress.distill import build_student, default_layers, drop_layers
 from trainopt.errors import RecipeError
 from trainopt.recipe import DistillStage, load_recipe
 
@@ -100,7 +101,7 @@ def test_kd_loss_is_zero_when_student_equals_teacher(tiny_bert_dir):
     stage = DistillStage(kind="distill", loss={"kd": 1.0, "ce": 0.0, "hidden": 1.0})
     from trainopt.compress.distill import Projections
 
-    fn = make_loss(teacher, stage, "classification", [0, 1], Projections(2, 32, 32), None)
+    fn = make_loss(teacher, stage.loss, "classification", [0, 1], Projections(2, 32, 32), None)
     batch = {"input_ids": torch.tensor([[101, 2000, 2001, 102], [101, 2002, 102, 0]]),
              "attention_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]), "labels": torch.tensor([0, 1])}
     assert fn(student, batch, 2).abs().item() < 1e-6

@@ -69,6 +69,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
 
+    p = sub.add_parser("prune", help="prune a saved model and measure it against the dense model",
+                       description="Evaluate a saved model as it is, prune it (magnitude, Wanda, 2:4, or structured "
+                                   "heads/FFN neurons), optionally fine-tune to recover, and report both side by side.")
+    p.add_argument("model_dir", help="a saved model folder (a stage's model/ or a local HF checkpoint)")
+    p.add_argument("--method", default="magnitude", choices=["magnitude", "gradual", "wanda", "structured"])
+    p.add_argument("--sparsity", type=float, default=0.5, help="unstructured target sparsity (default 0.5)")
+    p.add_argument("--pattern", default="unstructured", choices=["unstructured", "2:4"])
+    p.add_argument("--heads", type=float, default=0.0, help="structured: fraction of attention heads to remove")
+    p.add_argument("--ffn", type=float, default=0.0, help="structured: fraction of FFN neurons to remove")
+    p.add_argument("--recovery-epochs", type=float, default=None,
+                   help="fine-tune this many epochs after pruning (gradual: the epochs it prunes over)")
+    p.add_argument("--distill", action="store_true", help="recover by distilling from the dense model")
+    p.add_argument("--recipe", default=None,
+                   help="recipe whose data to use (default: quickstart for classifiers, lm-finetune for LMs)")
+    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/prune-<model folder name>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+
     p = sub.add_parser("report", help="print a finished run's report and rewrite report.md",
                        description="Read RUN_DIR/report.json, rewrite report.md and print the stage table.")
     p.add_argument("run_dir")
@@ -144,6 +162,23 @@ def _dispatch(args, parser) -> int:
                               [{"kind": "eval", "name": "float"}, quant])
         run(recipe, out=args.out or f"runs/quantize-{Path(args.model_dir).resolve().name}",
             overwrite=args.overwrite)
+        return 0
+    if args.command == "prune":
+        from .runner import run
+
+        stage = {"kind": "prune", "name": args.method, "method": args.method}
+        if args.method == "structured":
+            stage["structured"] = {"heads": args.heads, "ffn": args.ffn}
+        else:
+            stage.update({"sparsity": args.sparsity, "pattern": args.pattern})
+            stage["name"] = f"{args.method}-{args.pattern.replace(':', 'of')}"
+        if args.recovery_epochs or args.method == "gradual":
+            stage["train"] = {"epochs": args.recovery_epochs or 1.0, "optimizer": {"lr": 5e-5}, "precision": "auto"}
+        if args.distill:
+            stage["distill"] = {"kd": 1.0, "ce": 1.0}
+        recipe = model_recipe(args.model_dir, args.recipe, args.overrides, "prune",
+                              [{"kind": "eval", "name": "dense"}, stage])
+        run(recipe, out=args.out or f"runs/prune-{Path(args.model_dir).resolve().name}", overwrite=args.overwrite)
         return 0
     if args.command == "report":
         from .report import load_report, print_summary, write_report

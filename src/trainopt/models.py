@@ -139,8 +139,13 @@ def save_model(model, tokenizer, out_dir: Path, meta: dict) -> Path:
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    from .compress.blocks import detect_structure
     from .compress.quantize import export_tensors, is_quantized
 
+    structure = detect_structure(model)
+    meta = {k: v for k, v in meta.items() if k != "structure"}
+    if structure is not None:  # pruned shapes the config cannot express: trainopt's loader restores them
+        meta["structure"] = structure
     if is_quantized(model):  # integer weights + scales; see compress/quantize.py for the format
         from safetensors.torch import save_file
 
@@ -188,13 +193,20 @@ def load_saved(model_dir: Path, task: str | None = None):
     meta = json.loads((model_dir / META_FILE).read_text()) if (model_dir / META_FILE).is_file() else {}
     config = AutoConfig.from_pretrained(str(model_dir))
     task = task or saved_task(model_dir)
-    if meta.get("quantization"):
+    if meta.get("quantization") or meta.get("structure"):
         from safetensors.torch import load_file
 
+        from .compress.blocks import apply_structure
         from .compress.quantize import import_tensors
 
         model = _auto_class(task).from_config(config)
-        import_tensors(model, load_file(str(model_dir / "model.safetensors")), meta["quantization"])
+        if meta.get("structure"):
+            apply_structure(model, meta["structure"])
+        tensors = load_file(str(model_dir / "model.safetensors"))
+        if meta.get("quantization"):
+            import_tensors(model, tensors, meta["quantization"])
+        else:
+            _load_plain(model, tensors)
     else:
         model = _auto_class(task).from_pretrained(str(model_dir), dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
@@ -205,6 +217,17 @@ def load_saved(model_dir: Path, task: str | None = None):
         meta["labels"] = [config.id2label[i] for i in range(config.num_labels)]
     model.eval()
     return model, tokenizer, meta
+
+
+def _load_plain(model, tensors: dict) -> None:
+    """Load a save_pretrained state dict into a model built with the saved shapes; tied weights are saved once."""
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    tied = {k for k in missing if k.endswith(".weight") and getattr(model.config, "tie_word_embeddings", False)}
+    if unexpected or set(missing) - tied:
+        raise TrainoptError(f"the saved weights do not match the recorded structure: missing "
+                            f"{sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]}")
+    if tied:
+        model.tie_weights()
 
 
 def count_params(model) -> tuple[int, int]:

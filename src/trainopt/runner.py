@@ -47,6 +47,8 @@ def check_compat(recipe: Recipe, device: torch.device) -> None:
                 trainings.append((f"stages.{i}.qat", stage.qat))
         elif stage.kind == "distill":
             trainings.append((f"stages.{i}.train", stage.train))
+        elif stage.kind == "prune" and stage.train is not None:
+            trainings.append((f"stages.{i}.train", stage.train))
     for key, settings in trainings:
         if settings.precision == "fp16" and device.type != "cuda":
             raise RecipeError(f"{key}.precision", "fp16 training needs a CUDA device (GradScaler)",
@@ -136,6 +138,7 @@ def run(recipe=None, out: str | Path | None = None, overrides: list[str] | None 
     eval_split = data.test if data.test is not None else (data.validation or data.train)
     inputs = measure.fixed_inputs(eval_split, recipe.task, recipe.measure.batch_sizes, recipe.measure.seq_len) \
         if recipe.measure.latency else None
+    ctx.extras["measure_inputs"] = inputs  # stages that time kernels of their own (2:4 sparse) use the same inputs
     if recipe.task == "causal_lm":  # the fixed prompt of the generation benchmark
         ctx.extras["prompt"] = eval_split.blocks[:1, : min(32, eval_split.blocks.shape[1])]
     meta = {"task": recipe.task, "labels": data.label_names, "max_length": recipe.data.max_length,
@@ -216,12 +219,12 @@ def _measure_stage(model, data, stage, result, ctx: RunContext, inputs, stage_di
         entry["speed"]["throughput_items_per_s"] = None
     entry["cost"] = dict(result.get("cost", {}))
     entry["cost"]["eval_wall_s"] = round(time.perf_counter() - t0, 2)
-    for key in ("training", "quantization", "distillation", "notes"):
+    for key in ("training", "quantization", "distillation", "pruning", "notes"):
         if key in result:
             entry[key] = result[key]
     parent = next((e for e in previous if e["name"] == stage.from_stage), None) if stage.from_stage else \
         (previous[-1] if previous else None)
-    entry["effect"] = "baseline" if not previous else classify_effect(entry, parent)
+    entry["effect"] = "baseline" if not previous else classify_effect(entry, parent, result.get("claims", "kernel"))
     if parent is not None:
         entry["vs_parent"] = {"stage": parent["name"], **compare(entry, parent, recipe.task)}
     entry["vs_baseline"] = vs_baseline(entry, previous, recipe.task)
@@ -232,21 +235,26 @@ def _measure_stage(model, data, stage, result, ctx: RunContext, inputs, stage_di
 ACCELERATED_MIN_SPEEDUP = 1.10  # below this, a latency difference on a shared CPU is within noise
 
 
-def classify_effect(entry: dict, parent: dict | None) -> str:
-    """A compression stage's label, from measurements: accelerated (faster than the model it came from, at the
-    largest measured batch), smaller (fewer bytes on disk), masked (zeros only), else unchanged."""
+def classify_effect(entry: dict, parent: dict | None, claims: str = "kernel") -> str:
+    """A compression stage's label, from measurements against the model it came from.
+
+    `claims` says what the technique changes: "kernel" (quantization: another kernel runs, so `accelerated`
+    when measured ≥ 1.10x faster at the largest batch, else `smaller` if fewer bytes), "shape" (distillation,
+    structured pruning: the tensors shrank, so `smaller`; the speed columns show what that bought), "mask"
+    (unstructured pruning: zeros in dense tensors, so `masked` — a stage that times a sparse kernel of its own
+    sets `accelerated` itself)."""
     if entry["effect"] != "compressed":
         return entry["effect"]
     if parent is not None:
         sizes = sorted(int(k[len("latency_ms_b"):-len("_p50")]) for k in entry["speed"]
                        if k.startswith("latency_ms_b") and k.endswith("_p50"))
-        if sizes:
+        if sizes and claims == "kernel":
             key = f"latency_ms_b{sizes[-1]}_p50"
             new, old = entry["speed"].get(key), parent["speed"].get(key)
             same_device = entry["speed"].get("device") == parent["speed"].get("device")
             if new and old and same_device and old / new >= ACCELERATED_MIN_SPEEDUP:
                 return "accelerated"
-        if entry["size"]["disk_bytes"] < parent["size"]["disk_bytes"]:
+        if claims != "mask" and entry["size"]["disk_bytes"] < parent["size"]["disk_bytes"]:
             return "smaller"
     if entry["size"]["nonzero_params"] < entry["size"]["params"]:
         return "masked"

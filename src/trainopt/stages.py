@@ -67,4 +67,5 @@ def eval_stage(model, data, stage, ctx: RunContext, stage_dir: Path):
 
 # Stage kinds defined in their own modules register themselves on import.
 from .compress import distill as _distill  # noqa: E402,F401
+from .compress import prune as _prune  # noqa: E402,F401
 from .compress import quantize as _quantize  # noqa: E402,F401

@@ -22,20 +22,10 @@ import torch.nn.functional as F
 from ..errors import RecipeError
 from ..evaluate import model_inputs
 from ..models import _auto_class, load_saved, resolve_model_ref
-from ..recipe import DistillStage, TrainStage
+from ..recipe import DistillLossSpec, DistillStage, TrainStage
 from ..stages import RunContext, register
+from .blocks import find_blocks
 from ..train.loop import train
-
-
-def find_blocks(model: torch.nn.Module) -> tuple[torch.nn.Module, str, torch.nn.ModuleList]:
-    """The ModuleList of transformer blocks: the one whose length is the config's layer count."""
-    n = model.config.num_hidden_layers
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) == n and n > 0:
-            parent_name, _, attr = name.rpartition(".")
-            return (model.get_submodule(parent_name) if parent_name else model), attr, module
-    raise RecipeError("stages.student", f"cannot find the {n} transformer blocks of {type(model).__name__}",
-                      "use student.config (a smaller config) instead of layer dropping")
 
 
 def default_layers(n_teacher: int, n_student: int) -> list[int]:
@@ -46,7 +36,7 @@ def default_layers(n_teacher: int, n_student: int) -> list[int]:
 def drop_layers(teacher: torch.nn.Module, keep: list[int]) -> torch.nn.Module:
     """A copy of the teacher with only the `keep` blocks, in order: the student starts from the teacher."""
     student = copy.deepcopy(teacher)
-    parent, attr, blocks = find_blocks(student)
+    parent, attr, blocks = find_blocks(student, "stages.student")
     setattr(parent, attr, torch.nn.ModuleList([blocks[i] for i in keep]))
     student.config.num_hidden_layers = len(keep)
     if isinstance(getattr(student.config, "layer_types", None), list):
@@ -93,9 +83,9 @@ def _hidden_size(model) -> int:
     return getattr(model.config, "hidden_size", None) or model.config.n_embd
 
 
-def make_loss(teacher, stage: DistillStage, task: str, layer_map: list[int], projections: Projections | None,
+def make_loss(teacher, w: DistillLossSpec, task: str, layer_map: list[int], projections: Projections | None,
               cache: torch.Tensor | None):
-    w = stage.loss
+    """loss_fn(student, batch, denom) for train(): the weighted distillation terms of `w`."""
     T = w.temperature
     need_hidden, need_attn = w.hidden > 0, w.attention > 0
 
@@ -190,14 +180,14 @@ def distill_stage(model, data, stage: DistillStage, ctx: RunContext, stage_dir):
         t0 = time.perf_counter()
         cache = teacher_logits(teacher, data.train, device, settings.eval_batch_size, AUTOCAST[precision])
         cache_s = time.perf_counter() - t0
-    loss_fn = make_loss(teacher, stage, task, layer_map, projections, cache)
+    loss_fn = make_loss(teacher, stage.loss, task, layer_map, projections, cache)
     summary = train(student, data, settings, ctx, stage_dir, loss_fn=loss_fn, extra=projections)
     student.eval()
     if stage.loss.attention > 0:
         student.set_attn_implementation("sdpa")
     summary["teacher_cache_s"] = round(cache_s, 2)
     return student, {
-        "effect": "compressed", "training": summary,
+        "effect": "compressed", "claims": "shape", "training": summary,
         "distillation": {"student_layers": student.config.num_hidden_layers,
                          "teacher_layers": teacher.config.num_hidden_layers,
                          "init": "config" if stage.student.config else f"teacher layers {layer_map}",

@@ -111,6 +111,10 @@ def to_markdown(report: dict) -> str:
                           f"non-finite steps skipped: {t['skipped_nonfinite_steps']}"
                       + (", stopped early" if t["stopped_early"] else "")
                       + (f", resumed from step {t['resumed_from_step']}" if t.get("resumed_from_step") else "")]
+        if s.get("pruning"):
+            from ..compress.prune import describe
+
+            extra += ["", "Pruning: " + describe(s["pruning"])]
         if extra:
             lines += ["", f"## Stage `{s['name']}`"] + extra
     return "\n".join(lines) + "\n"

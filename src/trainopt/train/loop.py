@@ -81,11 +81,14 @@ def task_loss(task: str, label_smoothing: float = 0.0):
 
 
 def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
-          extra: torch.nn.Module | None = None) -> dict:
+          extra: torch.nn.Module | None = None, after_step=None, best_from_step=None) -> dict:
     """Train `model` in place on data.train; returns the stage's training summary (cost and events).
 
     `loss_fn(model, batch, denom)` replaces the task loss (distillation passes its own); `extra` holds
-    trainable modules outside the model (e.g. projections), optimized and checkpointed with it."""
+    trainable modules outside the model (e.g. projections), optimized and checkpointed with it.
+    `after_step(step, total_steps)` runs after every optimizer step (gradual pruning updates its masks there);
+    `best_from_step(total_steps)` gives the first step whose evaluation may count as best or stall the run
+    (gradual pruning: only once the target sparsity is reached)."""
     task, device, run = ctx.recipe.task, ctx.device, ctx.recipe.run
     split = data.train
     precision = resolve_precision(stage.precision, device)
@@ -98,6 +101,7 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
     steps_per_epoch = math.ceil(micro_per_epoch / stage.grad_accum)
     total_steps = stage.max_steps or max(1, math.ceil(stage.epochs * steps_per_epoch))
     eval_every = stage.eval_every or steps_per_epoch
+    first_best = best_from_step(total_steps) if best_from_step else 0
     seq_len = split.blocks.shape[1] if task == "causal_lm" else None
 
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -177,6 +181,8 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             state.step += 1
+            if after_step is not None:
+                after_step(state.step, total_steps)
             state.tokens_seen += tokens
             window_tokens += tokens
             window_steps += 1
@@ -203,13 +209,14 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
                 eval_start = time.perf_counter()
                 quality = evaluate(model, data.validation, task, stage.eval_batch_size, device, autocast_dtype)
                 value = quality[metric]
-                improved = is_better(value, state.best_metric, mode,
-                                     stage.early_stopping.min_delta if stage.early_stopping else 0.0)
+                counts = state.step >= first_best
+                improved = counts and is_better(value, state.best_metric, mode,
+                                                stage.early_stopping.min_delta if stage.early_stopping else 0.0)
                 if improved:
                     state.best_metric, state.best_step, state.evals_without_improvement = value, state.step, 0
                     if stage.keep_best:
                         _atomic_save_weights(trainable, best_file)
-                else:
+                elif counts:
                     state.evals_without_improvement += 1
                 if stage.early_stopping and state.evals_without_improvement >= stage.early_stopping.patience:
                     state.stopped_early = True
