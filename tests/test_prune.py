@@ -262,3 +262,32 @@ def test_wanda_input_norms_and_the_prune_command_on_a_decoder(tmp_path, tiny_gpt
     assert pruned["quality"]["perplexity"] > 1 and "speedup_generate_b1" in pruned["vs_baseline"]
     w = load_saved(out / pruned["checkpoint"])[0].transformer.h[1].mlp.c_fc.weight.t()  # (out, in)
     assert torch.all((w.reshape(w.shape[0], -1, 4) != 0).sum(-1) <= 2)
+
+
+def test_chain_prune_distill_quantize_reloads(tmp_path, tiny_bert_dir):
+    """fine-tune → structured prune → distill (student from the pruned model, teacher the fine-tuned one) → int8:
+    the pruned shapes travel through layer dropping and quantization, and the final folder reloads exactly."""
+    from trainopt.models import load_saved
+    from trainopt.predict import predict
+
+    quick = {"epochs": 1, "batch_size": 16, "optimizer": {"lr": 1e-3}, "log_every": 5}
+    report = _run(tmp_path, tiny_bert_dir, [
+        {"kind": "prune", "name": "pruned", "method": "structured", "structured": {"heads": 0.5, "ffn": 0.5},
+         "calibration_batches": 2},
+        {"kind": "distill", "name": "student", "teacher_stage": "finetune", "student": {"layers": [1]},
+         "loss": {"kd": 1.0, "ce": 1.0, "hidden": 1.0}, "train": quick},
+        {"kind": "quantize", "name": "int8"}], name="chain")
+    st = {s["name"]: s for s in report["stages"]}
+    assert st["student"]["distillation"]["teacher_layers"] == 2 and st["student"]["distillation"]["layer_map"] == [1]
+    assert st["student"]["size"]["params"] < st["pruned"]["size"]["params"] < st["finetune"]["size"]["params"]
+    assert st["int8"]["size"]["disk_bytes"] < st["student"]["size"]["disk_bytes"]
+    folder = tmp_path / "chain" / st["int8"]["checkpoint"]
+    meta = json.loads((folder / "trainopt.json").read_text())
+    assert meta["structure"]["heads"] == [1] and meta["quantization"]
+    model, tok, _ = load_saved(folder)
+    assert model.bert.encoder.layer[0].attention.self.query.out_features == 16
+    out = predict(str(folder), ["great tasty coffee", "awful stale box"])
+    assert len(out) == 2 and all(r["label"] in ("great", "other") for r in out)
+    with pytest.raises(RecipeError, match="not an earlier stage"):
+        load_recipe({"model": {"path": "x"}, "stages": [{"kind": "distill", "teacher_stage": "later"},
+                                                        {"kind": "train", "name": "later"}]})

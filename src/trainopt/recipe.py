@@ -211,6 +211,7 @@ class DistillStage(StageBase):
     kind: Literal["distill"]
     name: str = Field("distill", pattern=_NAME)
     teacher: str | None = None  # a model folder; default: the stage's input model
+    teacher_stage: str | None = None  # or an earlier stage's model (e.g. the fine-tuned one before pruning)
     student: StudentSpec = StudentSpec()
     loss: DistillLossSpec = DistillLossSpec()
     train: TrainSettings = TrainSettings()
@@ -324,9 +325,14 @@ class Recipe(Strict):
         if dup:
             raise ValueError(f"stage names must be unique; '{dup[0]}' appears twice (give each stage a name:)")
         for i, stage in enumerate(self.stages):
-            if stage.from_stage is not None and stage.from_stage not in names[:i]:
-                raise RecipeError(f"stages.{i}.from_stage", f"'{stage.from_stage}' is not an earlier stage",
-                                  f"use one of {names[:i]}" if i else "the first stage starts from model:")
+            for key in ("from_stage", "teacher_stage"):
+                ref = getattr(stage, key, None)
+                if ref is not None and ref not in names[:i]:
+                    raise RecipeError(f"stages.{i}.{key}", f"'{ref}' is not an earlier stage",
+                                      f"use one of {names[:i]}" if i else "the first stage starts from model:")
+            if getattr(stage, "teacher", None) and getattr(stage, "teacher_stage", None):
+                raise RecipeError(f"stages.{i}.teacher_stage", "teacher and teacher_stage are exclusive",
+                                  "name a folder (teacher) or an earlier stage (teacher_stage), not both")
         return self
 
     def stage(self, name: str):

@@ -79,6 +79,13 @@ class Projections(torch.nn.Module):
              for _ in range(n + 1)])  # + the embedding output
 
 
+def _heads(model) -> list[int]:
+    from .blocks import detect_structure
+
+    structure = detect_structure(model) or {}
+    return structure.get("heads") or [model.config.num_attention_heads] * model.config.num_hidden_layers
+
+
 def _hidden_size(model) -> int:
     return getattr(model.config, "hidden_size", None) or model.config.n_embd
 
@@ -158,6 +165,8 @@ def distill_stage(model, data, stage: DistillStage, ctx: RunContext, stage_dir):
     task, device = ctx.recipe.task, ctx.device
     if stage.teacher is not None:
         teacher, _, _ = load_saved(resolve_model_ref(stage.teacher), task)
+    elif stage.teacher_stage is not None:
+        teacher, _, _ = load_saved(ctx.run_dir / "stages" / stage.teacher_stage / "model", task)
     else:
         teacher = model  # the stage's input model (the previous stage's, or from_stage's)
     teacher.to(device).eval()
@@ -165,7 +174,14 @@ def distill_stage(model, data, stage: DistillStage, ctx: RunContext, stage_dir):
         p.requires_grad_(False)
     if stage.loss.attention > 0:  # SDPA kernels do not return attention probabilities
         teacher.set_attn_implementation("eager")
-    student, layer_map = build_student(teacher, stage, task, ctx.recipe.run.seed)
+    # The student comes from the stage's input model (e.g. a pruned one), which may differ from the teacher.
+    student, layer_map = build_student(model, stage, task, ctx.recipe.run.seed)
+    init = "config" if stage.student.config else f"input-model layers {layer_map}"
+    if model.config.num_hidden_layers != teacher.config.num_hidden_layers:
+        layer_map = default_layers(teacher.config.num_hidden_layers, student.config.num_hidden_layers)
+    if stage.loss.attention > 0 and any(_heads(student)[si] != _heads(teacher)[ti] for si, ti in enumerate(layer_map)):
+        raise RecipeError("stages.loss.attention", "student and teacher attention heads differ (pruned heads?)",
+                          "set loss.attention: 0")
     for p in student.parameters():
         p.requires_grad_(True)
     if stage.loss.attention > 0:
@@ -190,7 +206,7 @@ def distill_stage(model, data, stage: DistillStage, ctx: RunContext, stage_dir):
         "effect": "compressed", "claims": "shape", "training": summary,
         "distillation": {"student_layers": student.config.num_hidden_layers,
                          "teacher_layers": teacher.config.num_hidden_layers,
-                         "init": "config" if stage.student.config else f"teacher layers {layer_map}",
+                         "init": init,
                          "layer_map": layer_map, "loss": stage.loss.model_dump(),
                          "teacher_logits_cached": cache is not None},
         "cost": {"wall_s": round(summary["train_wall_s"] + cache_s, 2), "tokens_per_s": summary["tokens_per_s"],
