@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -64,16 +63,9 @@ def bench_shape(name, shape, seq, batches, measure):
 def end_to_end(out: Path) -> dict:
     import trainopt
 
-    rng = random.Random(0)
-    pos, neg = "great tasty fresh love".split(), "awful stale bland bad".split()
-    fill = "the coffee tea snack was really very box price taste this it".split()
-    data = out / "reviews.jsonl"
-    with open(data, "w") as f:
-        for i in range(1500):
-            label = "great" if i % 3 else "other"
-            words = rng.sample(fill, 6) + rng.sample(pos if label == "great" else neg, 2)
-            rng.shuffle(words)
-            f.write(json.dumps({"text": " ".join(words), "label": label}) + "\n")
+    from gpu_smoke import write_data  # the same synthetic reviews as the GPU smoke test
+
+    data, _ = write_data(out)
     recipe = {"name": "sparse24", "task": "classification",
               "model": {"config": {"model_type": "bert", "hidden_size": 768, "num_hidden_layers": 4,
                                    "num_attention_heads": 12, "intermediate_size": 3072,
