@@ -291,3 +291,20 @@ def test_chain_prune_distill_quantize_reloads(tmp_path, tiny_bert_dir):
     with pytest.raises(RecipeError, match="not an earlier stage"):
         load_recipe({"model": {"path": "x"}, "stages": [{"kind": "distill", "teacher_stage": "later"},
                                                         {"kind": "train", "name": "later"}]})
+
+
+def test_a_pruned_model_is_a_valid_starting_model(tmp_path, minilm_tokenizer):
+    """model.path may point at a structurally pruned folder: the recipe's first stage gets the pruned shapes."""
+    import trainopt
+    from trainopt.models import save_model
+
+    model = _tiny_bert(minilm_tokenizer)
+    model.config.id2label, model.config.label2id = {0: "great", 1: "other"}, {"great": 0, "other": 1}
+    apply_plan(model, {"heads": [[0], [1, 2]], "ffn": [list(range(16)), list(range(40))]})
+    folder = save_model(model, minilm_tokenizer, tmp_path / "pruned",
+                        {"task": "classification", "labels": ["great", "other"]})
+    data = write_jsonl(tmp_path / "reviews.jsonl", make_reviews(80, seed=3))
+    raw = classification_recipe(folder, data)
+    raw["stages"] = [{"kind": "eval", "name": "pruned"}]
+    report = trainopt.run(raw, out=tmp_path / "run")
+    assert report["stages"][0]["size"]["params"] == sum(p.numel() for p in model.parameters())

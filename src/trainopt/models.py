@@ -125,9 +125,21 @@ def load_model(recipe: Recipe, tokenizer, label_names: list[str] | None = None):
     for k, v in label_kwargs.items():
         setattr(config, k, v)
     _set_dropout(config, spec.dropout)
+    meta_file = path / META_FILE
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    if meta.get("structure") or meta.get("quantization"):  # shapes/format only trainopt's loader rebuilds
+        model, _, _ = load_saved(path, task)
+        if task == "classification" and model.config.num_labels != len(label_names):
+            raise RecipeError("model.path", f"{path} was saved with {model.config.num_labels} labels, the data has "
+                              f"{len(label_names)}", "use data with the model's labels (or an unpruned checkpoint)")
+        return model
     same_head = task == "classification" and getattr(config, "num_labels", None) == len(label_names or [])
-    model = _auto_class(task).from_pretrained(str(path), config=config, trust_remote_code=spec.trust_remote_code,
-                                              ignore_mismatched_sizes=not same_head, dtype=torch.float32)
+    try:
+        model = _auto_class(task).from_pretrained(str(path), config=config, trust_remote_code=spec.trust_remote_code,
+                                                  ignore_mismatched_sizes=not same_head, dtype=torch.float32)
+    except (RuntimeError, OSError, ValueError) as e:
+        raise RecipeError("model.path", f"cannot load the weights in {path} ({str(e).splitlines()[0][:160]})",
+                          "give a complete HF checkpoint folder whose weights match its config.json") from None
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
     return model
