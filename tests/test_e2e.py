@@ -13,17 +13,22 @@ from .conftest import need_builtin
 CONTRACT_STAGE_KEYS = {"name", "kind", "effect", "quality", "size", "speed", "cost", "vs_baseline", "checkpoint"}
 
 
+def quickstart_overrides(tiny_bert_dir) -> list[str]:
+    """The built-in quickstart chain on a tiny 2-layer model and a slice of the real reviews."""
+    sets = [f"model.path={tiny_bert_dir}", "data.max_train_examples=300", "data.max_test_examples=100",
+            "stages.finetune.eval_every=5", "stages.finetune.checkpoint_every=5", "stages.finetune.optimizer.lr=1e-3",
+            "stages.pruned.calibration_batches=2", "stages.pruned.train.eval_every=5",
+            "stages.student.student.num_layers=1", "stages.student.train.epochs=1",
+            "stages.student.train.eval_every=5", "measure.max_seconds=1", "run.progress=false"]
+    return [x for s in sets for x in ("--set", s)]
+
+
 @pytest.fixture(scope="module")
 def quickstart_run(tmp_path_factory, tiny_bert_dir):
     """The built-in quickstart recipe, with a tiny model and a slice of the real fine-food reviews."""
     need_builtin("fine_foods")
     out = tmp_path_factory.mktemp("qs") / "run"
-    code = main(["run", "quickstart", "--out", str(out), "--set", f"model.path={tiny_bert_dir}",
-                 "--set", "data.max_train_examples=300", "--set", "data.max_test_examples=100",
-                 "--set", "stages.finetune.eval_every=5", "--set", "stages.finetune.checkpoint_every=5",
-                 "--set", "stages.finetune.optimizer.lr=1e-3", "--set", "measure.max_seconds=1",
-                 "--set", "run.progress=false"])
-    assert code == 0
+    assert main(["run", "quickstart", "--out", str(out), *quickstart_overrides(tiny_bert_dir)]) == 0
     return out
 
 
@@ -31,10 +36,13 @@ def test_quickstart_report_contract(quickstart_run):
     report = json.loads((quickstart_run / "report.json").read_text())
     assert report["trainopt_version"] and report["recipe"]["name"] == "quickstart"
     assert {"device", "name", "threads", "torch"} <= report["hardware"].keys()
-    stage, int8 = report["stages"]
-    assert CONTRACT_STAGE_KEYS <= stage.keys() and CONTRACT_STAGE_KEYS <= int8.keys()
+    stage, pruned, student, int8 = report["stages"]
+    assert all(CONTRACT_STAGE_KEYS <= s.keys() for s in report["stages"])
+    assert pruned["kind"] == "prune" and pruned["effect"] == "smaller" and pruned["pruning"]["heads_kept"] == [1, 1]
+    assert student["kind"] == "distill" and student["distillation"]["student_layers"] == 1
+    assert pruned["size"]["params"] < stage["size"]["params"] and student["size"]["params"] < pruned["size"]["params"]
     assert int8["kind"] == "quantize" and int8["effect"] in ("smaller", "accelerated")
-    assert int8["vs_baseline"]["size_ratio"] < 0.5 and int8["vs_parent"]["stage"] == "finetune"
+    assert int8["vs_baseline"]["size_ratio"] < 0.5 and int8["vs_parent"]["stage"] == "student"
     assert stage["effect"] == "baseline" and stage["kind"] == "train"
     q = stage["quality"]
     assert 0.0 <= q["accuracy"] <= 1.0 and 0.0 <= q["f1_macro"] <= 1.0 and q["perplexity"] is None
@@ -92,10 +100,7 @@ def test_predict_eval_report_commands(quickstart_run, capsys, tmp_path):
 
 def test_resume_skips_finished_stages(quickstart_run, tiny_bert_dir, capsys):
     code = main(["run", "quickstart", "--out", str(quickstart_run), "--resume",
-                 "--set", f"model.path={tiny_bert_dir}", "--set", "data.max_train_examples=300",
-                 "--set", "data.max_test_examples=100", "--set", "stages.finetune.eval_every=5",
-                 "--set", "stages.finetune.checkpoint_every=5", "--set", "stages.finetune.optimizer.lr=1e-3",
-                 "--set", "measure.max_seconds=1", "--set", "run.progress=false"])
+                 *quickstart_overrides(tiny_bert_dir)])
     assert code == 0 and "already done" in capsys.readouterr().err
     code = main(["run", "quickstart", "--out", str(quickstart_run), "--resume", "--set", "run.seed=3"])
     assert code == 2 and "differs" in capsys.readouterr().err
