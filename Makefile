@@ -26,9 +26,9 @@ fetch: install
 demo: fetch
 	$(BIN)/trainopt run --overwrite $(RUN_ARGS)
 
-# The tests need the two Debian data sets (a few MB); they build their tiny models themselves.
+# The tests need the two Debian data sets and WordNet (a few MB); they build their tiny models themselves.
 test: install
-	$(BIN)/trainopt data fetch --only fine_foods,austen
+	$(BIN)/trainopt data fetch --only fine_foods,austen,wordnet,apertium
 	$(BIN)/python -m pytest -q
 
 test-slow: install

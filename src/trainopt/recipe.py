@@ -279,7 +279,54 @@ class PruneStage(StageBase):
         return self
 
 
-Stage = Annotated[Union[TrainStage, EvalStage, QuantizeStage, DistillStage, PruneStage], Field(discriminator="kind")]
+class EdaSpec(Strict):
+    """EDA operation rates (Wei & Zou 2019's alpha): the share of a text's words each one touches; 0 turns it off."""
+
+    synonym: float = Field(0.1, ge=0.0, le=1.0)
+    insert: float = Field(0.1, ge=0.0, le=1.0)
+    swap: float = Field(0.1, ge=0.0, le=1.0)
+    delete: float = Field(0.1, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _some(self):
+        if not (self.synonym or self.insert or self.swap or self.delete):
+            raise ValueError("eda needs at least one operation rate above 0 (synonym, insert, swap, delete)")
+        return self
+
+
+class BackTranslateSpec(Strict):
+    """English → pivot → English through an offline engine (Apertium, Debian apertium-eng-spa)."""
+
+    engine: Literal["apertium"] = "apertium"
+    pivot: Literal["spa"] = "spa"
+    batch_size: int = Field(256, ge=1)  # texts per engine call
+    timeout_s: float = Field(600.0, gt=0.0)  # per call; a clear error when the engine takes longer
+
+
+class AugmentStage(StageBase):
+    """Enlarge the training split for the stages after this one (classification). Trains nothing."""
+
+    kind: Literal["augment"]
+    name: str = Field("augment", pattern=_NAME)
+    per_example: int = Field(4, ge=0, le=64)  # new EDA examples per training example (before filtering)
+    eda: EdaSpec = EdaSpec()
+    backtranslate: BackTranslateSpec | None = None  # adds one back-translated example per training example
+    synonyms: Literal["wordnet"] = "wordnet"
+    max_senses: int = Field(3, ge=1)  # synonyms come from the word's most frequent senses
+    max_words: int | None = Field(256, ge=1)  # longer augmented texts are cut to this many words
+    seed: int | None = None  # default: run.seed
+
+    @model_validator(mode="after")
+    def _no_model(self):
+        if self.from_stage is not None:
+            raise ValueError("augment changes the training data, not a model; remove from_stage")
+        if self.per_example == 0 and self.backtranslate is None:
+            raise ValueError("augment needs per_example > 0 (EDA) or a backtranslate: block")
+        return self
+
+
+Stage = Annotated[Union[TrainStage, EvalStage, QuantizeStage, DistillStage, PruneStage, AugmentStage],
+                  Field(discriminator="kind")]
 
 
 # ------------------------------------------------------------------------------------------ run/measure

@@ -21,6 +21,7 @@ import torch
 
 from . import __version__, measure
 from .data import load_texts, tokenize
+from .data.augment import augment_stage
 from .errors import RecipeError, TrainoptError
 from .evaluate import METRICS, evaluate
 from .models import count_params, disk_bytes, load_model, load_saved, load_tokenizer, resolve_model_ref, save_model
@@ -49,6 +50,16 @@ def check_compat(recipe: Recipe, device: torch.device) -> None:
             trainings.append((f"stages.{i}.train", stage.train))
         elif stage.kind == "prune" and stage.train is not None:
             trainings.append((f"stages.{i}.train", stage.train))
+        elif stage.kind == "augment":
+            if recipe.task != "classification":
+                raise RecipeError(f"stages.{i}.kind", "augment applies to labelled (classification) data",
+                                  "remove the augment stage from a causal_lm recipe")
+            from .assets import asset_path
+
+            if stage.per_example:
+                asset_path("wordnet")  # a missing asset fails here, before any work
+            if stage.backtranslate is not None:
+                asset_path("apertium")
     for key, settings in trainings:
         if settings.precision == "fp16" and device.type != "cuda":
             raise RecipeError(f"{key}.precision", "fp16 training needs a CUDA device (GradScaler)",
@@ -147,10 +158,21 @@ def run(recipe=None, out: str | Path | None = None, overrides: list[str] | None 
 
     model = None
     entries: list[dict] = []
+    data_entries: list[dict] = []  # stages that change the training data (augment), not the model
     try:
         for stage in recipe.stages:
             stage_dir = run_dir / "stages" / stage.name
             done = stage_dir / "stage.json"
+            if stage.kind == "augment":  # rebuilt on resume too: its cache makes that cheap and exact
+                console.rule(f"[bold]{stage.name}[/bold] ({stage.kind})")
+                texts, entry = augment_stage(texts, stage, ctx, stage_dir)
+                data = tokenize(texts, tokenizer, recipe)
+                ctx.data = data
+                _write_text(done, json.dumps(entry, indent=1))
+                data_entries.append(entry)
+                console.print(f"augmented the training split: {entry['originals']} → {entry['train_rows']} examples "
+                              f"({entry['per_operation']})")
+                continue
             if resume and done.is_file():
                 entries.append(json.loads(done.read_text()))
                 model = None  # reload lazily from the finished stage's folder
@@ -173,7 +195,7 @@ def run(recipe=None, out: str | Path | None = None, overrides: list[str] | None 
         log.close()
 
     report = {"trainopt_version": __version__, "recipe": recipe.model_dump(mode="json"), "hardware": hardware,
-              "data": data.stats, "stages": entries, "run_dir": str(run_dir),
+              "data": data.stats, "stages": entries, "augmentation": data_entries, "run_dir": str(run_dir),
               "total_wall_s": round(time.perf_counter() - t_start, 2)}
     write_report(run_dir, report)
     print_summary(report)

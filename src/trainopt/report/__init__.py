@@ -92,6 +92,15 @@ def to_markdown(report: dict) -> str:
         lines.append(f"- labels per split: {data['label_counts']}")
     if data.get("tokens"):
         lines.append(f"- tokens: {data['tokens']}")
+    for a in report.get("augmentation") or []:
+        lines += ["", f"## Augmentation `{a['name']}`", "",
+                  f"{a['originals']} training examples → {a['train_rows']} ({a['added']} added: "
+                  + ", ".join(f"{op} {n}" for op, n in a["per_operation"].items())
+                  + f"); dropped as identical to a source or an original {a['dropped']['identical']}, as duplicates "
+                  f"{a['dropped']['duplicate']}; mean word edit distance {a['mean_word_edit_distance']}. "
+                  f"The stages after it train on the augmented split; validation and test are not augmented."]
+        for ex in a.get("examples", [])[:2]:
+            lines += ["", f"- source: {ex['source'][:160]}", f"  augmented: {ex['augmented'][:160]}"]
     for s in report["stages"]:
         extra = []
         q = s["quality"]

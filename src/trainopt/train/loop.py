@@ -237,7 +237,7 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
         console.print(f"restored the best weights (step {state.best_step}, val {metric} {state.best_metric})")
     wall = stage_start_train_seconds + (time.perf_counter() - session_start)
     return {
-        "steps": state.step, "total_steps": total_steps, "epochs_done": round(state.step / steps_per_epoch, 3),
+        "steps": state.step, "total_steps": total_steps, "train_examples": len(split), "epochs_done": round(state.step / steps_per_epoch, 3),
         "tokens_seen": state.tokens_seen, "skipped_nonfinite_steps": state.skipped_nonfinite,
         "best_step": state.best_step, "best_val_metric": state.best_metric, "metric": metric,
         "stopped_early": state.stopped_early, "resumed_from_step": resumed_from,
