@@ -1,13 +1,13 @@
-"""2:4 semi-structured sparsity on one CUDA GPU: the prune stage's kernel timing at three model sizes, and the
-stage end to end.
+"""2:4 semi-structured sparsity on one CUDA GPU: the prune stage's kernel timing for several model shapes and
+token counts, and the stage end to end.
 
-    python benchmarks/sparse24_gpu.py [--seq 128] [--batches 1,32,256]
+    python benchmarks/sparse24_gpu.py [--cases "bert-base:128:16,64,256;smollm2-135m:2048:1,4,16"] [--no-e2e]
 
-For BERT encoders shaped like MiniLM-L6 (384 wide), BERT-base (768) and BERT-large (1024), randomly initialised
-(speed does not depend on the values; random, not zeros): prune every block Linear to 2:4 by magnitude with
-trainopt's masks, then `trainopt.compress.prune.time_sparse_kernels` times the same model dense and with
-PyTorch's semi-structured sparse weights, both bf16, on random token ids — exactly what the prune stage does on
-CUDA. Also checks that the sparse model computes what the dense 2:4 model computes (relative error of the
+For BERT classifiers shaped like MiniLM-L6 / BERT-base / BERT-large and SmolLM2-135M's decoder (prefill), randomly
+initialised (speed does not depend on the values; random, not zeros): prune every block Linear to 2:4 by magnitude
+with trainopt's masks, then `trainopt.compress.prune.time_sparse_kernels` times the same model dense and with
+PyTorch's semi-structured sparse weights, both bf16, eager and replayed from a CUDA graph, on random token ids —
+exactly what the prune stage does on CUDA. Also checks that the sparse model computes what the dense 2:4 model computes (relative error of the
 logits). Last, runs a small recipe (train → 2:4 prune) through `trainopt.run` on CUDA.
 """
 
@@ -24,23 +24,34 @@ import torch
 SHAPES = {"minilm-l6": (384, 6, 12, 1536), "bert-base": (768, 12, 12, 3072), "bert-large": (1024, 24, 16, 4096)}
 
 
-def bench_shape(name, shape, seq, batches, measure):
-    from transformers import BertConfig, BertForSequenceClassification
+def build(name: str, seq: int):
+    """A randomly initialised model of the named shape (BERT classifiers, or SmolLM2-135M's decoder)."""
+    from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
+    torch.manual_seed(0)
+    if name == "smollm2-135m":
+        cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                          num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=max(2048, seq),
+                          tie_word_embeddings=True)
+        return LlamaForCausalLM(cfg), cfg.vocab_size
+    hidden, layers, heads, inter = SHAPES[name]
+    cfg = BertConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                     intermediate_size=inter, max_position_embeddings=max(512, seq))
+    return BertForSequenceClassification(cfg), cfg.vocab_size
+
+
+def bench_shape(name, seq, batches, measure):
     from trainopt.compress.prune import attach_masks, bake, masks_from_scores, oriented, targets, \
         time_sparse_kernels
     from trainopt.recipe import PruneStage
 
-    hidden, layers, heads, inter = shape
-    torch.manual_seed(0)
-    cfg = BertConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                     intermediate_size=inter, max_position_embeddings=max(512, seq))
-    model = BertForSequenceClassification(cfg).cuda().eval()
+    model, vocab = build(name, seq)
+    model = model.cuda().eval()
     modules = targets(model, PruneStage(kind="prune", pattern="2:4"))
     scores = [oriented(m, m.weight.detach().abs().float()) for _, m in modules]
     attach_masks(modules, masks_from_scores(scores, 0.5, "2:4", "global"))
     bake(modules)
-    inputs = {b: {"input_ids": torch.randint(1000, cfg.vocab_size, (b, seq)),
+    inputs = {b: {"input_ids": torch.randint(1000, vocab, (b, seq)),
                   "attention_mask": torch.ones(b, seq, dtype=torch.long)} for b in batches}
     ctx = SimpleNamespace(device=torch.device("cuda"), recipe=SimpleNamespace(measure=measure),
                           extras={"measure_inputs": inputs})
@@ -56,7 +67,7 @@ def bench_shape(name, shape, seq, batches, measure):
             m.weight = torch.nn.Parameter(to_sparse_semi_structured(m.weight.detach()), requires_grad=False)
         out = dense(**x).logits.float()
     kernels["rel_err_logits"] = float((out - ref).norm() / ref.norm())
-    kernels["shape"] = name
+    kernels["shape"], kernels["seq"] = name, seq
     return kernels
 
 
@@ -90,34 +101,45 @@ def main() -> int:
     from trainopt.recipe import MeasureSpec
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seq", type=int, default=128)
-    ap.add_argument("--batches", default="1,32,256")
+    ap.add_argument("--cases", default="bert-base:128:16,64,256;smollm2-135m:2048:1,4,16;minilm-l6:128:32,256",
+                    help="name:seq:batches;… (names: minilm-l6, bert-base, bert-large, smollm2-135m)")
+    ap.add_argument("--no-e2e", action="store_true", help="skip the end-to-end trainopt.run")
     ap.add_argument("--out", default=tempfile.mkdtemp(prefix="sparse24-"))
     args = ap.parse_args()
-    batches = [int(b) for b in args.batches.split(",")]
-    measure = MeasureSpec(batch_sizes=batches, warmup=5, repeats=50, max_seconds=5)
     print(f"GPU: {torch.cuda.get_device_name()} torch {torch.__version__}", flush=True)
     rows = []
-    for name, shape in SHAPES.items():
+    for case in args.cases.split(";"):
+        name, seq, batch_text = case.split(":")
+        batches = [int(b) for b in batch_text.split(",")]
+        measure = MeasureSpec(batch_sizes=batches, warmup=5, repeats=50, max_seconds=5)
         try:
-            rows.append(bench_shape(name, shape, args.seq, batches, measure))
+            row = bench_shape(name, int(seq), batches, measure)
         except Exception as e:  # report and go on
-            rows.append({"shape": name, "error": f"{type(e).__name__}: {str(e)[:300]}"})
-        print(json.dumps(rows[-1]), flush=True)
-    try:
-        e2e = end_to_end(Path(args.out))
-    except Exception as e:
-        e2e = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
-    print("end-to-end:", json.dumps(e2e), flush=True)
-    print("\n| model | batch × seq | dense bf16 ms | 2:4 sparse bf16 ms | speedup | rel. err logits |")
+            row = {"shape": name, "seq": int(seq), "error": f"{type(e).__name__}: {str(e)[:300]}"}
+        row["batches"] = batches
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    if not args.no_e2e:
+        try:
+            e2e = end_to_end(Path(args.out))
+        except Exception as e:
+            e2e = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+        print("end-to-end:", json.dumps(e2e), flush=True)
+    print("\n| model | batch × seq | dense ms eager / graph | 2:4 sparse ms eager / graph | speedup eager / graph "
+          "| rel. err logits |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r or not r.get("measured"):
             print(f"| {r['shape']} | — | — | — | {r.get('error') or r.get('reason')} | — |")
             continue
-        for b in batches:
-            print(f"| {r['shape']} | {b} × {args.seq} | {r[f'dense_latency_ms_b{b}_p50']:.3f} | "
-                  f"{r[f'sparse_latency_ms_b{b}_p50']:.3f} | {r[f'speedup_b{b}']:.2f}x | {r['rel_err_logits']:.1e} |")
+        for b in r["batches"]:
+            def cell(side, b=b, r=r):
+                return f"{r[f'{side}_latency_ms_b{b}_p50']:.3f} / {r.get(f'{side}_graph_latency_ms_b{b}_p50', '—')}"
+            print(f"| {r['shape']} | {b} × {r['seq']} | {cell('dense')} | {cell('sparse')} | "
+                  f"{r[f'speedup_b{b}']:.2f}x / {r.get(f'graph_speedup_b{b}', '—')}x | {r['rel_err_logits']:.1e} |")
+        for side in ("dense", "sparse"):
+            if f"{side}_graph_error" in r:
+                print(f"  ({r['shape']}: {side} graph capture failed: {r[f'{side}_graph_error']})")
     return 0
 
 
