@@ -57,7 +57,7 @@ def augment_texts(texts: list[str], labels: list[str], stage, synonyms, seed: in
 
     Per example: its back-translation first (when an engine is given), then `per_example` EDA variants."""
     rates = stage.eda.model_dump()
-    ops = [op for op in eda.OPERATIONS if rates[op] > 0]
+    ops = [op for op in eda.OPERATIONS if rates[op] > 0] if stage.per_example else []
     back = None
     bt_seconds = None
     if engine is not None:
