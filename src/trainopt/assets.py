@@ -134,6 +134,12 @@ def _unpack(deb: Path, dest: Path) -> None:
         raise AssetError(f"dpkg-deb -x {deb.name} failed: {(r.stderr or r.stdout).strip()[-200:]}")
 
 
+def _replace_dir(staging: Path, out: Path) -> None:
+    """Move a fully written folder into place (the `.complete` marker is written after this)."""
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(staging, out)
+
+
 def _apt_download(package: str, work: Path):
     return subprocess.run(["apt-get", "download", package], cwd=work, capture_output=True, text=True)
 
@@ -161,8 +167,7 @@ def fetch_apertium(root: Path, log) -> Path:
         for mode in (share / "modes").glob("*.mode"):
             text = mode.read_text().replace("/usr/share/apertium", str(out / "usr/share/apertium"))
             (staging / "modes" / mode.name).write_text(text)
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(staging, out)
+        _replace_dir(staging, out)
     _mark_done(out, {"source": "Debian " + " + ".join(APERTIUM_PACKAGES), "pairs": ["eng-spa", "spa-eng"]})
     return out
 
@@ -187,8 +192,7 @@ def fetch_wordnet(root: Path, log) -> Path:
         staging = out.with_name(out.name + ".tmp")
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(src, staging)
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(staging, out)
+        _replace_dir(staging, out)
     _mark_done(out, {"source": "Debian wordnet-base + wordnet-sense-index (WordNet 3.0)"})
     return out
 

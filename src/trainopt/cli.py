@@ -49,11 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Evaluate a saved model folder (any stage's model/ or a local HF checkpoint) "
                                    "on the recipe's test split and measure its size and latency.")
     p.add_argument("model_dir", help="a saved model folder")
-    p.add_argument("--recipe", default=None,
-                   help="recipe whose data to use (default: quickstart for classifiers, lm-finetune for LMs)")
-    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/eval-<model folder name>)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    _add_model_run_args(p, "eval")
 
     p = sub.add_parser("quantize", help="quantize a saved model and measure it against the float model",
                        description="Evaluate a saved model as it is, quantize it (dynamic int8 for CPU inference; "
@@ -63,11 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                 "weight_only_int4"])
     p.add_argument("--qat-epochs", type=float, default=None,
                    help="fine-tune this many epochs with fake quantization before converting (QAT)")
-    p.add_argument("--recipe", default=None,
-                   help="recipe whose data to use (default: quickstart for classifiers, lm-finetune for LMs)")
-    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/quantize-<model folder name>)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    _add_model_run_args(p, "quantize")
 
     p = sub.add_parser("prune", help="prune a saved model and measure it against the dense model",
                        description="Evaluate a saved model as it is, prune it (magnitude, Wanda, 2:4, or structured "
@@ -81,11 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recovery-epochs", type=float, default=None,
                    help="fine-tune this many epochs after pruning (gradual: the epochs it prunes over)")
     p.add_argument("--distill", action="store_true", help="recover by distilling from the dense model")
-    p.add_argument("--recipe", default=None,
-                   help="recipe whose data to use (default: quickstart for classifiers, lm-finetune for LMs)")
-    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/prune-<model folder name>)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    _add_model_run_args(p, "prune")
 
     p = sub.add_parser("augment", help="augment a recipe's training split and write it as jsonl",
                        description="Clean and split the recipe's data as a run would, augment the training split (EDA "
@@ -125,6 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--json", action="store_true", help="print JSON lines")
     return parser
+
+
+def _add_model_run_args(p, command: str) -> None:
+    """The options of the commands that run stages on a saved model (eval, quantize, prune)."""
+    p.add_argument("--recipe", default=None,
+                   help="recipe whose data to use (default: quickstart for classifiers, lm-finetune for LMs)")
+    p.add_argument("--out", metavar="DIR", help=f"run directory (default: runs/{command}-<model folder name>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
 
 
 def main(argv: list[str] | None = None) -> int:
