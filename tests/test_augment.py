@@ -207,3 +207,46 @@ def test_augmentation_at_distillation_time(tmp_path, tiny_bert_dir):
     assert finetune["training"]["train_examples"] == aug["originals"]
     assert student["training"]["train_examples"] == aug["train_rows"] > aug["originals"]
     assert student["distillation"]["teacher_logits_cached"] is True
+
+
+def test_contextual_replacement_by_embedding_neighbours_and_a_tiny_mlm(tmp_path, minilm_tokenizer):
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    from trainopt.data.augment.contextual import EmbeddingNeighbours, MaskedLM
+
+    vocab = minilm_tokenizer.get_vocab()
+    torch.manual_seed(0)
+    emb = torch.randn(len(vocab), 16)
+    emb[vocab["delicious"]] = emb[vocab["good"]] + 0.01 * torch.randn(16)  # the nearest word to "good"
+    near = EmbeddingNeighbours(minilm_tokenizer, emb, top_k=1)
+    assert near.neighbours("good") == ["delicious"]
+    out = near.augment(["The was Good!"], 1.0, [random.Random(0)])[0]
+    assert out == "The was Delicious!"  # case and punctuation kept, stop words untouched
+
+    torch.manual_seed(0)
+    mlm = BertForMaskedLM(BertConfig(vocab_size=minilm_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=64)).eval()
+    model = MaskedLM(minilm_tokenizer, mlm, top_k=3, batch_size=2)
+    texts = ["The coffee was really tasty today.", "Stale chips in a torn bag.", "Great price."]
+    a = model.augment(texts, 0.3, [random.Random(i) for i in range(3)])
+    b = model.augment(texts, 0.3, [random.Random(i) for i in range(3)])
+    assert a == b and len(a) == 3 and sum(x != y for x, y in zip(a, texts)) >= 2
+    for new, old in zip(a, texts):
+        assert len(new.split()) == len(old.split())  # words replaced one for one
+        for w_new, w_old in zip(new.split(), old.split()):
+            if w_new != w_old:
+                assert w_new.strip(".!,").lower() in model.word_ids
+
+
+def test_contextual_stage_uses_the_run_models_embeddings(tmp_path, tiny_bert_dir):
+    import trainopt
+
+    data = write_jsonl(tmp_path / "reviews.jsonl", make_reviews(60, seed=7))
+    raw = classification_recipe(tiny_bert_dir, data, epochs=1)
+    raw["stages"] = [{"kind": "augment", "name": "ctx", "per_example": 0, "contextual": {"rate": 0.3}}] + raw["stages"]
+    report = trainopt.run(raw, out=tmp_path / "run")
+    aug = report["augmentation"][0]
+    assert aug["per_operation"] == {"contextual": aug["added"]} and aug["added"] > 0
+    with pytest.raises(RecipeError, match="needs contextual.model"):
+        load_recipe({"model": {"path": "x"}, "stages": [{"kind": "augment", "contextual": {"source": "mlm"}}]})

@@ -303,6 +303,22 @@ class BackTranslateSpec(Strict):
     timeout_s: float = Field(600.0, gt=0.0)  # per call; a clear error when the engine takes longer
 
 
+class ContextualSpec(Strict):
+    """Replace words with a model's suggestions: a masked LM's predictions, or input-embedding neighbours."""
+
+    source: Literal["embedding", "mlm"] = "embedding"
+    model: str | None = None  # a local HF folder (mlm: with an MLM head); embedding: default the run's model
+    rate: float = Field(0.15, gt=0.0, le=1.0)  # share of a text's words replaced
+    per_example: int = Field(1, ge=1, le=16)  # contextual examples per training example
+    top_k: int = Field(5, ge=1, le=100)  # a replacement is drawn from the top k
+
+    @model_validator(mode="after")
+    def _mlm_needs_model(self):
+        if self.source == "mlm" and not self.model:
+            raise ValueError("contextual.source: mlm needs contextual.model (a local folder with an MLM head)")
+        return self
+
+
 class AugmentStage(StageBase):
     """Enlarge the training split for the stages after this one (classification). Trains nothing."""
 
@@ -311,6 +327,7 @@ class AugmentStage(StageBase):
     per_example: int = Field(4, ge=0, le=64)  # new EDA examples per training example (before filtering)
     eda: EdaSpec = EdaSpec()
     backtranslate: BackTranslateSpec | None = None  # adds one back-translated example per training example
+    contextual: ContextualSpec | None = None  # adds contextual.per_example model-suggested variants
     synonyms: Literal["wordnet"] = "wordnet"
     max_senses: int = Field(3, ge=1)  # synonyms come from the word's most frequent senses
     max_words: int | None = Field(256, ge=1)  # longer augmented texts are cut to this many words
@@ -320,8 +337,8 @@ class AugmentStage(StageBase):
     def _no_model(self):
         if self.from_stage is not None:
             raise ValueError("augment changes the training data, not a model; remove from_stage")
-        if self.per_example == 0 and self.backtranslate is None:
-            raise ValueError("augment needs per_example > 0 (EDA) or a backtranslate: block")
+        if self.per_example == 0 and self.backtranslate is None and self.contextual is None:
+            raise ValueError("augment needs per_example > 0 (EDA), a backtranslate: or a contextual: block")
         return self
 
 
@@ -610,6 +627,8 @@ def check_paths(recipe: Recipe) -> None:
               ("data.source", recipe.data.source, BUILTIN_DATA),
               *[(f"stages.{i}.teacher", s.teacher, BUILTIN_MODELS) for i, s in enumerate(recipe.stages)
                 if getattr(s, "teacher", None)],
+              *[(f"stages.{i}.contextual.model", s.contextual.model, BUILTIN_MODELS)
+                for i, s in enumerate(recipe.stages) if getattr(s, "contextual", None) and s.contextual.model],
               ("data.validation_source", recipe.data.validation_source, ()),
               ("data.test_source", recipe.data.test_source, ())]
     for key, ref, builtins in checks:

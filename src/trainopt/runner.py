@@ -60,6 +60,9 @@ def check_compat(recipe: Recipe, device: torch.device) -> None:
                 asset_path("wordnet")  # a missing asset fails here, before any work
             if stage.backtranslate is not None:
                 asset_path("apertium")
+            if stage.contextual is not None and not (stage.contextual.model or recipe.model.path):
+                raise RecipeError(f"stages.{i}.contextual.model", "a model built from model.config has no "
+                                  "pretrained embeddings to take neighbours from", "name a local model folder")
     for key, settings in trainings:
         if settings.precision == "fp16" and device.type != "cuda":
             raise RecipeError(f"{key}.precision", "fp16 training needs a CUDA device (GradScaler)",

@@ -52,10 +52,11 @@ def synonym_source(stage):
 
 
 def augment_texts(texts: list[str], labels: list[str], stage, synonyms, seed: int,
-                  engine=None) -> tuple[list, list, list, dict]:
+                  engine=None, replacer=None) -> tuple[list, list, list, dict]:
     """(new texts, their labels, their source indices, statistics). Deterministic for a seed (and engine).
 
-    Per example: its back-translation first (when an engine is given), then `per_example` EDA variants."""
+    Per example: its back-translation (when an engine is given), its contextual variants (when a replacer is
+    given), then `per_example` EDA variants."""
     rates = stage.eda.model_dump()
     ops = [op for op in eda.OPERATIONS if rates[op] > 0] if stage.per_example else []
     back = None
@@ -66,15 +67,23 @@ def augment_texts(texts: list[str], labels: list[str], stage, synonyms, seed: in
         t0 = time.perf_counter()
         back = back_translate(texts, engine, stage.backtranslate.batch_size)
         bt_seconds = time.perf_counter() - t0
+    contextual = []
+    if replacer is not None:
+        spec = stage.contextual
+        for k in range(spec.per_example):
+            rngs = [random.Random(f"{seed}:contextual{k}:{i}") for i in range(len(texts))]
+            contextual.append(replacer.augment(texts, spec.rate, rngs))
     originals = set(texts)
     seen: set[str] = set()
     out_texts, out_labels, sources = [], [], []
-    made = {op: 0 for op in (["backtranslate"] if back is not None else []) + ops}
+    made = {op: 0 for op in (["backtranslate"] if back is not None else []) + (["contextual"] if contextual else [])
+            + ops}
     dropped = {"identical": 0, "duplicate": 0, "truncated": 0}
     distance_sum = 0
     for i, (text, label) in enumerate(zip(texts, labels)):
         rng = random.Random(f"{seed}:{i}")  # one stream per example: the same output whatever the order
         candidates = [("backtranslate", back[i])] if back is not None else []
+        candidates += [("contextual", variants[i]) for variants in contextual]
         for k in range(stage.per_example):
             op = ops[(i + k) % len(ops)]
             candidates.append((op, eda.apply(op, text, rates[op], synonyms, rng)))
@@ -157,12 +166,18 @@ def augment_stage(texts, stage, ctx, stage_dir: Path):
             from .backtranslate import make_engine
 
             engine = make_engine(stage.backtranslate)
+        replacer = None
+        if stage.contextual is not None:
+            from .contextual import make_replacer
+
+            replacer = make_replacer(stage.contextual, ctx.recipe.model.path)
         new_texts, new_labels, sources, stats = augment_texts(texts.train, texts.train_labels, stage,
                                                               synonym_source(stage) if stage.per_example else None,
-                                                              seed, engine)
+                                                              seed, engine, replacer)
         stats.update({"key": key, "seconds": round(time.perf_counter() - start, 2), "seed": seed,
                       "synonyms": stage.synonyms, "rates": stage.eda.model_dump(), "per_example": stage.per_example,
-                      "backtranslate_spec": stage.backtranslate.model_dump() if stage.backtranslate else None})
+                      "backtranslate_spec": stage.backtranslate.model_dump() if stage.backtranslate else None,
+                      "contextual_spec": stage.contextual.model_dump() if stage.contextual else None})
         _write_cache(stage_dir, new_texts, new_labels, sources, stats)
         stats["cached"] = False
     augmented = dataclasses.replace(texts, train=texts.train + new_texts,
