@@ -250,3 +250,50 @@ def test_contextual_stage_uses_the_run_models_embeddings(tmp_path, tiny_bert_dir
     assert aug["per_operation"] == {"contextual": aug["added"]} and aug["added"] > 0
     with pytest.raises(RecipeError, match="needs contextual.model"):
         load_recipe({"model": {"path": "x"}, "stages": [{"kind": "augment", "contextual": {"source": "mlm"}}]})
+
+
+def _tiny_marian(path, texts):
+    """A randomly initialised 1-layer MarianMT model with a BPE tokenizer trained here, saved as a HF folder."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import MarianConfig, MarianMTModel, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "</s>", "<unk>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                       show_progress=False))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    torch.manual_seed(0)
+    cfg = MarianConfig(vocab_size=len(fast), d_model=16, encoder_layers=1, decoder_layers=1,
+                       encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+                       max_position_embeddings=64, pad_token_id=fast.pad_token_id, eos_token_id=fast.eos_token_id,
+                       decoder_start_token_id=fast.pad_token_id, forced_eos_token_id=fast.eos_token_id)
+    MarianMTModel(cfg).save_pretrained(path)
+    fast.save_pretrained(path)
+    return path
+
+
+def test_marian_engine_loads_and_generates(tmp_path, tiny_bert_dir):
+    import trainopt
+    from trainopt.data.augment.backtranslate import EngineError, Seq2SeqEngine
+
+    rows = make_reviews(40, seed=8)
+    marian = _tiny_marian(tmp_path / "marian", [r["text"] for r in rows])
+    engine = Seq2SeqEngine(str(marian), str(marian), max_new_tokens=6, device="cpu")
+    out = engine.translate(["the coffee was great", "stale box"], "forward")
+    assert len(out) == 2 and all(isinstance(t, str) for t in out)
+    with pytest.raises(EngineError, match="cannot load the forward translation model"):
+        Seq2SeqEngine(str(tmp_path), str(marian))
+
+    data = write_jsonl(tmp_path / "reviews.jsonl", rows)
+    raw = classification_recipe(tiny_bert_dir, data, epochs=1)
+    raw["stages"] = [{"kind": "augment", "name": "bt", "per_example": 0,
+                      "backtranslate": {"engine": "marian", "forward_model": str(marian), "back_model": str(marian),
+                                        "max_new_tokens": 8, "batch_size": 16}}] + raw["stages"]
+    report = trainopt.run(raw, out=tmp_path / "run")
+    aug = report["augmentation"][0]
+    assert aug["backtranslate"]["engine"] == "marian" and "backtranslate" in aug["per_operation"]
+    with pytest.raises(RecipeError, match="forward_model"):
+        load_recipe({"model": {"path": "x"}, "stages": [{"kind": "augment", "backtranslate": {"engine": "marian"}}]})

@@ -295,12 +295,25 @@ class EdaSpec(Strict):
 
 
 class BackTranslateSpec(Strict):
-    """English → pivot → English through an offline engine (Apertium, Debian apertium-eng-spa)."""
+    """English → pivot → English through an offline engine: Apertium (Debian apertium-eng-spa), or a pair of
+    local Hugging Face translation models (MarianMT or any seq2seq folder)."""
 
-    engine: Literal["apertium"] = "apertium"
-    pivot: Literal["spa"] = "spa"
+    engine: Literal["apertium", "marian"] = "apertium"
+    pivot: Literal["spa"] = "spa"  # apertium's pivot language
+    forward_model: str | None = None  # marian: English → pivot folder
+    back_model: str | None = None  # marian: pivot → English folder
     batch_size: int = Field(256, ge=1)  # texts per engine call
-    timeout_s: float = Field(600.0, gt=0.0)  # per call; a clear error when the engine takes longer
+    max_new_tokens: int = Field(256, ge=1)  # marian: generation length cap
+    num_beams: int = Field(1, ge=1, le=16)  # marian: 1 = greedy
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # marian
+    timeout_s: float = Field(600.0, gt=0.0)  # apertium: per call; a clear error when the engine takes longer
+
+    @model_validator(mode="after")
+    def _marian_models(self):
+        if self.engine == "marian" and not (self.forward_model and self.back_model):
+            raise ValueError("backtranslate.engine: marian needs backtranslate.forward_model and back_model "
+                             "(local translation model folders)")
+        return self
 
 
 class ContextualSpec(Strict):
@@ -629,6 +642,9 @@ def check_paths(recipe: Recipe) -> None:
                 if getattr(s, "teacher", None)],
               *[(f"stages.{i}.contextual.model", s.contextual.model, BUILTIN_MODELS)
                 for i, s in enumerate(recipe.stages) if getattr(s, "contextual", None) and s.contextual.model],
+              *[(f"stages.{i}.backtranslate.{k}", getattr(s.backtranslate, k), ())
+                for i, s in enumerate(recipe.stages) for k in ("forward_model", "back_model")
+                if getattr(s, "backtranslate", None) and getattr(s.backtranslate, k)],
               ("data.validation_source", recipe.data.validation_source, ()),
               ("data.test_source", recipe.data.test_source, ())]
     for key, ref, builtins in checks:

@@ -58,7 +58,7 @@ def check_compat(recipe: Recipe, device: torch.device) -> None:
 
             if stage.per_example:
                 asset_path("wordnet")  # a missing asset fails here, before any work
-            if stage.backtranslate is not None:
+            if stage.backtranslate is not None and stage.backtranslate.engine == "apertium":
                 asset_path("apertium")
             if stage.contextual is not None and not (stage.contextual.model or recipe.model.path):
                 raise RecipeError(f"stages.{i}.contextual.model", "a model built from model.config has no "

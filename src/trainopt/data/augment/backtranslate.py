@@ -1,7 +1,8 @@
 """Back-translation: English → pivot language → English, through a translation engine.
 
 Engines implement `translate(texts, direction) -> list[str]` for direction "forward" (source → pivot) and
-"back". The offline default is Apertium (rule-based, Debian `apertium-eng-spa`, unpacked into the asset cache
+"back". A pair of local Hugging Face translation folders (MarianMT, or any seq2seq model) is one engine; the
+offline default is Apertium (rule-based, Debian `apertium-eng-spa`, unpacked into the asset cache
 by `trainopt data fetch --only apertium`): each batch runs once through Apertium's own pipeline for the pair
 (the `.mode` file: analyser, tagger, transfer, generator), one text per line, between `apertium-destxt` and
 `apertium-retxt`, the same programs the `apertium` script chains. We run the pipeline directly because the script
@@ -74,7 +75,48 @@ class ApertiumEngine:
         return [_clean(o) for o in out]
 
 
-def make_engine(spec) -> ApertiumEngine:
+class Seq2SeqEngine:
+    """A pair of local Hugging Face translation models (MarianMT, or any seq2seq folder): batched generation."""
+
+    def __init__(self, forward_dir: str, back_dir: str, max_new_tokens: int = 256, num_beams: int = 1,
+                 device: str = "auto"):
+        import torch
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+        from ...models import _quiet_transformers
+
+        _quiet_transformers()
+        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                                   ("cpu" if device == "auto" else device))
+        self.pairs = {}
+        for direction, path in (("forward", forward_dir), ("back", back_dir)):
+            try:
+                tok = AutoTokenizer.from_pretrained(path)
+                model = AutoModelForSeq2SeqLM.from_pretrained(path, dtype=torch.float32).to(self.device).eval()
+            except (OSError, ValueError) as e:
+                raise EngineError(f"cannot load the {direction} translation model from {path} "
+                                  f"({str(e).splitlines()[0][:160]})") from None
+            self.pairs[direction] = (tok, model)
+        self.max_new_tokens, self.num_beams = max_new_tokens, num_beams
+
+    def translate(self, texts: list[str], direction: str) -> list[str]:
+        import torch
+
+        tok, model = self.pairs[direction]
+        enc = tok([_one_line(t) for t in texts], return_tensors="pt", padding=True, truncation=True,
+                  max_length=512)
+        with torch.inference_mode():
+            out = model.generate(**{k: v.to(self.device) for k, v in enc.items()}, max_new_tokens=self.max_new_tokens,
+                                 num_beams=self.num_beams, do_sample=False)
+        return [" ".join(t.split()) for t in tok.batch_decode(out, skip_special_tokens=True)]
+
+
+def make_engine(spec):
+    if spec.engine == "marian":
+        from ...models import resolve_model_ref
+
+        return Seq2SeqEngine(str(resolve_model_ref(spec.forward_model)), str(resolve_model_ref(spec.back_model)),
+                             spec.max_new_tokens, spec.num_beams, spec.device)
     from ... import assets
 
     return ApertiumEngine(assets.asset_path("apertium"), f"eng-{spec.pivot}", spec.timeout_s)
