@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-example", type=int, default=4, help="new examples per training example (default 4)")
     p.add_argument("--rates", default="0.1,0.1,0.1,0.1",
                    help="EDA rates synonym,insert,swap,delete (default 0.1 each; 0 turns one off)")
+    p.add_argument("--backtranslate", action="store_true", help="add one Apertium back-translation per example")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
 
     p = sub.add_parser("report", help="print a finished run's report and rewrite report.md",
@@ -259,12 +260,19 @@ def _augment(args) -> int:
     try:
         syn, ins, swap, delete = (float(x) for x in args.rates.split(","))
         stage = AugmentStage(kind="augment", per_example=args.per_example,
-                             eda={"synonym": syn, "insert": ins, "swap": swap, "delete": delete})
+                             eda={"synonym": syn, "insert": ins, "swap": swap, "delete": delete},
+                             backtranslate={} if args.backtranslate else None)
     except ValueError as e:
         raise RecipeError("--rates", str(e).splitlines()[-1], "four comma-separated rates in [0, 1]") from None
     texts = load_texts(recipe)
-    new, labels, sources, stats = augment_texts(texts.train, texts.train_labels, stage, synonym_source(stage),
-                                                recipe.run.seed)
+    engine = None
+    if stage.backtranslate is not None:
+        from .data.augment.backtranslate import make_engine
+
+        engine = make_engine(stage.backtranslate)
+    new, labels, sources, stats = augment_texts(texts.train, texts.train_labels, stage,
+                                                synonym_source(stage) if stage.per_example else None,
+                                                recipe.run.seed, engine)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
