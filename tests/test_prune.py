@@ -308,3 +308,24 @@ def test_a_pruned_model_is_a_valid_starting_model(tmp_path, minilm_tokenizer):
     raw["stages"] = [{"kind": "eval", "name": "pruned"}]
     report = trainopt.run(raw, out=tmp_path / "run")
     assert report["stages"][0]["size"]["params"] == sum(p.numel() for p in model.parameters())
+
+
+def test_global_ranking_and_magnitude_importance_give_per_layer_counts(minilm_tokenizer):
+    """same_per_layer: false ranks all layers together (each keeps at least one); the loader-only structure
+    it produces is recorded; magnitude importance needs no gradients."""
+    from trainopt.compress.prune import choose, plan_structure
+    from trainopt.recipe import PruneStage
+
+    scores = [torch.tensor([1.0, 1.0, 1.0, 1.0]), torch.tensor([10.0, 0.1, 0.1, 0.1])]
+    assert [len(k) for k in choose(scores, 0.5, same_per_layer=True)] == [2, 2]
+    kept = choose(scores, 0.5, same_per_layer=False)
+    assert [len(k) for k in kept] == [4, 1] and kept[1] == [0]  # shares within a layer decide, not raw scale
+
+    model = _tiny_bert(minilm_tokenizer)
+    stage = PruneStage(kind="prune", method="structured",
+                       structured={"heads": 0.5, "ffn": 0.5, "importance": "magnitude", "same_per_layer": False})
+    plan = plan_structure(model, stage, [], "classification", 0)
+    assert sum(len(h) for h in plan["heads"]) == 4 and sum(len(f) for f in plan["ffn"]) == 64
+    assert all(len(h) >= 1 for h in plan["heads"])
+    apply_plan(model, plan)
+    assert detect_structure(model)["intermediate"] == [len(f) for f in plan["ffn"]]

@@ -93,7 +93,8 @@ def slice_linear(linear: torch.nn.Linear, rows: torch.Tensor | None = None,
     return new
 
 
-def _set(block: torch.nn.Module, path: str, module: torch.nn.Module) -> None:
+def set_module(block: torch.nn.Module, path: str, module: torch.nn.Module) -> None:
+    """Replace the submodule at a dotted path (relative to `block`)."""
     parent, _, attr = path.rpartition(".")
     setattr(block.get_submodule(parent) if parent else block, attr, module)
 
@@ -104,8 +105,8 @@ def shrink_block(block: torch.nn.Module, lay: dict, hd: int, heads: list[int] | 
     if heads is not None and "q" in lay:
         rows = torch.tensor([h * hd + i for h in sorted(heads) for i in range(hd)], dtype=torch.long)
         for part in ("q", "k", "v"):
-            _set(block, lay[part], slice_linear(block.get_submodule(lay[part]), rows=rows))
-        _set(block, lay["o"], slice_linear(block.get_submodule(lay["o"]), cols=rows))
+            set_module(block, lay[part], slice_linear(block.get_submodule(lay[part]), rows=rows))
+        set_module(block, lay["o"], slice_linear(block.get_submodule(lay["o"]), cols=rows))
         attn = block.get_submodule(lay["q"].rpartition(".")[0])
         if hasattr(attn, "num_attention_heads"):  # BERT reshapes with -1 heads; keep its bookkeeping true too
             attn.num_attention_heads = len(heads)
@@ -113,8 +114,8 @@ def shrink_block(block: torch.nn.Module, lay: dict, hd: int, heads: list[int] | 
     if neurons is not None:
         idx = torch.tensor(sorted(neurons), dtype=torch.long)
         for path in lay["up"]:
-            _set(block, path, slice_linear(block.get_submodule(path), rows=idx))
-        _set(block, lay["down"], slice_linear(block.get_submodule(lay["down"]), cols=idx))
+            set_module(block, path, slice_linear(block.get_submodule(path), rows=idx))
+        set_module(block, lay["down"], slice_linear(block.get_submodule(lay["down"]), cols=idx))
 
 
 def apply_structure(model: torch.nn.Module, structure: dict) -> None:

@@ -474,8 +474,6 @@ def prune_stage(model, data, stage: PruneStage, ctx: RunContext, stage_dir):
     info["prune_s"] = round(prune_s, 2)
     result["pruning"] = info
     result["claims"] = "shape" if stage.method == "structured" else "mask"
-    if teacher is not None:
-        del teacher
     return model, result
 
 

@@ -31,6 +31,7 @@ from ..errors import RecipeError
 from ..recipe import QuantizeStage, TrainStage
 from ..stages import RunContext, register
 from ..train.loop import train
+from .blocks import set_module
 
 MIN_EMBEDDING_ROWS = 1000  # quantize vocabulary embeddings, not position/type tables
 ACT_QMAX = 127  # activation range of the x86 dynamic int8 Linear (reduce_range=True)
@@ -182,20 +183,14 @@ class FakeQuantLinear(torch.nn.Module):
         return F.linear(xq, wq.to(x.dtype), self.linear.bias)
 
 
-def _set_module(model: torch.nn.Module, name: str, new: torch.nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
 def insert_fake_quant(model: torch.nn.Module, linear_names: list[str]) -> None:
     for name in linear_names:
-        _set_module(model, name, FakeQuantLinear(model.get_submodule(name)))
+        set_module(model, name, FakeQuantLinear(model.get_submodule(name)))
 
 
 def remove_fake_quant(model: torch.nn.Module, linear_names: list[str]) -> None:
     for name in linear_names:
-        _set_module(model, name, model.get_submodule(name).linear)
+        set_module(model, name, model.get_submodule(name).linear)
 
 
 @register("quantize")
