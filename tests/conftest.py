@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from .postgres import postgres_server  # noqa: F401  (a fixture: a private PostgreSQL server for the tune tests)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(2)
 

@@ -87,6 +87,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backtranslate", action="store_true", help="add one Apertium back-translation per example")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
 
+    p = sub.add_parser("tune", help="search recipe keys with Optuna (the recipe's search: block)",
+                       description="Run an Optuna study over the keys named in the recipe's search: block: each trial "
+                                   "is a run of the recipe with the sampled values, in RUN/trials/NNNN. Samplers: "
+                                   "grid, random, TPE, GP, NSGA-II; pruners: median, successive halving, Hyperband. "
+                                   "SQLite in the run directory by default (resume with --resume); a PostgreSQL URL "
+                                   "lets many workers and machines share one study.",
+                       epilog=EPILOG)
+    p.add_argument("recipe", help="a recipe YAML file or a built-in name, with a search: block")
+    p.add_argument("--out", metavar="DIR", help="study directory (default: runs/tune-<recipe name>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    p.add_argument("--resume", action="store_true", help="continue the study in DIR where it stopped")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing study directory")
+    p.add_argument("--storage", metavar="URL", help="sqlite:///file.db or postgresql://user@host:port/db "
+                                                    "(default: search.storage, else DIR/study.db)")
+    p.add_argument("--study-name", help="the study's name in the storage (default: search.study_name or the "
+                                        "recipe name); workers and machines with the same name share it")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes on this study (default 1)")
+    p.add_argument("--trials", type=int, default=None, help="override search.trials")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="override search.timeout_s")
+    p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+
     p = sub.add_parser("report", help="print a finished run's report and rewrite report.md",
                        description="Read RUN_DIR/report.json, rewrite report.md and print the stage table.")
     p.add_argument("run_dir")
@@ -193,6 +214,13 @@ def _dispatch(args, parser) -> int:
         return 0
     if args.command == "augment":
         return _augment(args)
+    if args.command == "tune":
+        from .tune import tune
+
+        tune(args.recipe, out=args.out, overrides=args.overrides, resume=args.resume, overwrite=args.overwrite,
+             storage=args.storage, study_name=args.study_name, workers=args.workers, trials=args.trials,
+             timeout_s=args.timeout, worker_index=args.worker_index)
+        return 0
     if args.command == "report":
         from .report import load_report, print_summary, write_report
 

@@ -359,9 +359,130 @@ Stage = Annotated[Union[TrainStage, EvalStage, QuantizeStage, DistillStage, Prun
                   Field(discriminator="kind")]
 
 
+# ---------------------------------------------------------------------------------------------- search
+QUALITY_METRICS = ("accuracy", "f1_macro", "loss", "perplexity")
+OTHER_METRICS = ("params", "nonzero_params", "disk_bytes", "throughput_items_per_s", "wall_s", "tokens_per_s",
+                 "mfu", "peak_mem_bytes")
+MAXIMIZED = ("accuracy", "f1_macro", "throughput_items_per_s", "tokens_per_s", "mfu")
+
+
+class ParamSpec(Strict):
+    """One searched recipe key: a float or int range (optionally log-scaled or stepped), or a list of choices."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = Field(None, gt=0.0)
+    choices: list[bool | int | float | str | None] | None = None
+
+    @model_validator(mode="after")
+    def _shape(self):
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs a non-empty choices: list")
+            if self.low is not None or self.high is not None or self.step is not None or self.log:
+                raise ValueError("a categorical parameter takes choices:, not low/high/step/log")
+            return self
+        if self.choices is not None:
+            raise ValueError(f"choices: applies to type: categorical, not {self.type}")
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} parameter needs low: and high:")
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log-scaled range needs low > 0")
+        if self.log and self.step is not None:
+            raise ValueError("log: true and step: are exclusive (Optuna samples one or the other)")
+        if self.type == "int" and not (float(self.low).is_integer() and float(self.high).is_integer()
+                                       and (self.step is None or float(self.step).is_integer())):
+            raise ValueError("an int parameter needs whole-number low, high and step")
+        return self
+
+    def grid(self) -> list | None:
+        """The values a grid search visits, or None for a continuous range."""
+        if self.type == "categorical":
+            return list(self.choices)
+        if self.type == "int":
+            step = int(self.step or 1)
+            return list(range(int(self.low), int(self.high) + 1, step))
+        if self.step is None:
+            return None
+        n = int(round((self.high - self.low) / self.step))
+        return [round(self.low + i * self.step, 12) for i in range(n + 1)]
+
+
+class ObjectiveSpec(Strict):
+    """What a trial is scored on: a metric of one stage's report entry."""
+
+    metric: str = "accuracy"  # accuracy, f1_macro, loss, perplexity, latency_ms_b<N>_p50, disk_bytes, params, …
+    direction: Literal["maximize", "minimize"] | None = None  # default: maximize accuracy-like, minimize others
+    stage: str | None = None  # default: the last stage
+    split: Literal["validation", "test"] = "validation"  # quality metrics: tune on validation, never on test
+
+    @model_validator(mode="after")
+    def _metric(self):
+        m = self.metric
+        if not (m in QUALITY_METRICS or m in OTHER_METRICS or re.fullmatch(r"latency_ms_b\d+_p50", m)):
+            close = difflib.get_close_matches(m, [*QUALITY_METRICS, *OTHER_METRICS, "latency_ms_b32_p50"], n=1)
+            raise ValueError(f"unknown objective metric '{m}'" + (f"; did you mean '{close[0]}'?" if close else
+                             "; use a quality metric (accuracy, f1_macro, loss, perplexity), latency_ms_b<N>_p50, "
+                             "disk_bytes, params, nonzero_params or throughput_items_per_s"))
+        if self.direction is None:
+            self.direction = "maximize" if m in MAXIMIZED else "minimize"
+        return self
+
+
+class PrunerSpec(Strict):
+    """Stop unpromising trials early, from the loop's periodic validation (the k-th evaluation of every trial
+    is compared with the k-th of the others)."""
+
+    name: Literal["none", "median", "halving", "hyperband"] = "median"
+    startup_trials: int = Field(5, ge=0)  # median: trials that finish before any is pruned
+    warmup_evals: int = Field(1, ge=0)  # median: a trial's first evaluations are never pruned
+    reduction_factor: int = Field(3, ge=2)  # halving / hyperband
+    min_resource: int = Field(1, ge=1)  # halving / hyperband: evaluations before the first rung
+
+
+class SearchSpec(Strict):
+    """`trainopt tune`: an Optuna study over recipe keys (see docs/methods/tune.md)."""
+
+    space: dict[str, ParamSpec] = Field(min_length=1)  # recipe key path (as for --set) → range
+    objectives: list[ObjectiveSpec] = Field([ObjectiveSpec()], min_length=1, max_length=4)
+    trials: int | None = Field(20, ge=1)  # finished (complete or pruned) trials; null: until timeout_s
+    timeout_s: float | None = Field(None, gt=0.0)  # no new trial starts after this (a running one finishes)
+    sampler: Literal["tpe", "random", "grid", "gp", "nsga2"] = "tpe"
+    startup_trials: int = Field(8, ge=0)  # tpe / gp: random trials before the model takes over
+    pruner: PrunerSpec = PrunerSpec()
+    seed: int | None = None  # default: run.seed (worker k uses seed + k)
+    storage: str | None = None  # default: sqlite in the run directory; postgresql://… for many workers/machines
+    study_name: str | None = None  # default: the recipe name
+    heartbeat_s: int = Field(30, ge=1)  # a trial silent for 2 heartbeats (its worker died) is marked failed
+    keep_models: Literal["best", "all", "none"] = "best"  # trial model folders kept: best/Pareto trials only
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.trials is None and self.timeout_s is None:
+            raise ValueError("set search.trials or search.timeout_s (or both)")
+        if len(self.objectives) > 1 and self.pruner.name != "none":
+            raise ValueError("Optuna prunes single-objective studies only; with several objectives set "
+                             "search.pruner.name: none")
+        if self.pruner.name != "none" and not (self.objectives[0].metric in QUALITY_METRICS
+                                               and self.objectives[0].split == "validation"):
+            raise ValueError("trial pruning follows the validation metric during training; the objective must be "
+                             "a quality metric on split: validation (or set search.pruner.name: none)")
+        if self.sampler == "grid":
+            continuous = [k for k, p in self.space.items() if p.grid() is None]
+            if continuous:
+                raise ValueError(f"grid search needs discrete values; give search.space.{continuous[0]} a step: "
+                                 "or choices:")
+        return self
+
+
 # ------------------------------------------------------------------------------------------ run/measure
 class MeasureSpec(Strict):
     latency: bool = True
+    validation: bool = False  # also evaluate every stage on the validation split (tune turns it on)
     batch_sizes: list[int] = [1, 32]
     warmup: int = Field(3, ge=0)
     repeats: int = Field(20, ge=1)
@@ -394,6 +515,7 @@ class Recipe(Strict):
     stages: list[Stage] = Field(min_length=1)
     run: RunSpec = RunSpec()
     measure: MeasureSpec = MeasureSpec()
+    search: SearchSpec | None = None  # used by `trainopt tune`; `trainopt run` runs the recipe as written
 
     @model_validator(mode="after")
     def _cross(self):
@@ -410,6 +532,16 @@ class Recipe(Strict):
             if getattr(stage, "teacher", None) and getattr(stage, "teacher_stage", None):
                 raise RecipeError(f"stages.{i}.teacher_stage", "teacher and teacher_stage are exclusive",
                                   "name a folder (teacher) or an earlier stage (teacher_stage), not both")
+        if self.search is not None:
+            for j, obj in enumerate(self.search.objectives):
+                if obj.stage is not None and obj.stage not in names:
+                    close = difflib.get_close_matches(obj.stage, names, n=1)
+                    raise RecipeError(f"search.objectives.{j}.stage", f"no stage named '{obj.stage}'",
+                                      f"did you mean '{close[0]}'?" if close else f"stages: {names}")
+                lat = re.fullmatch(r"latency_ms_b(\d+)_p50", obj.metric)
+                if lat and int(lat.group(1)) not in self.measure.batch_sizes:
+                    raise RecipeError(f"search.objectives.{j}.metric", f"batch size {lat.group(1)} is not measured",
+                                      f"use one of measure.batch_sizes {self.measure.batch_sizes}")
         return self
 
     def stage(self, name: str):
@@ -469,28 +601,34 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             value = yaml.safe_load(value_text) if value_text.strip() else None
         except yaml.YAMLError:
             value = value_text
-        parts = [p for p in key.strip().split(".") if p]
-        if not parts:
+        if not [p for p in key.strip().split(".") if p]:
             raise RecipeError(item, "empty key", "e.g. --set data.max_length=64")
-        node: Any = raw
-        for i, part in enumerate(parts):
-            last = i == len(parts) - 1
-            where = ".".join(parts[: i + 1])
-            if isinstance(node, list):
-                idx = _list_index(node, part, where)
-                if last:
-                    node[idx] = value
-                else:
-                    node = node[idx]
-            elif isinstance(node, dict):
-                if last:
-                    node[part] = value
-                else:
-                    if node.get(part) is None:
-                        node[part] = {}
-                    node = node[part]
+        set_path(raw, key, value)
+    return raw
+
+
+def set_path(raw: dict, key: str, value: Any) -> dict:
+    """Set one `key.path` of a raw recipe dict (stages addressed by index or name), creating mappings."""
+    parts = [p for p in key.strip().split(".") if p]
+    node: Any = raw
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        where = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            idx = _list_index(node, part, where)
+            if last:
+                node[idx] = value
             else:
-                raise RecipeError(where, f"cannot set a key inside a {type(node).__name__}", "check the key path")
+                node = node[idx]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+        else:
+            raise RecipeError(where, f"cannot set a key inside a {type(node).__name__}", "check the key path")
     return raw
 
 
@@ -624,7 +762,10 @@ def _unwrap(tp: Any, want_item: bool = False) -> Any:
 
 
 def dump_recipe(recipe: Recipe) -> str:
-    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, width=110)
+    raw = recipe.model_dump(mode="json")
+    if raw.get("search") is None:
+        raw.pop("search", None)
+    return yaml.safe_dump(raw, sort_keys=False, width=110)
 
 
 def is_builtin(ref: str | None) -> bool:

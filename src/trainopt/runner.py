@@ -112,8 +112,11 @@ def prepare_run_dir(recipe: Recipe, out: str | Path | None, resume: bool, overwr
 
 
 def run(recipe=None, out: str | Path | None = None, overrides: list[str] | None = None, resume: bool = False,
-        overwrite: bool = False) -> dict:
-    """Run a recipe (a path, a built-in name, a dict or a Recipe) and return the report as a dict."""
+        overwrite: bool = False, on_eval=None, show_summary: bool = True) -> dict:
+    """Run a recipe (a path, a built-in name, a dict or a Recipe) and return the report as a dict.
+
+    `on_eval(stage_name, step, quality)` is called after every validation evaluation inside training (a tuning
+    study reports to its pruner there)."""
     t_start = time.perf_counter()
     recipe = load_recipe(recipe, overrides)
     check_paths(recipe)
@@ -152,6 +155,7 @@ def run(recipe=None, out: str | Path | None = None, overrides: list[str] | None 
     eval_split = data.test if data.test is not None else (data.validation or data.train)
     inputs = measure.fixed_inputs(eval_split, recipe.task, recipe.measure.batch_sizes, recipe.measure.seq_len) \
         if recipe.measure.latency else None
+    ctx.extras["on_eval"] = on_eval
     ctx.extras["measure_inputs"] = inputs  # stages that time kernels of their own (2:4 sparse) use the same inputs
     if recipe.task == "causal_lm":  # the fixed prompt of the generation benchmark
         ctx.extras["prompt"] = eval_split.blocks[:1, : min(32, eval_split.blocks.shape[1])]
@@ -201,7 +205,8 @@ def run(recipe=None, out: str | Path | None = None, overrides: list[str] | None 
               "data": data.stats, "stages": entries, "augmentation": data_entries, "run_dir": str(run_dir),
               "total_wall_s": round(time.perf_counter() - t_start, 2)}
     write_report(run_dir, report)
-    print_summary(report)
+    if show_summary:
+        print_summary(report)
     return report
 
 
@@ -231,6 +236,10 @@ def _measure_stage(model, data, stage, result, ctx: RunContext, inputs, stage_di
     else:
         q = {"accuracy": None, "f1_macro": None, "loss": None, "perplexity": None}
     entry["quality"] = q
+    if recipe.measure.validation and data.validation is not None:
+        vq = evaluate(model, data.validation, recipe.task, 64, device)
+        entry["validation_quality"] = {k: v for k, v in vq.items() if k in ("accuracy", "f1_macro", "loss",
+                                                                             "perplexity")}
     entry["size"] = {"params": params, "nonzero_params": nonzero, "disk_bytes": disk_bytes(model_dir)}
     if inputs is not None:
         m = recipe.measure

@@ -223,6 +223,8 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
                 ctx.log.log(stage.name, state.step, **{f"val_{k}": v for k, v in quality.items()
                                                        if isinstance(v, (int, float))}, best=improved)
                 window_eval_s += time.perf_counter() - eval_start
+                if ctx.extras.get("on_eval") is not None:  # a tuning study's pruner (may stop the trial)
+                    ctx.extras["on_eval"](stage.name, state.step, quality)
 
             # 6. Checkpoint atomically (model, optimizer, scheduler, RNG, data position).
             state.train_seconds = stage_start_train_seconds + (time.perf_counter() - session_start)
