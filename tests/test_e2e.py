@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -141,3 +142,33 @@ def test_train_command_runs_only_the_training_stage(tmp_path, tiny_bert_dir, rev
     report = json.loads((out / "report.json").read_text())
     assert [s["name"] for s in report["stages"]] == ["finetune"]
     assert report["recipe"]["stages"][0]["batch_size"] == 32
+
+
+def test_html_report_is_self_contained_and_renders(quickstart_run, tmp_path):
+    """report.html: the stage table, the charts inline, nothing fetched; headless Chromium renders it."""
+    import re
+    import shutil
+    import subprocess
+
+    page = (quickstart_run / "report.html").read_text()
+    for name in ("finetune", "pruned", "student", "int8"):
+        assert f"<td>{name}</td>" in page
+    assert page.count("<svg") >= 3 and "<script" not in page  # trade-off chart, loss curves, lr/throughput
+    assert not re.search(r"""(src|href)=["']https?:""", page)  # self-contained: opened from disk, offline
+    assert "Confusion matrices" in page and ("class='worse'" in page or "class='better'" in page)
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        if os.environ.get("TRAINOPT_REQUIRE_CHROMIUM"):
+            pytest.fail("chromium is required here (TRAINOPT_REQUIRE_CHROMIUM) but not installed")
+        pytest.skip("no chromium (Debian package chromium) to render the page")
+    url = (quickstart_run / "report.html").resolve().as_uri()
+    args = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
+            f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*args, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert "Stages side by side" in dom.stdout and dom.stdout.count("<svg") >= 3 and "<table" in dom.stdout
+    assert "Uncaught" not in dom.stderr and "CONSOLE" not in dom.stderr
+    shot = tmp_path / "report.png"
+    r = subprocess.run([*args, "--window-size=1280,2000", f"--screenshot={shot}", url], capture_output=True,
+                       timeout=120)
+    assert r.returncode == 0 and shot.stat().st_size > 50_000  # a rendered page, not a blank one

@@ -102,6 +102,7 @@ def test_multi_objective_pareto_front(tmp_path, tiny_bert_dir, reviews_dir):
                         and t["values"] != f["values"])
     assert sorted(p.name for p in (out / "pareto").glob("*.yaml")) == [f"trial-{f['number']:04d}.yaml" for f in front]
     assert (out / "pareto.png").stat().st_size > 1000 and "pareto.png" in (out / "study.md").read_text()
+    assert "data:image/png;base64," in (out / "study.html").read_text()  # the plot inlined: opened from disk
 
 
 def test_failed_trial_is_recorded_and_the_study_continues(tmp_path, tiny_bert_dir, reviews_dir):

@@ -473,7 +473,8 @@ def summarize(study, search: SearchSpec, run_dir: Path, recipe_name: str) -> dic
     _write_best_recipes(run_dir, summary, len(objectives))
     if len(objectives) > 1 and complete:
         summary["pareto_plot"] = _pareto_plot(run_dir, trials, best, search)
-    for name, text in (("study.json", json.dumps(summary, indent=1)), ("study.md", to_markdown(summary))):
+    for name, text in (("study.json", json.dumps(summary, indent=1)), ("study.md", to_markdown(summary)),
+                       ("study.html", to_html(summary, run_dir))):
         tmp = run_dir / (name + ".tmp")
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, run_dir / name)
@@ -575,6 +576,37 @@ def to_markdown(summary: dict) -> str:
     if failed:
         lines += ["", "## Failed trials", ""] + [f"- trial {t['number']}: {t['error']}" for t in failed]
     return "\n".join(lines) + "\n"
+
+
+def to_html(summary: dict, run_dir: Path) -> str:
+    """study.html: the same tables as study.md and the Pareto plot inlined (self-contained, opened from disk)."""
+    import base64
+    import html as h
+
+    from .report.html import page, table
+
+    objs, params = summary["objectives"], summary["space"]
+    head = ["trial", "state", *[o["metric"] for o in objs], "steps", *[p.split(".")[-1] for p in params], "error"]
+
+    def row(t):
+        vals = t["values"] or [None] * len(objs)
+        return [str(t["number"]), t["state"], *["—" if v is None else f"{v:.4g}" for v in vals],
+                str(t["steps"] if t["steps"] is not None else "—"),
+                *[_fmt(t["params"][p]) if p in t["params"] else "—" for p in params], (t["error"] or "")[:120]]
+
+    members = summary.get("best") or summary.get("pareto_front") or []
+    plot = ""
+    if summary.get("pareto_plot") and (run_dir / summary["pareto_plot"]).is_file():
+        data = base64.b64encode((run_dir / summary["pareto_plot"]).read_bytes()).decode()
+        plot = f"<img alt='Pareto front' src='data:image/png;base64,{data}'>"
+    imp = "".join(f"<p><b>{h.escape(m)}</b>: " + h.escape(", ".join(f"{k} {v:.2f}" for k, v in d.items())) + "</p>"
+                  for m, d in summary["importances"].items() if d)
+    subtitle = h.escape(f"sampler {summary['sampler']}, pruner {summary['pruner']}; trials {summary['counts']}; "
+                        f"trial-steps {summary['trial_steps']}")
+    return page(f"study {summary['study']} ({summary['recipe']})", subtitle, [
+        ("Best trial" if "best" in summary else "Pareto front", table(head, [row(t) for t in members]) + plot),
+        ("Parameter importances (fANOVA)", imp),
+        ("All trials", table(head, [row(t) for t in summary["trials"]]))])
 
 
 def print_summary(summary: dict) -> None:

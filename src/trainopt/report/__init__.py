@@ -11,8 +11,13 @@ from rich.table import Table
 
 
 def write_report(run_dir: Path, report: dict) -> None:
+    """report.json (the contract), report.md and report.html (self-contained: charts inline), each atomically."""
+    from ..train.monitor import read_metrics
+    from .html import to_html
+
     run_dir = Path(run_dir)
-    for name, text in (("report.json", json.dumps(report, indent=1)), ("report.md", to_markdown(report))):
+    for name, text in (("report.json", json.dumps(report, indent=1)), ("report.md", to_markdown(report)),
+                       ("report.html", to_html(report, read_metrics(run_dir)))):
         tmp = run_dir / (name + ".tmp")
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, run_dir / name)
@@ -142,4 +147,4 @@ def print_summary(report: dict) -> None:
     if not out.is_terminal:
         out = Console(width=200)
     out.print(table)
-    out.print(f"report: {Path(report['run_dir']) / 'report.md'}")
+    out.print(f"report: {Path(report['run_dir']) / 'report.md'} (and report.html)")
