@@ -123,6 +123,19 @@ class EarlyStoppingSpec(Strict):
     min_delta: float = Field(0.0, ge=0.0)
 
 
+class RecoverySpec(Strict):
+    """Instability recovery: a non-finite loss or a loss spike (above the rolling median + k·MAD of the last
+    `window` steps) rolls training back to the last checkpoint, skips the data window that led to it, lowers the
+    learning rate, and retries — at most `max_rollbacks` times; after that a bad step is skipped, never applied."""
+
+    enabled: bool = True
+    spike_k: float = Field(8.0, gt=0.0)  # a spike: loss > median + spike_k · MAD (MAD floored at 1% of the median)
+    window: int = Field(50, ge=5)  # steps in the rolling window
+    min_history: int = Field(20, ge=3)  # steps seen before spikes are looked for
+    lr_factor: float = Field(0.5, gt=0.0, le=1.0)  # the learning rate is multiplied by this at each rollback
+    max_rollbacks: int = Field(3, ge=0)
+
+
 class TrainSettings(Strict):
     """How to train: used by `train` stages and by stages that fine-tune internally (QAT, recovery)."""
 
@@ -142,6 +155,7 @@ class TrainSettings(Strict):
     keep_best: bool = True
     checkpoint_every: int = Field(50, ge=0)
     log_every: int = Field(10, ge=1)
+    recovery: RecoverySpec = RecoverySpec()  # rollback on NaN / loss spikes (needs checkpoint_every > 0)
 
 
 class StageBase(Strict):

@@ -123,6 +123,9 @@ def to_markdown(report: dict) -> str:
             extra += ["", f"Training: {t['steps']} steps ({t['epochs_done']} epochs), {t['tokens_seen']:,} tokens, "
                           f"best validation {t['metric']} {t['best_val_metric']} at step {t['best_step']}, "
                           f"non-finite steps skipped: {t['skipped_nonfinite_steps']}"
+                      + (f", rollbacks {t['rollbacks']} (learning rate x{t['lr_scale']:g}, {t['skipped_batches']} "
+                         "batches skipped)" if t.get("rollbacks") else "")
+                      + (f", spikes skipped {t['spikes_skipped']}" if t.get("spikes_skipped") else "")
                       + (", stopped early" if t["stopped_early"] else "")
                       + (f", resumed from step {t['resumed_from_step']}" if t.get("resumed_from_step") else "")]
         if s.get("pruning"):

@@ -2,8 +2,10 @@
 
 One optimizer step = `grad_accum` micro-batches; the loss is summed over the micro-batches and divided by
 the number of items (classification) or predicted tokens (causal LM) in the whole accumulated batch, so
-accumulation gives the same update as one big batch. A step whose loss or gradient is not finite is
-skipped (counted, never applied). Checkpoints are atomic; a killed run resumes exactly where it stopped.
+accumulation gives the same update as one big batch. A step whose loss or gradient is not finite, or whose loss
+spikes above the rolling median + k·MAD, is never applied: training rolls back to the last checkpoint, skips the
+data window that led there and lowers the learning rate (`recovery:`), or, with no checkpoint or rollback left,
+skips the step. Checkpoints are atomic; a killed run resumes exactly where it stopped.
 """
 
 from __future__ import annotations
@@ -54,6 +56,10 @@ class TrainState:
     evals_without_improvement: int = 0
     stopped_early: bool = False
     train_seconds: float = 0.0  # summed over resumes
+    rollbacks: int = 0  # instability recoveries (rollback + skipped data window + lower learning rate)
+    spikes_skipped: int = 0  # spikes found once no rollback was possible: the step was skipped, not applied
+    lr_scale: float = 1.0  # product of the rollbacks' learning-rate factors
+    skipped_batches: int = 0  # micro-batches in the skipped data windows
 
 
 def set_determinism(seed: int, deterministic: bool) -> None:
@@ -135,6 +141,8 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
     window_eval_s = 0.0  # evaluation time inside the window: not training throughput
     last_tps, last_mfu = None, None
     kill_at = int(os.environ.get("TRAINOPT_FAULT_KILL_AT_STEP", "0"))  # fault injection for the resume tests
+    faults = {k: int(os.environ.get(f"TRAINOPT_FAULT_{k.upper()}_AT_STEP", "0")) for k in ("nan", "spike")}
+    guard = SpikeGuard(stage.recovery)
     session_start = time.perf_counter()
     stage_start_train_seconds = state.train_seconds
 
@@ -153,27 +161,50 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
 
             # 2. Forward and backward, the loss normalised over the whole accumulated batch.
             loss_total = torch.zeros((), device=device)
+            fault = next((k for k, at in faults.items() if at and state.step + 1 == at), None)
             for batch in micro:
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                     loss = loss_fn(model, batch, denom)
+                if fault is not None:  # injected instability (the recovery tests and `make stress`), once
+                    loss = loss * (float("nan") if fault == "nan" else 1e3)
                 (scaler.scale(loss) if scaler is not None else loss).backward()
                 loss_total += loss.detach()
+            if fault is not None:
+                faults[fault] = 0
             if fpt is None:
                 fpt = measure.flops_per_token(model, seq_len or micro[0]["input_ids"].shape[1])
 
-            # 3. Step, unless the loss or the gradient is not finite.
+            # 3. Step, unless the loss or the gradient is not finite, or the loss spiked: then roll back to the
+            #    last checkpoint and skip the data window that led here (or, with no rollback left, skip the step).
             if scaler is not None:
                 scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(trainable.parameters(), stage.max_grad_norm or float("inf"))
             loss_value = loss_total.item()
             finite = math.isfinite(loss_value) and bool(torch.isfinite(grad_norm))
+            spike = finite and guard.is_spike(loss_value)
+            if not finite or spike:
+                target = ckpt.latest_checkpoint(ckpt_root) if guard.can_roll_back(state.rollbacks) else None
+                if target is not None:
+                    state = _roll_back(target, state, trainable, optimizer, scheduler, scaler, device, stage,
+                                       ctx, loss_value, "nonfinite" if not finite else "spike", guard.threshold)
+                    batches = split.batches(stage.batch_size, run.seed, state.epoch, bucket=ctx.recipe.data.bucket)
+                    optimizer.zero_grad(set_to_none=True)
+                    update(completed=state.step)
+                    continue
+                if spike:
+                    state.spikes_skipped += 1
+                    ctx.log.log(stage.name, state.step + 1, event="spike_skipped", loss=loss_value,
+                                threshold=guard.threshold)
+                    finite = False  # not applied
+            else:
+                guard.add(loss_value)
             if finite and scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()
             elif finite:
                 optimizer.step()
-            else:
+            elif not spike:
                 state.skipped_nonfinite += 1
                 if scaler is not None:
                     scaler.update()
@@ -243,12 +274,79 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
         "tokens_seen": state.tokens_seen, "skipped_nonfinite_steps": state.skipped_nonfinite,
         "best_step": state.best_step, "best_val_metric": state.best_metric, "metric": metric,
         "stopped_early": state.stopped_early, "resumed_from_step": resumed_from,
+        "rollbacks": state.rollbacks, "spikes_skipped": state.spikes_skipped, "lr_scale": state.lr_scale,
+        "skipped_batches": state.skipped_batches,
         "train_wall_s": round(wall, 2),
         "tokens_per_s": round(state.tokens_seen / wall, 1) if wall > 0 else None,
         "mfu": None if (peak is None or fpt is None or wall <= 0) else round(state.tokens_seen * fpt / wall / peak, 4),
         "precision": precision, "peak_flops": peak, "flops_per_token": fpt,
         "peak_mem_bytes": measure.peak_memory_bytes(device),
     }
+
+
+class SpikeGuard:
+    """Loss-spike detection on a rolling window of recent step losses: a spike is a loss above
+    median + k · MAD (the median absolute deviation, floored at 1% of the median so that a flat loss curve does not
+    make every wiggle a spike). Hand-written: a few lines over a deque, no library does this for a training loop."""
+
+    def __init__(self, spec):
+        from collections import deque
+
+        self.spec = spec
+        self.losses: deque[float] = deque(maxlen=spec.window)
+        self.threshold: float | None = None
+
+    def add(self, loss: float) -> None:
+        self.losses.append(loss)
+
+    def is_spike(self, loss: float) -> bool:
+        if not self.spec.enabled or len(self.losses) < self.spec.min_history:
+            self.threshold = None
+            return False
+        ordered = sorted(self.losses)
+        median = ordered[len(ordered) // 2]
+        mad = sorted(abs(x - median) for x in ordered)[len(ordered) // 2]
+        self.threshold = median + self.spec.spike_k * max(mad, 0.01 * abs(median))
+        return loss > self.threshold
+
+    def can_roll_back(self, rollbacks: int) -> bool:
+        return self.spec.enabled and rollbacks < self.spec.max_rollbacks
+
+
+def _roll_back(target: Path, state: TrainState, trainable, optimizer, scheduler, scaler, device, stage, ctx,
+               loss_value: float, reason: str, threshold: float | None) -> TrainState:
+    """Restore the checkpoint `target`, keep the data position past the bad step (the window between the checkpoint
+    and the bad step is skipped, not replayed), and multiply the learning rate by `lr_factor`."""
+    here = (state.epoch, state.batch_in_epoch)
+    restored = TrainState(**ckpt.load_checkpoint(target, trainable, optimizer, scheduler, scaler, device))
+    skipped = _batches_between(restored, here, stage, ctx)
+    factor = stage.recovery.lr_factor
+    scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]
+    for group in optimizer.param_groups:
+        group["lr"] *= factor
+        if "initial_lr" in group:
+            group["initial_lr"] *= factor
+    keep = {k: getattr(state, k) for k in ("tokens_seen", "skipped_nonfinite", "spikes_skipped", "train_seconds",
+                                           "skipped_batches")}
+    restored.__dict__.update(keep)
+    restored.epoch, restored.batch_in_epoch = here
+    restored.rollbacks = state.rollbacks + 1
+    restored.lr_scale = state.lr_scale * factor
+    restored.skipped_batches += skipped
+    ctx.log.log(stage.name, state.step + 1, event=f"rollback_{reason}", loss=loss_value, threshold=threshold,
+                to_step=restored.step, skipped_batches=skipped, lr_scale=restored.lr_scale)
+    console.print(f"[yellow]{reason} at step {state.step + 1} (loss {loss_value:.4g}): rolled back to step "
+                  f"{restored.step}, skipped {skipped} batches, learning rate x{restored.lr_scale:g}[/yellow]")
+    return restored
+
+
+def _batches_between(restored: TrainState, here: tuple[int, int], stage, ctx) -> int:
+    """Micro-batches from the restored data position up to `here` (epoch, batch): the skipped window."""
+    epoch, batch = restored.epoch, restored.batch_in_epoch
+    if epoch == here[0]:
+        return here[1] - batch
+    per_epoch = len(ctx.data.train.batches(stage.batch_size, ctx.recipe.run.seed, 0, bucket=ctx.recipe.data.bucket))
+    return (per_epoch - batch) + per_epoch * (here[0] - epoch - 1) + here[1]
 
 
 def _atomic_save_weights(model, path: Path) -> None:

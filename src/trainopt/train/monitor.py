@@ -86,7 +86,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
 def progress_bar(enabled: bool, description: str, total: int, completed: int = 0):
     """Yields update(advance=…, info=…). A no-op when progress is disabled."""
     if not enabled:
-        yield lambda advance=0, info="": None
+        yield lambda advance=0, info="", completed=None: None
         return
     bar = Progress(TextColumn("[bold blue]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
@@ -94,7 +94,10 @@ def progress_bar(enabled: bool, description: str, total: int, completed: int = 0
     with bar:
         task = bar.add_task(description, total=total, completed=completed, info="")
 
-        def update(advance: int = 0, info: str = ""):
+        def update(advance: int = 0, info: str = "", completed: int | None = None):
+            if completed is not None:  # a rollback moved the step counter back
+                bar.update(task, completed=completed)
+                return
             bar.update(task, advance=advance, info=info)
 
         yield update
