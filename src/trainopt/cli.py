@@ -87,6 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backtranslate", action="store_true", help="add one Apertium back-translation per example")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
 
+    p = sub.add_parser("check", help="validate a recipe and read its data, without training",
+                       description="Everything `trainopt run` checks before it starts: the recipe (keys, types, "
+                                   "ranges, paths, options this machine supports, a search: block) and the data "
+                                   "(read, cleaned, labelled, split). Prints a summary; exit status 2 on a problem.",
+                       epilog=EPILOG)
+    p.add_argument("recipe", nargs="?", default=None, help="a recipe YAML file or a built-in name (default: quickstart)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+
     p = sub.add_parser("tune", help="search recipe keys with Optuna (the recipe's search: block)",
                        description="Run an Optuna study over the keys named in the recipe's search: block: each trial "
                                    "is a run of the recipe with the sampled values, in RUN/trials/NNNN. Samplers: "
@@ -159,11 +167,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(args, parser)
     except TrainoptError as e:
-        print(f"trainopt: {e}", file=sys.stderr)
+        print(f"trainopt: {one_line(str(e))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("trainopt: interrupted (resume with --resume)", file=sys.stderr)
         return 130
+
+
+def one_line(message: str) -> str:
+    """A user error is one line: control characters from the input (a key named "\r", say) are escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
 
 
 def _dispatch(args, parser) -> int:
@@ -214,6 +227,8 @@ def _dispatch(args, parser) -> int:
         return 0
     if args.command == "augment":
         return _augment(args)
+    if args.command == "check":
+        return _check(args)
     if args.command == "tune":
         from .tune import tune
 
@@ -312,6 +327,26 @@ def _augment(args) -> int:
     tmp.replace(out)
     print(f"{stats['originals']} originals + {stats['added']} augmented ({stats['per_operation']}; dropped "
           f"{stats['dropped']}; mean word edit distance {stats['mean_word_edit_distance']}) -> {out}")
+    return 0
+
+
+def _check(args) -> int:
+    from .recipe import apply_overrides, read_yaml, resolve_recipe_path
+    from .runner import validate
+
+    raw = apply_overrides(read_yaml(resolve_recipe_path(args.recipe)), args.overrides)
+    recipe, device, texts = validate(raw)
+    if recipe.search is not None:
+        from .tune import check_space
+
+        check_space(raw, recipe.search)
+    rows = {k: len(v) for k, v in (("train", texts.train), ("validation", texts.validation), ("test", texts.test))
+            if v is not None}
+    stages = ", ".join(f"{s.name} ({s.kind})" for s in recipe.stages)
+    print(f"recipe {recipe.name}: OK — {recipe.task}, {len(recipe.stages)} stages: {stages}")
+    print(f"data: {rows}" + (f", labels {texts.label_names}" if texts.label_names else "") + f"; device {device}")
+    if recipe.search is not None:
+        print(f"search: {len(recipe.search.space)} keys, {recipe.search.sampler}, pruner {recipe.search.pruner.name}")
     return 0
 
 

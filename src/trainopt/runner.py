@@ -111,6 +111,21 @@ def prepare_run_dir(recipe: Recipe, out: str | Path | None, resume: bool, overwr
     return run_dir
 
 
+def validate(recipe=None, overrides: list[str] | None = None):
+    """Everything checked before work starts: the recipe, its paths, option compatibility on this machine, and
+    the data (read, cleaned, labelled, split). Returns (recipe, device, texts); raises a one-line TrainoptError."""
+    recipe = load_recipe(recipe, overrides)
+    check_paths(recipe)
+    device = measure.pick_device(recipe.run.device)
+    check_compat(recipe, device)
+    labels = _saved_labels(recipe)
+    if labels:
+        recipe.data.labels = labels
+    texts = load_texts(recipe)  # data errors surface here, before a run directory exists
+    _check_validation(recipe, texts)
+    return recipe, device, texts
+
+
 def run(recipe=None, out: str | Path | None = None, overrides: list[str] | None = None, resume: bool = False,
         overwrite: bool = False, on_eval=None, show_summary: bool = True) -> dict:
     """Run a recipe (a path, a built-in name, a dict or a Recipe) and return the report as a dict.
@@ -118,17 +133,9 @@ def run(recipe=None, out: str | Path | None = None, overrides: list[str] | None 
     `on_eval(stage_name, step, quality)` is called after every validation evaluation inside training (a tuning
     study reports to its pruner there)."""
     t_start = time.perf_counter()
-    recipe = load_recipe(recipe, overrides)
-    check_paths(recipe)
-    device = measure.pick_device(recipe.run.device)
-    check_compat(recipe, device)
+    recipe, device, texts = validate(recipe, overrides)
     if recipe.run.threads:
         torch.set_num_threads(recipe.run.threads)
-    labels = _saved_labels(recipe)
-    if labels:
-        recipe.data.labels = labels
-    texts = load_texts(recipe)  # data errors surface here, before a run directory exists
-    _check_validation(recipe, texts)
     run_dir = prepare_run_dir(recipe, out, resume, overwrite)
 
     set_determinism(recipe.run.seed, recipe.run.deterministic)

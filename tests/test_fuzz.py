@@ -1,0 +1,196 @@
+"""Bad input, generated: broken recipes and data files thrown at `trainopt check` (the same validation `trainopt run`
+does before any work). Every one must end in exit status 2 with a one-line error — never a traceback."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from trainopt.cli import main
+
+from .conftest import classification_recipe, make_reviews, write_jsonl
+
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=True),
+                    st.text(max_size=30), st.sampled_from(["builtin:nope", "/no/such/path", "", "-1", "1e9", "2:4",
+                                                          "train", "cuda", "auto", "fp16", "::", "{", "stages"]))
+VALUES = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                       st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+                      max_leaves=6)
+
+
+def _paths(node, prefix=()):
+    """Every key path of a nested recipe dict/list."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield (*prefix, k)
+            yield from _paths(v, (*prefix, k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield (*prefix, i)
+            yield from _paths(v, (*prefix, i))
+
+
+def _parent(node, path):
+    for p in path[:-1]:
+        node = node[p]
+    return node
+
+
+@st.composite
+def broken_recipes(draw, base: dict):
+    """The valid tiny recipe with 1–3 mutations: a value replaced, a key deleted, an unknown key added."""
+    r = copy.deepcopy(base)
+    for _ in range(draw(st.integers(1, 3))):
+        paths = list(_paths(r))
+        op = draw(st.sampled_from(["set", "set", "delete", "add"]))
+        if not paths:
+            break
+        path = draw(st.sampled_from(paths))
+        parent = _parent(r, path)
+        if op == "set":
+            parent[path[-1]] = draw(VALUES)
+        elif op == "delete" and isinstance(parent, dict):
+            del parent[path[-1]]
+        elif op == "add" and isinstance(parent, dict):
+            parent[draw(st.text(min_size=1, max_size=10))] = draw(VALUES)
+    return ("recipe", r)
+
+
+LINES = st.one_of(st.text(max_size=80), st.just(""), st.just("x" * 100_000), st.just('{"text": '),
+                  st.just('{"text": "ok", "label": "great"}'), st.just('{"text": 3, "label": null}'),
+                  st.just("text,label"), st.just('"unterminated,great'), st.just("\t\t"), st.just("[1, 2]"))
+
+
+@st.composite
+def broken_data(draw):
+    """A data file that may be empty, hold undecodable bytes, wrong columns, one class, huge lines, bad JSON."""
+    fmt = draw(st.sampled_from(["jsonl", "csv", "txt", "tsv"]))
+    kind = draw(st.sampled_from(["lines", "bytes", "one_class", "unseen_test"]))
+    if kind == "bytes":
+        content = draw(st.binary(max_size=300))
+    elif kind == "one_class":
+        content = "".join(json.dumps({"text": f"review {i}", "label": "great"}) + "\n" for i in range(20)).encode()
+    elif kind == "unseen_test":
+        content = b"UNSEEN"
+    else:
+        content = "\n".join(draw(st.lists(LINES, max_size=6))).encode("utf-8", "surrogatepass")
+    return ("data", fmt, kind, content)
+
+
+YAML_GARBAGE = st.one_of(st.text(max_size=200), st.just("stages: [\n"), st.just("- a\n- b\n"), st.just(":"),
+                         st.just("model: {path: x}\nstages: 3\n"), st.just("\x00\x01"),
+                         st.binary(max_size=100).map(lambda b: b.decode("latin-1")))
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, tiny_bert_dir):
+    d = tmp_path_factory.mktemp("fuzzdata")
+    write_jsonl(d / "train.jsonl", make_reviews(40, seed=1))
+    write_jsonl(d / "test.jsonl", make_reviews(12, seed=2))
+    return classification_recipe(tiny_bert_dir, d), d
+
+
+def _check(args) -> tuple[int, str]:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(["check", *args])
+    return code, err.getvalue()
+
+
+COUNTS = {"broken": 0, "valid": 0}
+
+
+def test_generated_bad_input_never_raises_a_traceback(base, tmp_path_factory):
+    recipe, data_dir = base
+    work = tmp_path_factory.mktemp("fuzz")
+    strategy = st.one_of(broken_recipes(recipe), broken_recipes(recipe), broken_data(),
+                         YAML_GARBAGE.map(lambda t: ("yaml", t)))
+
+    @settings(max_examples=1300, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(case=strategy)
+    def one(case):
+        path = work / "r.yaml"
+        if case[0] == "recipe":
+            path.write_text(yaml.safe_dump(case[1], allow_unicode=True), encoding="utf-8")
+        elif case[0] == "yaml":
+            path.write_text(case[1], encoding="utf-8", errors="surrogateescape")
+        else:
+            _, fmt, kind, content = case
+            r = copy.deepcopy(recipe)
+            src = work / f"data.{fmt}"
+            src.write_bytes(content)
+            r["data"]["source"] = str(src)
+            r["data"]["test_source"] = str(data_dir / "test.jsonl")
+            if kind == "unseen_test":  # valid training data, a test split with a label training never saw
+                write_jsonl(src, make_reviews(20, seed=3)) if fmt == "jsonl" else src.write_text(
+                    "text,label\n" + "".join(f"good {i},great\nbad {i},other\n" for i in range(10)))
+                (work / "t.jsonl").write_text(json.dumps({"text": "hm", "label": "meh"}) + "\n")
+                r["data"]["test_source"] = str(work / "t.jsonl")
+            path.write_text(yaml.safe_dump(r), encoding="utf-8")
+        code, err = _check([str(path)])
+        assert "Traceback" not in err
+        if code == 0:
+            COUNTS["valid"] += 1
+            return
+        COUNTS["broken"] += 1
+        assert code == 2, err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("trainopt: "), err
+
+    one()
+    print(f"generated inputs: {COUNTS}")
+    assert COUNTS["broken"] >= 1000, COUNTS  # the figure: at least 1,000 broken inputs, each a one-line error
+
+
+@pytest.mark.parametrize("content, fmt, needle", [
+    (b"", "jsonl", "no training texts"),
+    (b"\n\n\n", "txt", "label_column"),  # a txt file has no label column for a classifier
+    (b'{"text": "a", "label": "great"}\n{"text": "b", "label": "great"}\n', "jsonl", "single class"),
+    (b'{"review": "a", "label": "x"}\n', "jsonl", "text"),
+    (b"\xff\xfe\x00bad bytes\n", "jsonl", ""),
+])
+def test_data_edge_cases_are_one_line_errors(base, tmp_path, content, fmt, needle):
+    recipe, data_dir = base
+    src = tmp_path / f"d.{fmt}"
+    src.write_bytes(content)
+    r = copy.deepcopy(recipe)
+    r["data"]["source"] = str(src)
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(r))
+    code, err = _check([str(path)])
+    assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
+
+
+def test_unseen_test_labels_error_or_drop(base, tmp_path):
+    recipe, data_dir = base
+    (tmp_path / "t.jsonl").write_text(json.dumps({"text": "fine", "label": "meh"}) + "\n"
+                                      + json.dumps({"text": "yum", "label": "great"}) + "\n")
+    r = copy.deepcopy(recipe)
+    r["data"]["test_source"] = str(tmp_path / "t.jsonl")
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(r))
+    code, err = _check([str(path)])
+    assert code == 2 and "never seen in training" in err and "unseen_labels: drop" in err
+    assert _check([str(path), "--set", "data.unseen_labels=drop"])[0] == 0
+
+
+def test_long_lines_and_non_utf8_bytes_load(base, tmp_path):
+    recipe, _ = base
+    rows = make_reviews(30, seed=4)
+    rows[0]["text"] = "word " * 50_000
+    src = tmp_path / "d.jsonl"
+    src.write_bytes("".join(json.dumps(r) + "\n" for r in rows).encode() + b'{"text": "caf\xe9", "label": "other"}\n')
+    r = copy.deepcopy(recipe)
+    r["data"]["source"] = str(src)
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(r))
+    assert _check([str(path)]) == (0, "")
+    assert _check([str(path), "--set", "data.encoding_errors=strict"])[0] == 2
