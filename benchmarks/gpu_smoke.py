@@ -85,7 +85,7 @@ def main() -> int:
     k = subprocess.run([sys.executable, "-m", "trainopt", "run", str(ryaml), "--out", str(out / "resume"),
                         "--overwrite"], env=env, capture_output=True, text=True)
     r = subprocess.run([sys.executable, "-m", "trainopt", "run", str(ryaml), "--out", str(out / "resume"),
-                        "--resume"], env=env, capture_output=True, text=True)
+                        "--resume"], capture_output=True, text=True)
     ok = k.returncode == -9 and r.returncode == 0 and "resuming train from step 100" in r.stderr
     print(f"kill+resume on CUDA: killed rc={k.returncode} resumed rc={r.returncode} ok={ok}")
     if not ok:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -22,6 +23,9 @@ def _add_run_args(p: argparse.ArgumentParser, recipe_help: str) -> None:
                    help="continue a killed run in the same --out directory: finished stages are skipped and a "
                         "training stage restarts from its last complete checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="data-parallel training on N processes of this machine (torchrun; one per GPU, or CPU "
+                        "processes with gloo); for several machines run torchrun -m trainopt run … yourself")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,6 +169,16 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import TrainoptError
 
     try:
+        if getattr(args, "nproc", 1) > 1 and "WORLD_SIZE" not in os.environ:
+            from .runner import validate
+            from .train.distributed import launch
+
+            # A bad recipe is one error here, not one per process.
+            validate(args.recipe if args.command == "run" else train_only(args.recipe, args.overrides),
+                     args.overrides if args.command == "run" else None)
+            return launch(args.nproc, _without_nproc(list(sys.argv[1:] if argv is None else argv)))
+        if getattr(args, "nproc", 1) < 1:
+            raise TrainoptError(f"--nproc {args.nproc} is out of range; use 1 or more")
         return _dispatch(args, parser)
     except TrainoptError as e:
         print(f"trainopt: {one_line(str(e))}", file=sys.stderr)
@@ -174,21 +188,36 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
 def one_line(message: str) -> str:
     """A user error is one line: control characters from the input (a key named "\r", say) are escaped."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
 
 
 def _dispatch(args, parser) -> int:
-    if args.command == "run":
+    if args.command in ("run", "train"):
         from .runner import run
+        from .train.distributed import destroy
 
-        run(args.recipe, out=args.out, overrides=args.overrides, resume=args.resume, overwrite=args.overwrite)
-        return 0
-    if args.command == "train":
-        from .runner import run
-
-        run(train_only(args.recipe, args.overrides), out=args.out, resume=args.resume, overwrite=args.overwrite)
+        try:
+            if args.command == "run":
+                run(args.recipe, out=args.out, overrides=args.overrides, resume=args.resume, overwrite=args.overwrite)
+            else:
+                run(train_only(args.recipe, args.overrides), out=args.out, resume=args.resume,
+                    overwrite=args.overwrite)
+        finally:
+            destroy()  # under torchrun: leave the process group cleanly
         return 0
     if args.command == "eval":
         from .runner import run

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 from pathlib import Path
 
@@ -137,12 +138,23 @@ def load_model(recipe: Recipe, tokenizer, label_names: list[str] | None = None):
     try:
         model = _auto_class(task).from_pretrained(str(path), config=config, trust_remote_code=spec.trust_remote_code,
                                                   ignore_mismatched_sizes=not same_head, dtype=torch.float32)
+    except pickle.UnpicklingError as e:
+        raise unsafe_pickle("model.path", path, e) from None
     except (RuntimeError, OSError, ValueError) as e:
         raise RecipeError("model.path", f"cannot load the weights in {path} ({str(e).splitlines()[0][:160]})",
                           "give a complete HF checkpoint folder whose weights match its config.json") from None
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
     return model
+
+
+def unsafe_pickle(key: str, path, e: Exception) -> RecipeError:
+    """A pickled weights file that holds more than tensors (code a pickle would run): refused, never executed —
+    weights load with safetensors or torch.load(weights_only=True) only."""
+    what = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line or "Unsupported" in line),
+                str(e).splitlines()[0] if str(e) else type(e).__name__)
+    return RecipeError(key, f"refused to load {path}: its pickled weights hold more than tensors ({what[:140]})",
+                       "use a safetensors checkpoint from a source you trust")
 
 
 def save_model(model, tokenizer, out_dir: Path, meta: dict) -> Path:
@@ -220,7 +232,10 @@ def load_saved(model_dir: Path, task: str | None = None):
         else:
             _load_plain(model, tensors)
     else:
-        model = _auto_class(task).from_pretrained(str(model_dir), dtype=torch.float32)
+        try:
+            model = _auto_class(task).from_pretrained(str(model_dir), dtype=torch.float32)
+        except pickle.UnpicklingError as e:
+            raise unsafe_pickle("", model_dir, e) from None
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token

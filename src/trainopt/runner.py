@@ -28,8 +28,9 @@ from .models import count_params, disk_bytes, load_model, load_saved, load_token
 from .recipe import Recipe, check_paths, dump_recipe, load_recipe
 from .report import print_summary, write_report
 from .stages import STAGES, RunContext
+from .train import distributed
 from .train.loop import set_determinism
-from .train.monitor import MetricsLog, console
+from .train.monitor import MetricsLog, NullLog, console
 
 
 def check_compat(recipe: Recipe, device: torch.device) -> None:
@@ -134,30 +135,36 @@ def run(recipe=None, out: str | Path | None = None, overrides: list[str] | None 
     study reports to its pruner there)."""
     t_start = time.perf_counter()
     recipe, device, texts = validate(recipe, overrides)
+    dd, rank_device = distributed.from_env(recipe.run.device)  # under torchrun: this process's rank and device
+    device = rank_device or device
     if recipe.run.threads:
         torch.set_num_threads(recipe.run.threads)
-    run_dir = prepare_run_dir(recipe, out, resume, overwrite)
+    console.quiet = not dd.is_main  # one voice: rank 0 prints, logs and writes the run directory
+    run_dir = prepare_run_dir(recipe, out, resume, overwrite) if dd.is_main else \
+        (Path(out) if out else Path("runs") / recipe.name)
+    distributed.barrier(dd)
 
     set_determinism(recipe.run.seed, recipe.run.deterministic)
     saved_tokenizer = run_dir / "tokenizer"
-    if resume and saved_tokenizer.is_dir():  # a trained tokenizer must not change between a run and its resume
-        from transformers import AutoTokenizer
+    if (resume or not dd.is_main) and saved_tokenizer.is_dir():  # a trained tokenizer must not change between a
+        from transformers import AutoTokenizer                    # run and its resume, nor between ranks
 
         tokenizer = AutoTokenizer.from_pretrained(str(saved_tokenizer))
     else:
         tokenizer = load_tokenizer(recipe, texts.train)
     data = tokenize(texts, tokenizer, recipe)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
-    _write_text(run_dir / "data.json", json.dumps(data.stats, indent=1))
-    if not saved_tokenizer.is_dir():
-        tmp = run_dir / "tokenizer.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tokenizer.save_pretrained(str(tmp))
-        os.replace(tmp, saved_tokenizer)
-    log = MetricsLog(run_dir, recipe.run.tensorboard)
+    if dd.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
+        _write_text(run_dir / "data.json", json.dumps(data.stats, indent=1))
+        if not saved_tokenizer.is_dir():
+            tmp = run_dir / "tokenizer.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tokenizer.save_pretrained(str(tmp))
+            os.replace(tmp, saved_tokenizer)
+    log = MetricsLog(run_dir, recipe.run.tensorboard) if dd.is_main else NullLog()
     ctx = RunContext(recipe=recipe, run_dir=run_dir, device=device, tokenizer=tokenizer, data=data, log=log,
-                     resume=resume)
+                     resume=resume, dist=dd)
     hardware = measure.hardware_info(device)
     eval_split = data.test if data.test is not None else (data.validation or data.train)
     inputs = measure.fixed_inputs(eval_split, recipe.task, recipe.measure.batch_sizes, recipe.measure.seq_len) \
@@ -179,10 +186,14 @@ def run(recipe=None, out: str | Path | None = None, overrides: list[str] | None 
             done = stage_dir / "stage.json"
             if stage.kind == "augment":  # rebuilt on resume too: its cache makes that cheap and exact
                 console.rule(f"[bold]{stage.name}[/bold] ({stage.kind})")
+                if not dd.is_main:  # the other ranks read rank 0's cache
+                    distributed.barrier(dd)
                 texts, entry = augment_stage(texts, stage, ctx, stage_dir)
+                if dd.is_main:
+                    distributed.barrier(dd)
+                    _write_text(done, json.dumps(entry, indent=1))
                 data = tokenize(texts, tokenizer, recipe)
                 ctx.data = data
-                _write_text(done, json.dumps(entry, indent=1))
                 data_entries.append(entry)
                 console.print(f"augmented the training split: {entry['originals']} → {entry['train_rows']} examples "
                               f"({entry['per_operation']})")
@@ -200,20 +211,25 @@ def run(recipe=None, out: str | Path | None = None, overrides: list[str] | None 
             stage_dir.mkdir(parents=True, exist_ok=True)
             console.rule(f"[bold]{stage.name}[/bold] ({stage.kind})")
             model, result = STAGES[stage.kind](model, data, stage, ctx, stage_dir)
-            entry = _measure_stage(model, data, stage, result, ctx, inputs, stage_dir, meta, entries)
-            _write_text(done, json.dumps(entry, indent=1))
-            shutil.rmtree(stage_dir / "checkpoints", ignore_errors=True)  # the model folder is the artifact
-            (stage_dir / "best.safetensors").unlink(missing_ok=True)
-            entries.append(entry)
+            entry = None
+            if dd.is_main:  # evaluated, measured and saved once; every rank gets the entry
+                entry = _measure_stage(model, data, stage, result, ctx, inputs, stage_dir, meta, entries)
+                _write_text(done, json.dumps(entry, indent=1))
+                shutil.rmtree(stage_dir / "checkpoints", ignore_errors=True)  # the model folder is the artifact
+                (stage_dir / "best.safetensors").unlink(missing_ok=True)
+            entries.append(distributed.broadcast_object(dd, entry))
     finally:
         log.close()
 
     report = {"trainopt_version": __version__, "recipe": recipe.model_dump(mode="json"), "hardware": hardware,
               "data": data.stats, "stages": entries, "augmentation": data_entries, "run_dir": str(run_dir),
               "total_wall_s": round(time.perf_counter() - t_start, 2)}
-    write_report(run_dir, report)
-    if show_summary:
-        print_summary(report)
+    if dd.is_main:
+        write_report(run_dir, report)
+        if show_summary:
+            print_summary(report)
+    distributed.barrier(dd)
+    console.quiet = False
     return report
 
 

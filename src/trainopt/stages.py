@@ -30,6 +30,7 @@ class RunContext:
     log: MetricsLog
     resume: bool = False
     extras: dict = field(default_factory=dict)
+    dist: object = None  # train.distributed.Dist under torchrun (rank, world size); None on one process
 
 
 STAGES: dict[str, Callable] = {}

@@ -137,7 +137,8 @@ def open_storage(url: str, heartbeat_s: int):
                                               grace_period=2 * heartbeat_s)
         except Exception as e:  # SQLAlchemy/driver errors: an unreachable server, bad credentials, no driver
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            if "already exists" in msg and attempt < 4:  # workers starting together race to create the tables
+            racing = any(m in msg for m in ("already exists", "duplicate key", "UniqueViolation"))
+            if racing and attempt < 4:  # workers starting together race to create the tables
                 time.sleep(1.0 + attempt)
                 continue
             raise TrainoptError(f"cannot open the study storage {_safe_url(url)}: {msg}") from None

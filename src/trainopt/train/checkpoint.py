@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -64,6 +65,7 @@ def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, sca
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     st_save_model(model, str(tmp / "model.safetensors"))
+    _fault(step, "weights")
     rng = rng_state()
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
@@ -81,13 +83,22 @@ def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, sca
     with open(manifest, "rb") as fh:
         os.fsync(fh.fileno())
     _fsync_dir(tmp)
+    _fault(step, "manifest")
     if final.exists():  # a re-run of the same step after a resume: replace it
         shutil.rmtree(final)
     os.replace(tmp, final)
     _fsync_dir(ckpt_root)
+    _fault(step, "renamed")
     for old in list_checkpoints(ckpt_root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _fault(step: int, phase: str) -> None:
+    """Fault injection for the kill-safety harness: TRAINOPT_FAULT_KILL_IN_CHECKPOINT=STEP:PHASE kills the process
+    with SIGKILL at that point of that checkpoint's write (weights written / manifest written / renamed)."""
+    if os.environ.get("TRAINOPT_FAULT_KILL_IN_CHECKPOINT") == f"{step}:{phase}":
+        os.kill(os.getpid(), 9)
 
 
 def list_checkpoints(ckpt_root: Path) -> list[Path]:
@@ -120,7 +131,12 @@ def latest_checkpoint(ckpt_root: Path) -> Path | None:
 def load_checkpoint(path: Path, model, optimizer, scheduler, scaler, device) -> dict:
     """Restore everything saved by save_checkpoint; returns the saved train state."""
     st_load_model(model, str(path / "model.safetensors"), device=str(device))
-    trainer = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
+    try:
+        trainer = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        from ..models import unsafe_pickle
+
+        raise unsafe_pickle("", path / "trainer.pt", e) from None
     optimizer.load_state_dict(trainer["optimizer"])
     scheduler.load_state_dict(trainer["scheduler"])
     if scaler is not None and trainer["scaler"] is not None:

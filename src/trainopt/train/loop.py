@@ -25,6 +25,7 @@ from ..evaluate import DEFAULT_METRIC, METRICS, classification_loss_sum, evaluat
     lm_loss_sum
 from ..recipe import TrainStage
 from . import checkpoint as ckpt
+from . import distributed
 from .monitor import console, progress_bar
 from .optim import build_optimizer, build_scheduler
 
@@ -96,6 +97,7 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
     `best_from_step(total_steps)` gives the first step whose evaluation may count as best or stall the run
     (gradual pruning: only once the target sparsity is reached)."""
     task, device, run = ctx.recipe.task, ctx.device, ctx.recipe.run
+    dd = getattr(ctx, "dist", None) or distributed.SINGLE  # data-parallel ranks (train/distributed.py)
     split = data.train
     precision = resolve_precision(stage.precision, device)
     autocast_dtype = AUTOCAST[precision]
@@ -104,7 +106,8 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
     mode = METRICS[task][metric]
 
     micro_per_epoch = len(split.batches(stage.batch_size, run.seed, 0, bucket=ctx.recipe.data.bucket))
-    steps_per_epoch = math.ceil(micro_per_epoch / stage.grad_accum)
+    per_step = stage.grad_accum * dd.world  # micro-batches of one optimizer step, over all ranks
+    steps_per_epoch = math.ceil(micro_per_epoch / per_step)
     total_steps = stage.max_steps or max(1, math.ceil(stage.epochs * steps_per_epoch))
     eval_every = stage.eval_every or steps_per_epoch
     first_best = best_from_step(total_steps) if best_from_step else 0
@@ -116,6 +119,7 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
     trainable.to(device)
     trainable.train()
     optimizer = build_optimizer(trainable, stage.optimizer, fused=device.type == "cuda")
+    forward_model = distributed.wrap(dd, model, device)  # DDP on several ranks, the model itself on one
     scheduler = build_scheduler(optimizer, stage.schedule, total_steps)
     state = TrainState()
     ckpt_root = stage_dir / "checkpoints"
@@ -128,13 +132,15 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
         ctx.log.truncate(stage.name, state.step)
         resumed_from = state.step
         console.print(f"[yellow]resuming {stage.name} from step {state.step} ({latest.name})[/yellow]")
-    elif ckpt_root.exists() and not ctx.resume:
+    elif ckpt_root.exists() and not ctx.resume and dd.is_main:
         import shutil
 
         shutil.rmtree(ckpt_root)
+    distributed.barrier(dd)
 
     fpt = None  # model FLOPs per token; set from the first batch's sequence length
-    peak = measure.peak_flops(device, precision, run.peak_flops)
+    peak = measure.peak_flops(device, precision, run.peak_flops)  # per device
+    peak_all = peak * dd.world if peak else None  # tokens are counted over every rank
     measure.reset_peak_memory(device)
     batches = split.batches(stage.batch_size, run.seed, state.epoch, bucket=ctx.recipe.data.bucket)
     window_tokens, window_start, window_loss, window_steps = 0, time.perf_counter(), 0.0, 0
@@ -146,34 +152,41 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
     session_start = time.perf_counter()
     stage_start_train_seconds = state.train_seconds
 
-    with progress_bar(run.progress, stage.name, total_steps, state.step) as update:
+    with progress_bar(run.progress and dd.is_main, stage.name, total_steps, state.step) as update:
         while state.step < total_steps and not state.stopped_early:
             # 1. Gather the micro-batches of one optimizer step (never across an epoch boundary).
             if state.batch_in_epoch >= len(batches):
                 state.epoch += 1
                 state.batch_in_epoch = 0
                 batches = split.batches(stage.batch_size, run.seed, state.epoch, bucket=ctx.recipe.data.bucket)
-            group = batches[state.batch_in_epoch: state.batch_in_epoch + stage.grad_accum]
+            group = batches[state.batch_in_epoch: state.batch_in_epoch + per_step]
             state.batch_in_epoch += len(group)
-            micro = [split.collate(idx) for idx in group]
-            denom = sum(split.count(b)[0] for b in micro)
-            tokens = sum(split.count(b)[1] for b in micro)
+            # This rank's share: every world-th micro-batch (weight 0: padding so that every rank joins the sync).
+            mine = distributed.shard(dd, group, math.ceil(len(group) / dd.world))
+            micro = [(split.collate(idx), w) for idx, w in mine]
+            counts = torch.tensor([sum(split.count(b)[i] for b, w in micro if w) for i in (0, 1)], dtype=torch.float64)
+            denom, tokens = (int(x) for x in distributed.all_sum(dd, counts.to(device)).tolist())
 
             # 2. Forward and backward, the loss normalised over the whole accumulated batch.
             loss_total = torch.zeros((), device=device)
             fault = next((k for k, at in faults.items() if at and state.step + 1 == at), None)
-            for batch in micro:
+            for i, (batch, weight) in enumerate(micro):
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                    loss = loss_fn(model, batch, denom)
-                if fault is not None:  # injected instability (the recovery tests and `make stress`), once
-                    loss = loss * (float("nan") if fault == "nan" else 1e3)
-                (scaler.scale(loss) if scaler is not None else loss).backward()
+                with distributed.no_sync(dd, forward_model, last=i == len(micro) - 1):
+                    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                        loss = loss_fn(forward_model, batch, denom) * weight
+                    if fault is not None:  # injected instability (the recovery tests and `make stress`), once
+                        loss = loss * (float("nan") if fault == "nan" else 1e3)
+                    # DDP averages gradients over ranks; each rank's loss is its share of the global sum.
+                    scaled = loss * dd.world if dd.enabled else loss
+                    (scaler.scale(scaled) if scaler is not None else scaled).backward()
                 loss_total += loss.detach()
+            distributed.sync_extra(dd, extra)
+            distributed.all_sum(dd, loss_total)  # the step's loss over every rank: every rank decides alike
             if fault is not None:
                 faults[fault] = 0
             if fpt is None:
-                fpt = measure.flops_per_token(model, seq_len or micro[0]["input_ids"].shape[1])
+                fpt = measure.flops_per_token(model, seq_len or micro[0][0]["input_ids"].shape[1])
 
             # 3. Step, unless the loss or the gradient is not finite, or the loss spiked: then roll back to the
             #    last checkpoint and skip the data window that led here (or, with no rollback left, skip the step).
@@ -224,7 +237,7 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
                 measure.sync(device)
                 elapsed = time.perf_counter() - window_start - window_eval_s
                 last_tps = window_tokens / elapsed if elapsed > 0 else None
-                last_mfu = (last_tps * fpt / peak) if (peak and last_tps) else None
+                last_mfu = (last_tps * fpt / peak_all) if (peak_all and last_tps) else None
                 lr = scheduler.get_last_lr()[0]
                 ctx.log.log(stage.name, state.step, loss=round(window_loss / max(window_steps, 1), 5), lr=lr,
                             grad_norm=round(float(grad_norm), 4), tokens_per_s=round(last_tps or 0, 1),
@@ -245,8 +258,9 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
                                                 stage.early_stopping.min_delta if stage.early_stopping else 0.0)
                 if improved:
                     state.best_metric, state.best_step, state.evals_without_improvement = value, state.step, 0
-                    if stage.keep_best:
+                    if stage.keep_best and dd.is_main:
                         _atomic_save_weights(trainable, best_file)
+                    distributed.barrier(dd)
                 elif counts:
                     state.evals_without_improvement += 1
                 if stage.early_stopping and state.evals_without_improvement >= stage.early_stopping.patience:
@@ -260,9 +274,11 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
             # 6. Checkpoint atomically (model, optimizer, scheduler, RNG, data position).
             state.train_seconds = stage_start_train_seconds + (time.perf_counter() - session_start)
             if stage.checkpoint_every and (state.step % stage.checkpoint_every == 0):
-                ckpt.save_checkpoint(ckpt_root, state.step, trainable, optimizer, scheduler, scaler,
-                                     asdict(state))
-            if kill_at and state.step == kill_at and resumed_from is None:
+                if dd.is_main:
+                    ckpt.save_checkpoint(ckpt_root, state.step, trainable, optimizer, scheduler, scaler,
+                                         asdict(state))
+                distributed.barrier(dd)
+            if kill_at and state.step == kill_at:  # fault injection: SIGKILL when this process reaches the step
                 os.kill(os.getpid(), 9)
 
     if stage.keep_best and state.best_step is not None and best_file.is_file() and state.best_step != state.step:
@@ -278,7 +294,9 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
         "skipped_batches": state.skipped_batches,
         "train_wall_s": round(wall, 2),
         "tokens_per_s": round(state.tokens_seen / wall, 1) if wall > 0 else None,
-        "mfu": None if (peak is None or fpt is None or wall <= 0) else round(state.tokens_seen * fpt / wall / peak, 4),
+        "mfu": None if (peak_all is None or fpt is None or wall <= 0) else round(state.tokens_seen * fpt / wall
+                                                                                / peak_all, 4),
+        "world_size": dd.world,
         "precision": precision, "peak_flops": peak, "flops_per_token": fpt,
         "peak_mem_bytes": measure.peak_memory_bytes(device),
     }

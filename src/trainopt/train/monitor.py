@@ -69,6 +69,19 @@ class MetricsLog:
             self._tb = None
 
 
+class NullLog:
+    """The metrics log of ranks other than 0: rank 0 alone writes metrics.jsonl and TensorBoard."""
+
+    def log(self, stage: str, step: int, **values) -> None:
+        pass
+
+    def truncate(self, stage: str, after_step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():

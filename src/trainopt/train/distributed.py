@@ -1,0 +1,133 @@
+"""Data-parallel training on torch.distributed: one process per device, started by torchrun.
+
+`trainopt run --nproc N` starts N processes on this machine through torchrun (`--standalone`); for several machines
+run torchrun yourself with its usual flags (`--nnodes`, `--rdzv-endpoint`, …) and `-m trainopt run RECIPE`. Every
+rank runs the recipe; rank 0 alone writes the run directory (checkpoints, models, metrics, reports) and the others
+wait for it at barriers. In training, an optimizer step takes `grad_accum × world` micro-batches of the epoch's
+batch list and rank r computes every world-th of them (DistributedDataParallel averages the gradients), so a run on
+N processes takes the same steps as one process with `grad_accum × N` — the same loss curve, up to float summation
+order (tested on CPU with gloo).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+SINGLE = Dist()
+
+
+def from_env(device_pref: str) -> tuple[Dist, torch.device | None]:
+    """Join the process group torchrun set up (NCCL on CUDA, gloo on CPU); (SINGLE, None) outside torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return SINGLE, None
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = device_pref != "cpu" and torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(local)
+    device = torch.device("cuda", local) if cuda else torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
+    if not cuda:  # CPU ranks of one machine share its cores
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    return Dist(rank, world, local), device
+
+
+def barrier(d: Dist) -> None:
+    if d.enabled:
+        dist.barrier()
+
+
+def all_sum(d: Dist, t: torch.Tensor) -> torch.Tensor:
+    if d.enabled:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def broadcast_object(d: Dist, obj):
+    """Rank 0's object on every rank."""
+    if not d.enabled:
+        return obj
+    box = [obj if d.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def wrap(d: Dist, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """DistributedDataParallel around the model (identity on one process)."""
+    if not d.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def no_sync(d: Dist, wrapped, last: bool):
+    """Skip DDP's gradient all-reduce on all but the last micro-batch of a step."""
+    return wrapped.no_sync() if d.enabled and not last else nullcontext()
+
+
+def sync_extra(d: Dist, module: torch.nn.Module | None) -> None:
+    """Average the gradients of trainable modules outside the DDP-wrapped model (e.g. distillation projections)."""
+    if not d.enabled or module is None:
+        return
+    for p in module.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad /= d.world
+
+
+def shard(d: Dist, group: list, per_rank: int) -> list[tuple[object, float]]:
+    """This rank's micro-batches of one step's group: every world-th one, padded to `per_rank` with weight-0 copies
+    (a rank with nothing left at an epoch's end still joins the gradient all-reduce, contributing zero)."""
+    mine = [(g, 1.0) for g in group[d.rank::d.world]]
+    while len(mine) < per_rank:
+        mine.append((group[0], 0.0))
+    return mine
+
+
+def launch(nproc: int, argv: list[str]) -> int:
+    """Re-run this command under torchrun with `nproc` processes on this machine; returns its exit status."""
+    if shutil.which("torchrun") is None and not _has_module("torch.distributed.run"):
+        from ..errors import TrainoptError
+
+        raise TrainoptError("--nproc needs torchrun (part of PyTorch); reinstall torch")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "trainopt", *argv]
+    return subprocess.call(cmd)
+
+
+def _has_module(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def destroy() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
