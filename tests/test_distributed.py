@@ -87,3 +87,18 @@ def test_nproc_validates_before_launching(tmp_path, tiny_bert_dir, reviews_dir):
     path.write_text(yaml.safe_dump(raw))
     p = _run([path, "--nproc", "2", "--out", tmp_path / "o"])
     assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "stages.0.epochs" in p.stderr
+
+
+def test_a_killed_rank_is_restarted_and_the_run_resumes(tmp_path, tiny_bert_dir, reviews_dir):
+    """Rank 1 dies (SIGKILL) at step 10 under `--max-restarts 1`: torchrun restarts both workers, they resume from
+    the step-8 checkpoint, and the run ends bit-identical to an uninterrupted 2-process run."""
+    recipe = _recipe(tmp_path / "r.yaml", tiny_bert_dir, reviews_dir, 1)
+    clean = _run([recipe, "--out", tmp_path / "clean", "--nproc", "2"])
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    p = _run([recipe, "--out", tmp_path / "k", "--nproc", "2", "--max-restarts", "1"],
+             {"TRAINOPT_FAULT_KILL_AT_STEP": "10", "TRAINOPT_FAULT_RANK": "1"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "resuming finetune from step 8" in p.stderr
+    wa = load_file(tmp_path / "clean/stages/finetune/model/model.safetensors")
+    wb = load_file(tmp_path / "k/stages/finetune/model/model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -26,6 +26,9 @@ def _add_run_args(p: argparse.ArgumentParser, recipe_help: str) -> None:
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="data-parallel training on N processes of this machine (torchrun; one per GPU, or CPU "
                         "processes with gloo); for several machines run torchrun -m trainopt run … yourself")
+    p.add_argument("--max-restarts", type=int, default=0, metavar="K",
+                   help="with --nproc: when a process dies, torchrun restarts them all (up to K times) and the run "
+                        "resumes from its last checkpoint")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             # A bad recipe is one error here, not one per process.
             validate(args.recipe if args.command == "run" else train_only(args.recipe, args.overrides),
                      args.overrides if args.command == "run" else None)
-            return launch(args.nproc, _without_nproc(list(sys.argv[1:] if argv is None else argv)))
+            return launch(args.nproc, _without_nproc(list(sys.argv[1:] if argv is None else argv)),
+                          args.max_restarts)
         if getattr(args, "nproc", 1) < 1:
             raise TrainoptError(f"--nproc {args.nproc} is out of range; use 1 or more")
         return _dispatch(args, parser)
@@ -189,13 +193,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line for the workers: without the launcher's own options (--nproc, --max-restarts)."""
     out, skip = [], False
     for a in argv:
         if skip:
             skip = False
-        elif a == "--nproc":
+        elif a in ("--nproc", "--max-restarts"):
             skip = True
-        elif not a.startswith("--nproc="):
+        elif not (a.startswith("--nproc=") or a.startswith("--max-restarts=")):
             out.append(a)
     return out
 
@@ -210,12 +215,15 @@ def _dispatch(args, parser) -> int:
         from .runner import run
         from .train.distributed import destroy
 
+        from .train.distributed import restarted
+
+        resume = args.resume or restarted()  # a worker torchrun restarted after a failure continues the run
+        overwrite = args.overwrite and not restarted()
         try:
             if args.command == "run":
-                run(args.recipe, out=args.out, overrides=args.overrides, resume=args.resume, overwrite=args.overwrite)
+                run(args.recipe, out=args.out, overrides=args.overrides, resume=resume, overwrite=overwrite)
             else:
-                run(train_only(args.recipe, args.overrides), out=args.out, resume=args.resume,
-                    overwrite=args.overwrite)
+                run(train_only(args.recipe, args.overrides), out=args.out, resume=resume, overwrite=overwrite)
         finally:
             destroy()  # under torchrun: leave the process group cleanly
         return 0

@@ -111,14 +111,28 @@ def shard(d: Dist, group: list, per_rank: int) -> list[tuple[object, float]]:
     return mine
 
 
-def launch(nproc: int, argv: list[str]) -> int:
-    """Re-run this command under torchrun with `nproc` processes on this machine; returns its exit status."""
+def restarted() -> bool:
+    """True in a worker that torchrun restarted after a failure (`--max-restarts`): the run resumes."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+
+
+def fault_armed() -> bool:
+    """Fault injection fires on the first attempt only, and (TRAINOPT_FAULT_RANK) on one rank if asked."""
+    if restarted():
+        return False
+    rank = os.environ.get("TRAINOPT_FAULT_RANK")
+    return rank is None or rank == os.environ.get("RANK", "0")
+
+
+def launch(nproc: int, argv: list[str], max_restarts: int = 0) -> int:
+    """Re-run this command under torchrun with `nproc` processes on this machine; returns its exit status.
+    With `max_restarts`, torchrun restarts every worker when one dies and the run resumes from its checkpoint."""
     if shutil.which("torchrun") is None and not _has_module("torch.distributed.run"):
         from ..errors import TrainoptError
 
         raise TrainoptError("--nproc needs torchrun (part of PyTorch); reinstall torch")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "trainopt", *argv]
+           f"--max-restarts={max_restarts}", "-m", "trainopt", *argv]
     return subprocess.call(cmd)
 
 

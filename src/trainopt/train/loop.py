@@ -146,8 +146,10 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
     window_tokens, window_start, window_loss, window_steps = 0, time.perf_counter(), 0.0, 0
     window_eval_s = 0.0  # evaluation time inside the window: not training throughput
     last_tps, last_mfu = None, None
-    kill_at = int(os.environ.get("TRAINOPT_FAULT_KILL_AT_STEP", "0"))  # fault injection for the resume tests
-    faults = {k: int(os.environ.get(f"TRAINOPT_FAULT_{k.upper()}_AT_STEP", "0")) for k in ("nan", "spike")}
+    armed = distributed.fault_armed()  # fault injection for the resume/recovery tests (first attempt only)
+    kill_at = int(os.environ.get("TRAINOPT_FAULT_KILL_AT_STEP", "0")) if armed else 0
+    faults = {k: int(os.environ.get(f"TRAINOPT_FAULT_{k.upper()}_AT_STEP", "0")) if armed else 0
+              for k in ("nan", "spike")}
     guard = SpikeGuard(stage.recovery)
     session_start = time.perf_counter()
     stage_start_train_seconds = state.train_seconds
