@@ -102,6 +102,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", nargs="?", default=None, help="a recipe YAML file or a built-in name (default: quickstart)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
 
+    p = sub.add_parser("bench", help="train a recipe's first train stage with each acceleration technique on and off",
+                       description="Train the recipe's first training stage for --steps steps in several variants: a "
+                                   "plain baseline (fp32, eager attention, no compile, unfused AdamW), each technique "
+                                   "alone (bf16, fp16 on CUDA, SDPA attention, fused AdamW, torch.compile, activation "
+                                   "checkpointing) and the full stack; prints and writes tokens/s, speedup, MFU, peak "
+                                   "memory, loss after N steps and first-step (compile) time.", epilog=EPILOG)
+    p.add_argument("recipe", nargs="?", default=None, help="a recipe YAML file or a built-in name (default: quickstart)")
+    p.add_argument("--steps", type=int, default=20, help="optimizer steps per variant (default 20)")
+    p.add_argument("--warmup", type=int, default=3, help="steps left out of the tokens/s median (default 3)")
+    p.add_argument("--only", default=None, help="comma-separated techniques (baseline is always run), e.g. bf16,full")
+    p.add_argument("--out", metavar="DIR", help="output directory (default: runs/bench-<recipe name>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+
+    sub.add_parser("env", help="print the hardware, the software and the settings trainopt recommends here",
+                   description="Device, CPU threads, GPUs, torch/transformers versions, peak FLOP/s used for MFU, "
+                               "and the recommended precision, attention, compile, fused AdamW and --nproc.")
+
     p = sub.add_parser("tune", help="search recipe keys with Optuna (the recipe's search: block)",
                        description="Run an Optuna study over the keys named in the recipe's search: block: each trial "
                                    "is a run of the recipe with the sampled values, in RUN/trials/NNNN. Samplers: "
@@ -266,6 +283,23 @@ def _dispatch(args, parser) -> int:
         return _augment(args)
     if args.command == "check":
         return _check(args)
+    if args.command == "bench":
+        from .bench import bench
+
+        bench(args.recipe, args.overrides, steps=args.steps, warmup=args.warmup,
+              only=[x.strip() for x in args.only.split(",")] if args.only else None, out=args.out)
+        return 0
+    if args.command == "env":
+        from .bench import env_report
+
+        info = env_report()
+        hw = info["hardware"]
+        print(f"trainopt {info['trainopt']} · torch {info['torch']} · transformers {info['transformers']}")
+        print(f"device: {hw.get('name')} ({hw['device']}, {hw.get('threads')} threads; {info['cpu_count']} CPUs)")
+        print(f"GPUs: {', '.join(info['cuda_devices']) or 'none'}")
+        print(f"peak FLOP/s for MFU: {info['peak_flops'] or 'unknown (set run.peak_flops)'}")
+        print("recommended: " + ", ".join(f"{k}={v}" for k, v in info["recommended"].items() if v is not None))
+        return 0
     if args.command == "tune":
         from .tune import tune
 

@@ -97,6 +97,7 @@ class OptimizerSpec(Strict):
     eps: float = Field(1e-8, gt=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     nesterov: bool = False
+    fused: bool | None = None  # AdamW's fused kernel; null: on CUDA only
 
     @model_validator(mode="after")
     def _betas(self):
@@ -156,6 +157,11 @@ class TrainSettings(Strict):
     checkpoint_every: int = Field(50, ge=0)
     log_every: int = Field(10, ge=1)
     recovery: RecoverySpec = RecoverySpec()  # rollback on NaN / loss spikes (needs checkpoint_every > 0)
+    # Acceleration switches (docs/methods/acceleration.md; `trainopt bench` measures each one on and off):
+    compile: bool = False  # torch.compile the training forward/backward (inductor, CPU and CUDA)
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    activation_checkpointing: bool = False  # recompute activations in backward: less memory, more compute
+    attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"  # attention kernel (auto: as loaded)
 
 
 class StageBase(Strict):

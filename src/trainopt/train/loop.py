@@ -119,7 +119,11 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
     trainable.to(device)
     trainable.train()
     optimizer = build_optimizer(trainable, stage.optimizer, fused=device.type == "cuda")
+    accelerate(model, stage)
     forward_model = distributed.wrap(dd, model, device)  # DDP on several ranks, the model itself on one
+    if stage.compile:  # compiled lazily: the first step pays the compile time (`first_step_s` in the summary)
+        forward_model = torch.compile(forward_model, mode=None if stage.compile_mode == "default"
+                                      else stage.compile_mode)
     scheduler = build_scheduler(optimizer, stage.schedule, total_steps)
     state = TrainState()
     ckpt_root = stage_dir / "checkpoints"
@@ -153,6 +157,7 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
     guard = SpikeGuard(stage.recovery)
     session_start = time.perf_counter()
     stage_start_train_seconds = state.train_seconds
+    first_step_s = None
 
     with progress_bar(run.progress and dd.is_main, stage.name, total_steps, state.step) as update:
         while state.step < total_steps and not state.stopped_early:
@@ -227,6 +232,9 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             state.step += 1
+            if first_step_s is None:
+                measure.sync(device)
+                first_step_s = time.perf_counter() - session_start
             if after_step is not None:
                 after_step(state.step, total_steps)
             state.tokens_seen += tokens
@@ -283,6 +291,8 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
             if kill_at and state.step == kill_at:  # fault injection: SIGKILL when this process reaches the step
                 os.kill(os.getpid(), 9)
 
+    if stage.activation_checkpointing and getattr(model, "is_gradient_checkpointing", False):
+        model.gradient_checkpointing_disable()
     if stage.keep_best and state.best_step is not None and best_file.is_file() and state.best_step != state.step:
         st_load_model(trainable, str(best_file), device=str(device))
         console.print(f"restored the best weights (step {state.best_step}, val {metric} {state.best_metric})")
@@ -298,10 +308,27 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
         "tokens_per_s": round(state.tokens_seen / wall, 1) if wall > 0 else None,
         "mfu": None if (peak_all is None or fpt is None or wall <= 0) else round(state.tokens_seen * fpt / wall
                                                                                 / peak_all, 4),
-        "world_size": dd.world,
+        "world_size": dd.world, "first_step_s": None if first_step_s is None else round(first_step_s, 3),
         "precision": precision, "peak_flops": peak, "flops_per_token": fpt,
         "peak_mem_bytes": measure.peak_memory_bytes(device),
     }
+
+
+def accelerate(model, stage) -> None:
+    """The model-side acceleration switches: the attention kernel and activation checkpointing."""
+    from ..errors import RecipeError
+
+    if stage.attention != "auto":
+        try:
+            model.set_attn_implementation(stage.attention)
+        except (ImportError, ValueError) as e:
+            raise RecipeError(f"stages.{stage.name}.attention", f"{stage.attention} is not available for this model "
+                              f"here ({str(e).splitlines()[0][:120]})", "use sdpa or eager") from None
+    if stage.activation_checkpointing:
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise RecipeError(f"stages.{stage.name}.activation_checkpointing",
+                              f"{type(model).__name__} does not support activation checkpointing", "set it to false")
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 class SpikeGuard:

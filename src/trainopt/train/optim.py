@@ -24,6 +24,8 @@ def build_optimizer(model: torch.nn.Module, spec: OptimizerSpec, fused: bool | N
     groups = param_groups(model, spec.weight_decay)
     if spec.name == "sgd":
         return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov)
+    if spec.fused is not None:  # the recipe decides; else the caller's default (fused on CUDA)
+        fused = spec.fused
     kwargs = {"fused": True} if fused else {}
     return torch.optim.AdamW(groups, lr=spec.lr, betas=tuple(spec.betas), eps=spec.eps, **kwargs)
 

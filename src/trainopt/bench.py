@@ -1,0 +1,203 @@
+"""`trainopt bench` and `trainopt env`: what each acceleration technique buys on this hardware.
+
+bench takes a recipe's first training stage and trains it for a fixed number of steps in several variants: a plain
+baseline (fp32, eager attention, no compile, no activation checkpointing, unfused AdamW), each technique alone on
+top of it, and the full stack. Every variant starts from the same weights, seed and batches, so the loss after N
+steps shows whether the numerics moved. Reported per variant: steady-state tokens/s (median over the steps after
+the warm-up), its ratio to the baseline, MFU, peak memory, the loss after N steps and the first step's time (for
+compile: compile time + one step). Written to <out>/bench.json and bench.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from . import measure
+from .errors import RecipeError
+from .train.monitor import console
+
+VARIANTS = {  # name → TrainSettings overrides on top of the plain baseline
+    "baseline": {},
+    "bf16": {"precision": "bf16"},
+    "fp16": {"precision": "fp16"},
+    "sdpa": {"attention": "sdpa"},
+    "fused_adamw": {"optimizer.fused": True},
+    "compile": {"compile": True},
+    "activation_checkpointing": {"activation_checkpointing": True},
+}
+PLAIN = {"precision": "fp32", "attention": "eager", "compile": False, "activation_checkpointing": False,
+         "optimizer.fused": False}
+
+
+def available(device: torch.device) -> list[str]:
+    """The variants that make sense on this device (fp16 needs CUDA's GradScaler; bf16 needs native support)."""
+    from .train.loop import resolve_precision
+
+    names = ["baseline"]
+    if resolve_precision("auto", device) == "bf16":
+        names.append("bf16")
+    if device.type == "cuda":
+        names.append("fp16")
+    return names + ["sdpa", "fused_adamw", "compile", "activation_checkpointing"]
+
+
+def full_stack(names: list[str]) -> dict:
+    stack = {}
+    for n in names:
+        if n not in ("baseline", "fp16", "activation_checkpointing"):  # ckpt trades speed for memory: not stacked
+            stack.update(VARIANTS[n])
+    return stack
+
+
+def _settings(stage, overrides: dict):
+    raw = stage.model_dump()
+    for key, value in {**PLAIN, **overrides}.items():
+        node = raw
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node[p]
+        node[parts[-1]] = value
+    return type(stage).model_validate(raw)
+
+
+def bench(recipe=None, overrides: list[str] | None = None, steps: int = 20, warmup: int = 3,
+          only: list[str] | None = None, out: str | Path | None = None) -> dict:
+    from .data import tokenize
+    from .models import load_model, load_tokenizer
+    from .runner import validate
+    from .stages import RunContext
+    from .train.loop import set_determinism, train
+    from .train.monitor import MetricsLog, read_metrics
+
+    recipe, device, texts = validate(recipe, overrides)
+    stage = next((s for s in recipe.stages if s.kind == "train"), None)
+    if stage is None:
+        raise RecipeError("stages", "bench needs a train stage", "add a kind: train stage (or use another recipe)")
+    if steps <= warmup:
+        raise RecipeError("--steps", f"{steps} steps leave nothing after {warmup} warm-up steps", "use more steps")
+    names = available(device)
+    if only:
+        unknown = [n for n in only if n not in VARIANTS and n != "full"]
+        if unknown:
+            raise RecipeError("--only", f"unknown technique {unknown[0]}", f"use some of {list(VARIANTS)} or full")
+        names = ["baseline"] + [n for n in only if n != "baseline" and n != "full"]
+    plan = [(n, VARIANTS[n]) for n in names]
+    if not only or "full" in only:
+        plan.append(("full", full_stack(names)))
+    out = Path(out) if out else Path("runs") / f"bench-{recipe.name}"
+    out.mkdir(parents=True, exist_ok=True)
+    if recipe.run.threads:
+        torch.set_num_threads(recipe.run.threads)
+    tokenizer = load_tokenizer(recipe, texts.train)
+    data = tokenize(texts, tokenizer, recipe)
+    rows = []
+    for name, over in plan:
+        settings = _settings(stage, {**over, "max_steps": steps, "eval_every": None, "checkpoint_every": 0,
+                                     "keep_best": False, "log_every": 1, "early_stopping": None})
+        run_dir = out / name
+        set_determinism(recipe.run.seed, recipe.run.deterministic)
+        model = load_model(recipe, tokenizer, data.label_names)
+        log = MetricsLog(run_dir, tensorboard=False)
+        if log.path.exists():
+            log.path.unlink()
+        ctx = RunContext(recipe=recipe, run_dir=run_dir, device=device, tokenizer=tokenizer, data=data, log=log)
+        console.rule(f"[bold]bench {name}[/bold] {over or '(plain)'}")
+        t0 = time.perf_counter()
+        try:
+            summary = train(model, data, settings, ctx, run_dir / "stage")
+        except RecipeError as e:  # e.g. an attention kernel this machine lacks: recorded, the others go on
+            rows.append({"variant": name, "settings": over, "error": e.problem})
+            continue
+        finally:
+            log.close()
+        logged = [r for r in read_metrics(run_dir) if "loss" in r and r.get("step", 0) > warmup]
+        tps = statistics.median(r["tokens_per_s"] for r in logged) if logged else None
+        peak = measure.peak_flops(device, summary["precision"], recipe.run.peak_flops)
+        rows.append({"variant": name, "settings": over, "tokens_per_s": round(tps, 1) if tps else None,
+                     "mfu": round(tps * summary["flops_per_token"] / peak, 4) if (tps and peak) else None,
+                     "peak_mem_bytes": summary["peak_mem_bytes"], "first_step_s": summary["first_step_s"],
+                     "loss_after": logged[-1]["loss"] if logged else None, "precision": summary["precision"],
+                     "wall_s": round(time.perf_counter() - t0, 2)})
+        del model
+    base = rows[0]
+    for r in rows:
+        if r.get("tokens_per_s") and base.get("tokens_per_s"):
+            r["speedup"] = round(r["tokens_per_s"] / base["tokens_per_s"], 3)
+            r["loss_delta"] = round(r["loss_after"] - base["loss_after"], 5)
+        if r.get("first_step_s") is not None and base.get("first_step_s") is not None and r["variant"] in (
+                "compile", "full"):
+            r["compile_s_est"] = round(r["first_step_s"] - base["first_step_s"], 2)
+    result = {"recipe": recipe.name, "stage": stage.name, "steps": steps, "warmup_steps": warmup,
+              "hardware": measure.hardware_info(device), "batch_size": stage.batch_size,
+              "grad_accum": stage.grad_accum, "variants": rows}
+    (out / "bench.json").write_text(json.dumps(result, indent=1))
+    (out / "bench.md").write_text(to_markdown(result))
+    print_table(result)
+    return result
+
+
+HEAD = ["variant", "tokens/s", "speedup", "MFU", "peak mem MB", "loss after N", "Δ loss", "first step s"]
+
+
+def _row(r: dict) -> list[str]:
+    if r.get("error"):
+        return [r["variant"], "error: " + r["error"][:60], "", "", "", "", "", ""]
+
+    def f(v, spec):
+        return "—" if v is None else format(v, spec)
+
+    return [r["variant"], f(r["tokens_per_s"], ",.0f"), f(r.get("speedup"), ".2f") + "x", f(r["mfu"], ".1%"),
+            f(None if r["peak_mem_bytes"] is None else r["peak_mem_bytes"] / 1e6, ",.0f"), f(r["loss_after"], ".4f"),
+            f(r.get("loss_delta"), "+.4f"), f(r["first_step_s"], ".2f")]
+
+
+def to_markdown(result: dict) -> str:
+    hw = result["hardware"]
+    lines = [f"# trainopt bench: {result['recipe']} ({result['stage']})", "",
+             f"{hw.get('name')} ({hw['device']}), torch {hw['torch']}; {result['steps']} steps of batch "
+             f"{result['batch_size']} x {result['grad_accum']}, tokens/s = median after {result['warmup_steps']} "
+             "warm-up steps; every variant from the same weights, seed and batches.", "",
+             "| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
+    lines += ["| " + " | ".join(_row(r)) + " |" for r in result["variants"]]
+    return "\n".join(lines) + "\n"
+
+
+def print_table(result: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"bench {result['recipe']}: {result['steps']} steps, {result['hardware'].get('name')}")
+    for h in HEAD:
+        table.add_column(h)
+    for r in result["variants"]:
+        table.add_row(*_row(r))
+    console.print(table)
+
+
+def env_report() -> dict:
+    """The hardware, the software and the settings trainopt would pick here."""
+    from . import __version__
+    from .train.loop import resolve_precision
+
+    device = measure.pick_device("auto")
+    hw = measure.hardware_info(device)
+    precision = resolve_precision("auto", device)
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    rec = {"precision": precision, "optimizer.fused": device.type == "cuda", "attention": "sdpa",
+           "compile": device.type == "cuda", "nproc": max(gpus, 1),
+           "threads": torch.get_num_threads() if device.type == "cpu" else None}
+    try:
+        import transformers
+
+        tf = transformers.__version__
+    except ImportError:
+        tf = None
+    return {"trainopt": __version__, "torch": torch.__version__, "transformers": tf, "hardware": hw,
+            "cuda_devices": [torch.cuda.get_device_name(i) for i in range(gpus)],
+            "peak_flops": measure.peak_flops(device, precision, None), "cpu_count": os.cpu_count(),
+            "recommended": rec}

@@ -1,0 +1,73 @@
+"""`trainopt bench` / `trainopt env` and the acceleration switches (tiny model, CPU)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from trainopt.bench import bench
+from trainopt.cli import main
+
+from .conftest import classification_recipe
+
+
+def test_bench_measures_each_technique_against_the_baseline(tmp_path, tiny_bert_dir, reviews_dir):
+    r = classification_recipe(tiny_bert_dir, reviews_dir)
+    result = bench(r, steps=6, warmup=2, only=["sdpa", "fused_adamw", "activation_checkpointing", "full"],
+                   out=tmp_path / "b")
+    rows = {x["variant"]: x for x in result["variants"]}
+    assert list(rows) == ["baseline", "sdpa", "fused_adamw", "activation_checkpointing", "full"]
+    assert rows["baseline"]["speedup"] == 1.0 and rows["baseline"]["loss_delta"] == 0.0
+    for name, row in rows.items():
+        assert row["tokens_per_s"] > 0 and row["loss_after"] > 0 and row["first_step_s"] > 0, name
+    # Techniques that must not move the numerics: same weights, seed and batches -> (nearly) the same loss.
+    assert abs(rows["sdpa"]["loss_delta"]) < 1e-3 and abs(rows["activation_checkpointing"]["loss_delta"]) < 1e-4
+    assert abs(rows["fused_adamw"]["loss_delta"]) < 1e-3
+    assert rows["full"]["settings"] == {"attention": "sdpa", "optimizer.fused": True}
+    saved = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert [v["variant"] for v in saved["variants"]] == list(rows)
+    assert "| baseline |" in (tmp_path / "b" / "bench.md").read_text()
+
+
+def test_compile_switch_trains_and_reports_first_step_time(tmp_path, tiny_bert_dir, reviews_dir):
+    from trainopt.runner import run
+
+    r = classification_recipe(tiny_bert_dir, reviews_dir, max_steps=4, eval_every=None, compile=True,
+                              attention="sdpa", checkpoint_every=0)
+    r["measure"]["latency"] = False
+    r["data"]["bucket"] = False  # one padded shape: a single compile
+    t = run(r, out=tmp_path / "c")["stages"][0]["training"]
+    assert t["steps"] == 4 and t["first_step_s"] > 0
+
+
+def test_activation_checkpointing_is_off_after_training(tmp_path, tiny_bert_dir, reviews_dir):
+    from trainopt.runner import run
+
+    r = classification_recipe(tiny_bert_dir, reviews_dir, max_steps=3, eval_every=None, checkpoint_every=0,
+                              activation_checkpointing=True)
+    r["measure"]["latency"] = False
+    report = run(r, out=tmp_path / "a")
+    assert report["stages"][0]["training"]["steps"] == 3
+
+
+def test_unknown_bench_technique_and_env(tmp_path, tiny_bert_dir, reviews_dir, capsys):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(classification_recipe(tiny_bert_dir, reviews_dir)))
+    assert main(["bench", str(path), "--only", "warp_drive", "--out", str(tmp_path / "o")]) == 2
+    assert "unknown technique warp_drive" in capsys.readouterr().err
+    assert main(["env"]) == 0
+    out = capsys.readouterr().out
+    assert "torch " + torch.__version__ in out and "recommended: precision=" in out
+
+
+@pytest.mark.parametrize("key, value", [("compile_mode", "turbo"), ("attention", "flash3")])
+def test_bad_acceleration_keys(tiny_bert_dir, reviews_dir, key, value):
+    from trainopt.errors import RecipeError
+    from trainopt.recipe import load_recipe
+
+    with pytest.raises(RecipeError) as e:
+        load_recipe(classification_recipe(tiny_bert_dir, reviews_dir, **{key: value}))
+    assert e.value.key == f"stages.0.{key}"
