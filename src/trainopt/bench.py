@@ -116,7 +116,7 @@ def bench(recipe=None, overrides: list[str] | None = None, steps: int = 20, warm
             continue
         finally:
             log.close()
-        logged = [r for r in read_metrics(run_dir) if "loss" in r and r.get("step", 0) > warmup]
+        logged = [r for r in read_metrics(run_dir) if r.get("tokens_per_s") is not None and r.get("step", 0) > warmup]
         tps = statistics.median(r["tokens_per_s"] for r in logged) if logged else None
         peak = measure.peak_flops(device, summary["precision"], recipe.run.peak_flops)
         rows.append({"variant": name, "settings": over, "tokens_per_s": round(tps, 1) if tps else None,
