@@ -102,3 +102,20 @@ def test_a_killed_rank_is_restarted_and_the_run_resumes(tmp_path, tiny_bert_dir,
     wa = load_file(tmp_path / "clean/stages/finetune/model/model.safetensors")
     wb = load_file(tmp_path / "k/stages/finetune/model/model.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_spike_recovery_agrees_across_ranks(tmp_path, tiny_bert_dir, reviews_dir):
+    """A loss spike injected on rank 1 only: the all-reduced loss spikes on every rank, so both roll back together
+    (one rollback, the run completes, no rank hangs)."""
+    recipe = _recipe(tmp_path / "r.yaml", tiny_bert_dir, reviews_dir, 1)
+    raw = yaml.safe_load(recipe.read_text())
+    raw["stages"][0]["recovery"] = {"min_history": 5}
+    raw["stages"][0]["max_grad_norm"] = None
+    recipe.write_text(yaml.safe_dump(raw))
+    p = _run([recipe, "--out", tmp_path / "s", "--nproc", "2"],
+             {"TRAINOPT_FAULT_SPIKE_AT_STEP": "10", "TRAINOPT_FAULT_RANK": "1"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    t = json.loads((tmp_path / "s/report.json").read_text())["stages"][0]["training"]
+    assert t["rollbacks"] == 1 and t["lr_scale"] == 0.5 and t["world_size"] == 2
+    (event,) = [r for r in read_metrics(tmp_path / "s") if r.get("event") == "rollback_spike"]
+    assert event["step"] == 10 and event["to_step"] == 8
