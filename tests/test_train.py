@@ -213,3 +213,31 @@ def test_spike_guard_threshold():
     for _ in range(10):
         flat.add(2.0)
     assert not flat.is_spike(2.1) and flat.is_spike(2.2)  # MAD floored at 1% of the median: 2 + 8 * 0.02
+
+
+def test_auto_micro_batch_backs_off_on_oom_and_keeps_the_global_batch(tmp_path, tiny_bert_dir, reviews_dir):
+    """A model that runs out of memory above 8 examples: auto picks 8 x 4 for batch 32, and training then takes
+    exactly the steps of a run configured as 8 x 4 by hand."""
+    from trainopt.train.microbatch import candidates
+
+    assert candidates(32) == [32, 16, 8, 4, 2, 1] and candidates(24) == [24, 12, 6, 3, 1]
+
+    def oom_above_8(module, args, kwargs):
+        if module.training and kwargs["input_ids"].shape[0] > 8:  # training batches only
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    results = {}
+    for name, settings in (("auto", {"batch_size": 32, "auto_micro_batch": True}),
+                           ("manual", {"batch_size": 8, "grad_accum": 4})):
+        recipe, data, model, ctx = _setup(tmp_path / name, tiny_bert_dir, reviews_dir, max_steps=4, eval_every=None,
+                                          checkpoint_every=0, keep_best=False, **settings)
+        model.register_forward_pre_hook(oom_above_8, with_kwargs=True)
+        results[name] = (train(model, data, recipe.stages[0], ctx, tmp_path / name / "s"),
+                         {k: v.clone() for k, v in model.state_dict().items()})
+    auto, manual = results["auto"][0], results["manual"][0]
+    assert auto["auto_micro_batch"] == {"micro_batch": 8, "grad_accum": 4, "tried": [32, 16, 8]}
+    assert (auto["micro_batch"], auto["grad_accum"]) == (8, 4) and auto["tokens_seen"] == manual["tokens_seen"]
+    for k, v in results["auto"][1].items():
+        assert torch.equal(v, results["manual"][1][k]), k
+    (event,) = [r for r in read_metrics(tmp_path / "auto") if r.get("event") == "auto_micro_batch"]
+    assert event["micro_batch"] == 8

@@ -161,6 +161,7 @@ class TrainSettings(Strict):
     compile: bool = False  # torch.compile the training forward/backward (inductor, CPU and CUDA)
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     activation_checkpointing: bool = False  # recompute activations in backward: less memory, more compute
+    auto_micro_batch: bool = False  # largest micro-batch that fits; grad_accum adjusted to keep the global batch
     attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"  # attention kernel (auto: as loaded)
 
 

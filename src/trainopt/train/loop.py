@@ -105,6 +105,20 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
     metric = stage.metric or DEFAULT_METRIC[task]
     mode = METRICS[task][metric]
 
+    auto_choice = None
+    if stage.auto_micro_batch:  # before anything depends on the micro-batch size (train/microbatch.py)
+        from . import microbatch
+
+        model.to(device)
+        model.train()
+        m, accum, tried = microbatch.choose(model, split, stage, loss_fn or task_loss(task, stage.label_smoothing),
+                                            device, autocast_dtype, dd)
+        auto_choice = {"micro_batch": m, "grad_accum": accum, "tried": tried}
+        ctx.log.log(stage.name, 0, event="auto_micro_batch", **{k: v for k, v in auto_choice.items() if k != "tried"},
+                    tried=str(tried))
+        console.print(f"auto micro-batch: {m} x {accum} accumulation (global batch {m * accum * dd.world}; tried "
+                      f"{tried})")
+        stage = stage.model_copy(update={"batch_size": m, "grad_accum": accum})
     micro_per_epoch = len(split.batches(stage.batch_size, run.seed, 0, bucket=ctx.recipe.data.bucket))
     per_step = stage.grad_accum * dd.world  # micro-batches of one optimizer step, over all ranks
     steps_per_epoch = math.ceil(micro_per_epoch / per_step)
@@ -308,6 +322,7 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
         "tokens_per_s": round(state.tokens_seen / wall, 1) if wall > 0 else None,
         "mfu": None if (peak_all is None or fpt is None or wall <= 0) else round(state.tokens_seen * fpt / wall
                                                                                 / peak_all, 4),
+        "micro_batch": stage.batch_size, "grad_accum": stage.grad_accum, "auto_micro_batch": auto_choice,
         "world_size": dd.world, "first_step_s": None if first_step_s is None else round(first_step_s, 3),
         "precision": precision, "peak_flops": peak, "flops_per_token": fpt,
         "peak_mem_bytes": measure.peak_memory_bytes(device),
