@@ -229,3 +229,29 @@ def test_killed_worker_leaves_the_study_usable(tmp_path, tiny_bert_dir, reviews_
     assert b.returncode == 0, b.stderr.decode()[-2000:]
     states = [t.state.name for t in _study(url, "kill").trials]
     assert states[0] == "FAIL" and states.count("COMPLETE") == 3 and "RUNNING" not in states
+
+
+@pytest.mark.distributed
+def test_trials_under_ddp_rank0_talks_to_the_study_and_ranks_prune_together(tmp_path, tiny_bert_dir, reviews_dir):
+    """Each trial on 2 gloo processes: the known-good enqueued trial completes; the second (lr 1e-9) is pruned at its
+    first evaluation — decided by rank 0 with the study, obeyed by both ranks (the run stops cleanly)."""
+    r = study_recipe(tiny_bert_dir, reviews_dir, trials=2, sampler="random",
+                     objectives=[{"metric": "loss"}],
+                     pruner={"name": "median", "startup_trials": 1, "warmup_evals": 0},
+                     enqueue=[{"stages.finetune.optimizer.lr": 3e-3}, {"stages.finetune.optimizer.lr": 1e-9}])
+    r["stages"][0]["max_grad_norm"] = None
+    path = write(tmp_path / "r.yaml", r)
+    assert main(["tune", str(path), "--out", str(tmp_path / "s"), "--nproc", "2"]) == 0
+    s = json.loads((tmp_path / "s" / "study.json").read_text())
+    t0, t1 = s["trials"]
+    assert t0["params"]["stages.finetune.optimizer.lr"] == 3e-3 and t0["state"] == "complete"
+    assert json.loads((Path(t0["run_dir"]) / "report.json").read_text())["stages"][0]["training"]["world_size"] == 2
+    assert t1["state"] == "pruned" and t1["pruned_at_eval"] == 1 and t1["steps"] == 5
+    assert not (Path(t1["run_dir"]) / "report.json").exists()
+
+
+def test_enqueue_keys_must_be_searched(tiny_bert_dir, reviews_dir):
+    r = study_recipe(tiny_bert_dir, reviews_dir, enqueue=[{"stages.finetune.batch_size": 8}])
+    with pytest.raises(RecipeError) as e:
+        load_study_recipe(r, [])
+    assert "not a key of search.space" in str(e.value)

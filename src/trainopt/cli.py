@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="local worker processes on this study (default 1)")
     p.add_argument("--trials", type=int, default=None, help="override search.trials")
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="override search.timeout_s")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="run every trial data-parallel on N processes (torchrun); rank 0 talks to the study")
     p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
 
     p = sub.add_parser("report", help="print a finished run's report and rewrite report.md",
@@ -189,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import TrainoptError
 
     try:
-        if getattr(args, "nproc", 1) > 1 and "WORLD_SIZE" not in os.environ:
+        if getattr(args, "nproc", 1) > 1 and "WORLD_SIZE" not in os.environ and args.command in ("run", "train"):
             from .runner import validate
             from .train.distributed import launch
 
@@ -305,7 +307,7 @@ def _dispatch(args, parser) -> int:
 
         tune(args.recipe, out=args.out, overrides=args.overrides, resume=args.resume, overwrite=args.overwrite,
              storage=args.storage, study_name=args.study_name, workers=args.workers, trials=args.trials,
-             timeout_s=args.timeout, worker_index=args.worker_index)
+             timeout_s=args.timeout, worker_index=args.worker_index, nproc=args.nproc)
         return 0
     if args.command == "report":
         from .report import load_report, print_summary, write_report

@@ -480,6 +480,7 @@ class SearchSpec(Strict):
     study_name: str | None = None  # default: the recipe name
     heartbeat_s: int = Field(30, ge=1)  # a trial silent for 2 heartbeats (its worker died) is marked failed
     keep_models: Literal["best", "all", "none"] = "best"  # trial model folders kept: best/Pareto trials only
+    enqueue: list[dict[str, Any]] = []  # trials to run first, e.g. [{stages.finetune.optimizer.lr: 1.0e-4}]
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -492,6 +493,10 @@ class SearchSpec(Strict):
                                                and self.objectives[0].split == "validation"):
             raise ValueError("trial pruning follows the validation metric during training; the objective must be "
                              "a quality metric on split: validation (or set search.pruner.name: none)")
+        for i, params in enumerate(self.enqueue):
+            unknown = [k for k in params if k not in self.space]
+            if unknown:
+                raise ValueError(f"search.enqueue.{i}: '{unknown[0]}' is not a key of search.space")
         if self.sampler == "grid":
             continuous = [k for k, p in self.space.items() if p.grid() is None]
             if continuous:

@@ -169,6 +169,10 @@ def run(recipe=None, out: str | Path | None = None, overrides: list[str] | None 
     eval_split = data.test if data.test is not None else (data.validation or data.train)
     inputs = measure.fixed_inputs(eval_split, recipe.task, recipe.measure.batch_sizes, recipe.measure.seq_len) \
         if recipe.measure.latency else None
+    if on_eval is None and os.environ.get("TRAINOPT_TRIAL"):  # a tuning trial run under torchrun (tune.py)
+        from .tune import trial_hook_from_env
+
+        on_eval = trial_hook_from_env(dd, run_dir)
     ctx.extras["on_eval"] = on_eval
     ctx.extras["measure_inputs"] = inputs  # stages that time kernels of their own (2:4 sparse) use the same inputs
     if recipe.task == "causal_lm":  # the fixed prompt of the generation benchmark

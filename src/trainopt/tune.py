@@ -191,6 +191,8 @@ def open_study(raw: dict, search: SearchSpec, url: str, name: str, seed: int):
     if found is None:
         study.set_user_attr("recipe_digest", digest)
         study.set_user_attr("objectives", [o.model_dump() for o in search.objectives])
+        for params in search.enqueue:  # known settings first (e.g. the recipe's own values)
+            study.enqueue_trial(params, skip_if_exists=True)
     elif found != digest:
         raise TrainoptError(f"study '{name}' in {_safe_url(url)} was started with a different recipe or search "
                             "space; use another --study-name (or the same recipe)")
@@ -228,9 +230,9 @@ def _trial_steps(report: dict) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ worker
-def make_objective(raw: dict, search: SearchSpec, run_dir: Path, workers: int):
+def make_objective(raw: dict, search: SearchSpec, run_dir: Path, workers: int, nproc: int = 1,
+                   url: str | None = None):
     optuna = _optuna()
-    primary = search.objectives[0]
 
     def objective(trial):
         n_before = _live_before(trial)
@@ -250,31 +252,22 @@ def make_objective(raw: dict, search: SearchSpec, run_dir: Path, workers: int):
         trial.set_user_attr("host", socket.gethostname())
         shown = ", ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in params.items())
         console.print(f"[bold]trial {trial.number}[/bold]: {shown}")
-        evals = {"n": 0, "steps": {}}
-
-        def on_eval(stage_name: str, step: int, quality: dict) -> None:
-            evals["steps"][stage_name] = step
-            evals["n"] += 1
-            value = quality.get(primary.metric)
-            if search.pruner.name == "none" or value is None or not math.isfinite(value):
-                return
-            trial.report(float(value), evals["n"])
-            if trial.should_prune():
-                trial.set_user_attr("steps", sum(evals["steps"].values()))
-                trial.set_user_attr("pruned_at_eval", evals["n"])
-                raise optuna.TrialPruned(f"pruned at evaluation {evals['n']} ({primary.metric} {value:.4f})")
-
+        on_eval, evals = make_pruning_hook(trial, search)
         from .runner import run
 
         try:
-            report = run(trial_raw(raw, search, params, workers), out=trial_dir, overwrite=True, on_eval=on_eval,
-                         show_summary=False)
+            if nproc > 1:
+                report = _run_distributed_trial(trial, raw, search, params, trial_dir, nproc, workers, url)
+            else:
+                report = run(trial_raw(raw, search, params, workers), out=trial_dir, overwrite=True, on_eval=on_eval,
+                             show_summary=False)
         except optuna.TrialPruned as e:
             console.print(f"trial {trial.number}: {e}")
             raise
         except Exception as e:
             trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:500])
-            trial.set_user_attr("steps", sum(evals["steps"].values()))
+            if "steps" not in trial.user_attrs:
+                trial.set_user_attr("steps", sum(evals["steps"].values()))
             console.print(f"[red]trial {trial.number} failed[/red]: {type(e).__name__}: {e}")
             if not isinstance(e, TrainoptError):
                 (trial_dir / "error.txt").parent.mkdir(parents=True, exist_ok=True)
@@ -289,6 +282,94 @@ def make_objective(raw: dict, search: SearchSpec, run_dir: Path, workers: int):
         return values[0] if len(values) == 1 else values
 
     return objective
+
+
+def make_pruning_hook(trial, search: SearchSpec):
+    """on_eval for the training loop: report the primary metric at each evaluation, raise TrialPruned when Optuna's
+    pruner says so. Returns (on_eval, evals) — evals counts evaluations and the steps each stage reached."""
+    optuna = _optuna()
+    primary = search.objectives[0]
+    evals = {"n": 0, "steps": {}}
+
+    def on_eval(stage_name: str, step: int, quality: dict) -> None:
+        evals["steps"][stage_name] = step
+        evals["n"] += 1
+        value = quality.get(primary.metric)
+        if search.pruner.name == "none" or value is None or not math.isfinite(value):
+            return
+        trial.report(float(value), evals["n"])
+        if trial.should_prune():
+            trial.set_user_attr("steps", sum(evals["steps"].values()))
+            trial.set_user_attr("pruned_at_eval", evals["n"])
+            raise optuna.TrialPruned(f"pruned at evaluation {evals['n']} ({primary.metric} {value:.4f})")
+
+    return on_eval, evals
+
+
+class TrialPrunedExit(TrainoptError):
+    """Stops every rank of a distributed trial that the pruner cut: a controlled stop, exit status 0."""
+
+    exit_code = 0
+
+
+TRIAL_ENV = "TRAINOPT_TRIAL"  # set by the tune worker for a trial it runs under torchrun
+
+
+def _run_distributed_trial(trial, raw: dict, search: SearchSpec, params: dict, trial_dir: Path, nproc: int,
+                           workers: int, url: str) -> dict:
+    """Run one trial under torchrun with `nproc` ranks. The ranks read the same recipe file (the same parameters);
+    rank 0 alone talks to the study (reports, asks the pruner) and broadcasts the pruning decision to the others."""
+    optuna = _optuna()
+    recipe_file = trial_dir.parent / f"{trial.number:04d}.yaml"
+    recipe_file.parent.mkdir(parents=True, exist_ok=True)
+    recipe_file.write_text(yaml.safe_dump(trial_raw(raw, search, params, max(workers, nproc)), sort_keys=False))
+    env = {**os.environ, TRIAL_ENV: json.dumps({"storage": url, "study": trial.study.study_name,
+                                                "trial_id": trial._trial_id, "search": search.model_dump(mode="json")})}
+    log = trial_dir.parent / f"{trial.number:04d}.log"
+    with open(log, "wb") as f:
+        rc = subprocess.call([sys.executable, "-m", "trainopt", "run", str(recipe_file), "--out", str(trial_dir),
+                              "--overwrite", "--nproc", str(nproc)], env=env, stdout=f, stderr=subprocess.STDOUT)
+    pruned = trial_dir / "pruned.json"
+    if pruned.is_file():
+        raise optuna.TrialPruned(json.loads(pruned.read_text())["message"])
+    if rc != 0 or not (trial_dir / "report.json").is_file():
+        tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.is_file() else []
+        raise TrainoptError(f"the trial's {nproc}-process run failed (exit {rc}): {' '.join(tail)[:300]} (log: {log})")
+    return json.loads((trial_dir / "report.json").read_text())
+
+
+def trial_hook_from_env(dd, run_dir: Path):
+    """In a trial's ranks under torchrun: the pruning hook. Rank 0 re-attaches to the study's running trial and
+    decides; every rank receives the decision, so all stop together."""
+    spec = os.environ.get(TRIAL_ENV)
+    if not spec:
+        return None
+    from .train import distributed
+
+    info = json.loads(spec)
+    search = SearchSpec.model_validate(info["search"])
+    hook = None
+    if dd.is_main:
+        optuna = _optuna()
+        storage = open_storage(info["storage"], search.heartbeat_s)
+        study = optuna.load_study(study_name=info["study"], storage=storage, pruner=make_pruner(search))
+        hook, _ = make_pruning_hook(optuna.trial.Trial(study, info["trial_id"]), search)
+
+    def on_eval(stage_name: str, step: int, quality: dict) -> None:
+        message = None
+        if hook is not None:
+            try:
+                hook(stage_name, step, quality)
+            except Exception as e:  # optuna.TrialPruned
+                if type(e).__name__ != "TrialPruned":
+                    raise
+                message = str(e)
+                (Path(run_dir) / "pruned.json").write_text(json.dumps({"message": message}))
+        message = distributed.broadcast_object(dd, message)
+        if message:
+            raise TrialPrunedExit(f"trial pruned: {message}")
+
+    return on_eval
 
 
 def _live_before(trial) -> int:
@@ -310,7 +391,7 @@ def counts(study) -> tuple[int, int]:
     for t in study.get_trials(deepcopy=False):
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
             done += 1
-        elif t.state in (TrialState.RUNNING, TrialState.WAITING):
+        elif t.state == TrialState.RUNNING:  # WAITING (enqueued) trials have not started: the next worker takes them
             running += 1
     return done, running
 
@@ -357,7 +438,8 @@ def _tidy_models(study, search: SearchSpec, run_dir: Path) -> None:
 # ----------------------------------------------------------------------------------------------- command
 def tune(recipe=None, out: str | Path | None = None, overrides: list[str] | None = None, resume: bool = False,
          overwrite: bool = False, storage: str | None = None, study_name: str | None = None, workers: int = 1,
-         trials: int | None = None, timeout_s: float | None = None, worker_index: int | None = None) -> dict:
+         trials: int | None = None, timeout_s: float | None = None, worker_index: int | None = None,
+         nproc: int = 1) -> dict:
     """Run (or join, or resume) a study; returns the study summary (also written to study.json)."""
     extra = list(overrides or [])
     if trials is not None:
@@ -381,11 +463,11 @@ def tune(recipe=None, out: str | Path | None = None, overrides: list[str] | None
     console.rule(f"[bold]study {name}[/bold] · {search.sampler} · pruner {search.pruner.name} · "
                  f"{search.trials or '∞'} trials · {_safe_url(url)}")
     if worker_index is not None or workers == 1:
-        work(study, make_objective(raw, search, run_dir, max(workers, 1)), search, run_dir, deadline)
+        work(study, make_objective(raw, search, run_dir, max(workers, 1), nproc, url), search, run_dir, deadline)
         if worker_index is not None:
             return {}
     else:
-        _spawn_workers(run_dir, url, name, workers)
+        _spawn_workers(run_dir, url, name, workers, nproc)
     summary = summarize(study, search, run_dir, recipe.name)
     print_summary(summary)
     return summary
@@ -417,10 +499,10 @@ def _fail_running(study) -> None:
         console.print(f"[yellow]trial {t.number} was cut short by the interruption: marked failed[/yellow]")
 
 
-def _spawn_workers(run_dir: Path, url: str, name: str, workers: int) -> None:
+def _spawn_workers(run_dir: Path, url: str, name: str, workers: int, nproc: int) -> None:
     """N local worker processes on one study (each a `trainopt tune --worker-index k`)."""
     cmd = [sys.executable, "-m", "trainopt", "tune", str(run_dir / "recipe.yaml"), "--out", str(run_dir),
-           "--storage", url, "--study-name", name, "--workers", str(workers)]
+           "--storage", url, "--study-name", name, "--workers", str(workers), "--nproc", str(nproc)]
     logs = run_dir / "workers"
     logs.mkdir(exist_ok=True)
     procs = []
