@@ -51,7 +51,12 @@ def from_env(device_pref: str) -> tuple[Dist, torch.device | None]:
         torch.cuda.set_device(local)
     device = torch.device("cuda", local) if cuda else torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
+        # A key prefix per restart attempt: after `--max-restarts` the agent's store still holds the previous
+        # attempt's addresses, which a fresh process group must not read (gloo then connects to dead ranks).
+        store, _, _ = next(dist.rendezvous("env://"))
+        store = dist.PrefixStore(f"trainopt/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+        dist.init_process_group("nccl" if cuda else "gloo", store=store, rank=rank, world_size=world,
+                                device_id=device if cuda else None)
     if not cuda:  # CPU ranks of one machine share its cores
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))

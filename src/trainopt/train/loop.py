@@ -256,18 +256,21 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
             window_steps += 1
             window_loss += loss_value if math.isfinite(loss_value) else 0.0
 
-            # 4. Log: loss, lr, tokens/s, MFU.
+            # 4. Log: loss, lr, tokens/s, MFU, peak memory.
             if state.step % stage.log_every == 0 or state.step == total_steps:
                 measure.sync(device)
                 elapsed = time.perf_counter() - window_start - window_eval_s
                 last_tps = window_tokens / elapsed if elapsed > 0 else None
                 last_mfu = (last_tps * fpt / peak_all) if (peak_all and last_tps) else None
                 lr = scheduler.get_last_lr()[0]
+                mem = measure.peak_memory_bytes(device)
                 ctx.log.log(stage.name, state.step, loss=round(window_loss / max(window_steps, 1), 5), lr=lr,
                             grad_norm=round(float(grad_norm), 4), tokens_per_s=round(last_tps or 0, 1),
-                            mfu=None if last_mfu is None else round(last_mfu, 4), epoch=state.epoch)
+                            mfu=None if last_mfu is None else round(last_mfu, 4), epoch=state.epoch,
+                            peak_mem_bytes=mem)
                 update(info=f"loss {window_loss / max(window_steps, 1):.4f} lr {lr:.2e} "
-                            f"{(last_tps or 0):,.0f} tok/s" + (f" MFU {last_mfu:.1%}" if last_mfu else ""))
+                            f"{(last_tps or 0):,.0f} tok/s" + (f" MFU {last_mfu:.1%}" if last_mfu else "")
+                            + f" mem {mem / 2**20:,.0f} MiB")
                 window_tokens, window_start, window_loss, window_steps = 0, time.perf_counter(), 0.0, 0
                 window_eval_s = 0.0
             update(advance=1)
