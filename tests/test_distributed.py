@@ -67,18 +67,35 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, tiny_bert_
     assert len(steps) == len(set(steps))
 
 
-def test_killed_two_process_run_resumes(tmp_path, tiny_bert_dir, reviews_dir):
-    recipe = _recipe(tmp_path / "r.yaml", tiny_bert_dir, reviews_dir, 1)
-    clean = _run([recipe, "--out", tmp_path / "clean", "--nproc", "2"])
+@pytest.fixture(scope="module")
+def clean_ddp(tmp_path_factory, tiny_bert_dir):
+    """(recipe, run dir) of an uninterrupted 2-process run: the reference for the kill tests."""
+    from .conftest import make_reviews, write_jsonl
+
+    d = tmp_path_factory.mktemp("ddp")
+    (d / "reviews").mkdir()
+    write_jsonl(d / "reviews" / "train.jsonl", make_reviews(240, seed=1))
+    write_jsonl(d / "reviews" / "test.jsonl", make_reviews(60, seed=2))
+    recipe = _recipe(d / "r.yaml", tiny_bert_dir, d / "reviews", 1)
+    clean = _run([recipe, "--out", d / "clean", "--nproc", "2"])
     assert clean.returncode == 0, clean.stderr[-2000:]
+    return recipe, d / "clean"
+
+
+def _same_final_weights(a, b) -> bool:
+    wa = load_file(a / "stages/finetune/model/model.safetensors")
+    wb = load_file(b / "stages/finetune/model/model.safetensors")
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_killed_two_process_run_resumes(tmp_path, clean_ddp):
+    recipe, clean = clean_ddp
     killed = _run([recipe, "--out", tmp_path / "k", "--nproc", "2"], {"TRAINOPT_FAULT_KILL_AT_STEP": "10"})
     assert killed.returncode != 0 and not (tmp_path / "k" / "report.json").exists()
     resumed = _run([recipe, "--out", tmp_path / "k", "--nproc", "2", "--resume"])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming finetune from step 8" in resumed.stderr
-    wa = load_file(tmp_path / "clean/stages/finetune/model/model.safetensors")
-    wb = load_file(tmp_path / "k/stages/finetune/model/model.safetensors")
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert _same_final_weights(clean, tmp_path / "k")
 
 
 def test_nproc_validates_before_launching(tmp_path, tiny_bert_dir, reviews_dir):
@@ -89,19 +106,15 @@ def test_nproc_validates_before_launching(tmp_path, tiny_bert_dir, reviews_dir):
     assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "stages.0.epochs" in p.stderr
 
 
-def test_a_killed_rank_is_restarted_and_the_run_resumes(tmp_path, tiny_bert_dir, reviews_dir):
+def test_a_killed_rank_is_restarted_and_the_run_resumes(tmp_path, clean_ddp):
     """Rank 1 dies (SIGKILL) at step 10 under `--max-restarts 1`: torchrun restarts both workers, they resume from
     the step-8 checkpoint, and the run ends bit-identical to an uninterrupted 2-process run."""
-    recipe = _recipe(tmp_path / "r.yaml", tiny_bert_dir, reviews_dir, 1)
-    clean = _run([recipe, "--out", tmp_path / "clean", "--nproc", "2"])
-    assert clean.returncode == 0, clean.stderr[-2000:]
+    recipe, clean = clean_ddp
     p = _run([recipe, "--out", tmp_path / "k", "--nproc", "2", "--max-restarts", "1"],
              {"TRAINOPT_FAULT_KILL_AT_STEP": "10", "TRAINOPT_FAULT_RANK": "1"})
     assert p.returncode == 0, p.stderr[-3000:]
     assert "resuming finetune from step 8" in p.stderr
-    wa = load_file(tmp_path / "clean/stages/finetune/model/model.safetensors")
-    wb = load_file(tmp_path / "k/stages/finetune/model/model.safetensors")
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert _same_final_weights(clean, tmp_path / "k")
 
 
 def test_spike_recovery_agrees_across_ranks(tmp_path, tiny_bert_dir, reviews_dir):
