@@ -33,24 +33,39 @@ def test_bench_measures_each_technique_against_the_baseline(tmp_path, tiny_bert_
 
 
 def test_compile_switch_trains_and_reports_first_step_time(tmp_path, tiny_bert_dir, reviews_dir):
+    from torch._dynamo.utils import counters
+
     from trainopt.runner import run
 
     r = classification_recipe(tiny_bert_dir, reviews_dir, max_steps=4, eval_every=None, compile=True,
                               attention="sdpa", checkpoint_every=0)
     r["measure"]["latency"] = False
     r["data"]["bucket"] = False  # one padded shape: a single compile
+    counters.clear()
     t = run(r, out=tmp_path / "c")["stages"][0]["training"]
     assert t["steps"] == 4 and t["first_step_s"] > 0
+    assert counters["stats"]["unique_graphs"] >= 1  # dynamo really compiled the training forward
 
 
-def test_activation_checkpointing_is_off_after_training(tmp_path, tiny_bert_dir, reviews_dir):
-    from trainopt.runner import run
+def test_activation_checkpointing_is_on_in_training_and_off_after(tmp_path, tiny_bert_dir, reviews_dir):
+    from trainopt.data import load_texts, tokenize
+    from trainopt.models import load_model, load_tokenizer
+    from trainopt.recipe import load_recipe
+    from trainopt.stages import RunContext
+    from trainopt.train.loop import train
+    from trainopt.train.monitor import NullLog
 
-    r = classification_recipe(tiny_bert_dir, reviews_dir, max_steps=3, eval_every=None, checkpoint_every=0,
-                              activation_checkpointing=True)
-    r["measure"]["latency"] = False
-    report = run(r, out=tmp_path / "a")
-    assert report["stages"][0]["training"]["steps"] == 3
+    recipe = load_recipe(classification_recipe(tiny_bert_dir, reviews_dir, max_steps=3, eval_every=None,
+                                               checkpoint_every=0, activation_checkpointing=True))
+    tok = load_tokenizer(recipe)
+    data = tokenize(load_texts(recipe), tok, recipe)
+    model = load_model(recipe, tok, data.label_names)
+    seen = []
+    model.register_forward_pre_hook(lambda m, a: seen.append(m.is_gradient_checkpointing))
+    ctx = RunContext(recipe=recipe, run_dir=tmp_path, device=torch.device("cpu"), tokenizer=tok, data=data,
+                     log=NullLog())
+    assert train(model, data, recipe.stages[0], ctx, tmp_path / "s")["steps"] == 3
+    assert seen and all(seen) and not model.is_gradient_checkpointing
 
 
 def test_unknown_bench_technique_and_env(tmp_path, tiny_bert_dir, reviews_dir, capsys):

@@ -56,13 +56,11 @@ def full_stack(names: list[str]) -> dict:
 
 
 def _settings(stage, overrides: dict):
+    from .recipe import set_path
+
     raw = stage.model_dump()
     for key, value in {**PLAIN, **overrides}.items():
-        node = raw
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node[p]
-        node[parts[-1]] = value
+        set_path(raw, key, value)
     return type(stage).model_validate(raw)
 
 

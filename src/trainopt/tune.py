@@ -83,6 +83,9 @@ def trial_raw(raw: dict, search: SearchSpec, params: dict, workers: int) -> dict
 
 def check_space(raw: dict, search: SearchSpec) -> None:
     """Every searched key must exist and accept its range's ends (and every choice): found before trial 1."""
+    own = [k for k in search.space if k.split(".")[0] == "search"]
+    if own:
+        raise RecipeError(f"search.space.{own[0]}", "the search cannot tune its own settings", "remove the key")
     for key, p in search.space.items():
         values = p.choices if p.type == "categorical" else [p.low, p.high]
         if p.type == "int":
@@ -94,9 +97,6 @@ def check_space(raw: dict, search: SearchSpec) -> None:
                 problem = e.problem if e.key in ("", key) else f"{e.key}: {e.problem}"
                 raise RecipeError(f"search.space.{key}", f"value {value!r} does not fit the recipe ({problem})",
                                   e.fix or "check the key path and the range") from None
-    grid = [k for k in search.space if k.split(".")[0] == "search"]
-    if grid:
-        raise RecipeError(f"search.space.{grid[0]}", "the search cannot tune its own settings", "remove the key")
 
 
 def recipe_digest(raw: dict) -> str:

@@ -12,7 +12,6 @@ order (tested on CPU with gloo).
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from contextlib import nullcontext
@@ -74,6 +73,12 @@ def all_sum(d: Dist, t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def sum_ints(d: Dist, values: list[int], device: torch.device) -> list[int]:
+    """Integer counts summed over every rank."""
+    t = all_sum(d, torch.tensor(values, dtype=torch.float64, device=device))
+    return [int(x) for x in t.tolist()]
+
+
 def broadcast_object(d: Dist, obj):
     """Rank 0's object on every rank."""
     if not d.enabled:
@@ -132,19 +137,9 @@ def fault_armed() -> bool:
 def launch(nproc: int, argv: list[str], max_restarts: int = 0) -> int:
     """Re-run this command under torchrun with `nproc` processes on this machine; returns its exit status.
     With `max_restarts`, torchrun restarts every worker when one dies and the run resumes from its checkpoint."""
-    if shutil.which("torchrun") is None and not _has_module("torch.distributed.run"):
-        from ..errors import TrainoptError
-
-        raise TrainoptError("--nproc needs torchrun (part of PyTorch); reinstall torch")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            f"--max-restarts={max_restarts}", "-m", "trainopt", *argv]
     return subprocess.call(cmd)
-
-
-def _has_module(name: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(name) is not None
 
 
 def destroy() -> None:

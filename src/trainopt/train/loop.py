@@ -114,8 +114,7 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
         m, accum, tried = microbatch.choose(model, split, stage, loss_fn or task_loss(task, stage.label_smoothing),
                                             device, autocast_dtype, dd)
         auto_choice = {"micro_batch": m, "grad_accum": accum, "tried": tried}
-        ctx.log.log(stage.name, 0, event="auto_micro_batch", **{k: v for k, v in auto_choice.items() if k != "tried"},
-                    tried=str(tried))
+        ctx.log.log(stage.name, 0, event="auto_micro_batch", micro_batch=m, grad_accum=accum, tried=str(tried))
         console.print(f"auto micro-batch: {m} x {accum} accumulation (global batch {m * accum * dd.world}; tried "
                       f"{tried})")
         stage = stage.model_copy(update={"batch_size": m, "grad_accum": accum})
@@ -185,8 +184,10 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
             # This rank's share: every world-th micro-batch (weight 0: padding so that every rank joins the sync).
             mine = distributed.shard(dd, group, math.ceil(len(group) / dd.world))
             micro = [(split.collate(idx), w) for idx, w in mine]
-            counts = torch.tensor([sum(split.count(b)[i] for b, w in micro if w) for i in (0, 1)], dtype=torch.float64)
-            denom, tokens = (int(x) for x in distributed.all_sum(dd, counts.to(device)).tolist())
+            denom = sum(split.count(b)[0] for b, w in micro if w)
+            tokens = sum(split.count(b)[1] for b, w in micro if w)
+            if dd.enabled:  # the whole step's items and tokens, over every rank (no device sync on one process)
+                denom, tokens = distributed.sum_ints(dd, [denom, tokens], device)
 
             # 2. Forward and backward, the loss normalised over the whole accumulated batch.
             loss_total = torch.zeros((), device=device)
