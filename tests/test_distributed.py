@@ -132,3 +132,45 @@ def test_spike_recovery_agrees_across_ranks(tmp_path, tiny_bert_dir, reviews_dir
     assert t["rollbacks"] == 1 and t["lr_scale"] == 0.5 and t["world_size"] == 2
     (event,) = [r for r in read_metrics(tmp_path / "s") if r.get("event") == "rollback_spike"]
     assert event["step"] == 10 and event["to_step"] == 8
+
+
+def _lm_recipe(path, tiny_gpt_dir, book, grad_accum, **extra):
+    raw = {"name": "lm", "task": "causal_lm", "model": {"path": str(tiny_gpt_dir), "dropout": 0.0},
+           "data": {"source": str(book), "block_size": 32, "validation_fraction": 0.1, "test_fraction": 0.1},
+           "stages": [{"kind": "train", "name": "pre", "max_steps": 12, "batch_size": 4, "grad_accum": grad_accum,
+                       "optimizer": {"lr": 1e-3}, "eval_every": 5, "checkpoint_every": 4, "log_every": 1, **extra}],
+           "run": {"seed": 0, "progress": False, "deterministic": True}, "measure": {"latency": False}}
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_fsdp_matches_one_process_and_resumes_bit_identically(tmp_path, tiny_gpt_dir, austen_text):
+    """FSDP2 (fully_shard per block, sharded optimizer state) on 2 processes, with the chunked LM loss, follows one
+    process's loss curve (plain loss, same global batch); its checkpoints are gathered full state dicts, and a run
+    killed at step 6 resumes from step 4 to the same final weights bit for bit."""
+    book = tmp_path / "book.txt"
+    book.write_text(austen_text * 2)
+    one = _run([_lm_recipe(tmp_path / "one.yaml", tiny_gpt_dir, book, 2), "--out", tmp_path / "one"])
+    assert one.returncode == 0, one.stderr[-2000:]
+    fsdp = _lm_recipe(tmp_path / "fsdp.yaml", tiny_gpt_dir, book, 1, parallel="fsdp", lm_loss="chunked",
+                      lm_loss_chunk=50)
+    two = _run([fsdp, "--out", tmp_path / "two", "--nproc", "2"])
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "one") if "loss" in r}
+    b = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "two") if "loss" in r}
+    assert a.keys() == b.keys() and len(a) == 12
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=RTOL_LOSS), step
+    wa = load_file(tmp_path / "one/stages/pre/model/model.safetensors")
+    wb = load_file(tmp_path / "two/stages/pre/model/model.safetensors")
+    assert wa.keys() == wb.keys() and max((wa[k] - wb[k]).abs().max().item() for k in wa) < ATOL_WEIGHTS
+    killed = _run([fsdp, "--out", tmp_path / "k", "--nproc", "2"], {"TRAINOPT_FAULT_KILL_AT_STEP": "6"})
+    assert killed.returncode != 0
+    ckpt = load_file(tmp_path / "k/stages/pre/checkpoints/step-00000004/model.safetensors")
+    ckpt = {k.removeprefix("model."): v for k, v in ckpt.items()}  # saved through the LM-loss wrapper
+    assert all(ckpt[k].shape == wa[k].shape for k in wa)  # full tensors, not shards (+ the tied head)
+    resumed = _run([fsdp, "--out", tmp_path / "k", "--nproc", "2", "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming pre from step 4" in resumed.stderr
+    wk = load_file(tmp_path / "k/stages/pre/model/model.safetensors")
+    assert all(torch.equal(wb[k], wk[k]) for k in wb)

@@ -163,6 +163,9 @@ class TrainSettings(Strict):
     activation_checkpointing: bool = False  # recompute activations in backward: less memory, more compute
     auto_micro_batch: bool = False  # largest micro-batch that fits; grad_accum adjusted to keep the global batch
     attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"  # attention kernel (auto: as loaded)
+    lm_loss: Literal["full", "chunked", "liger"] = "full"  # causal LM head + loss without the full logits tensor
+    lm_loss_chunk: int = Field(4096, ge=16)  # positions per chunk for lm_loss: chunked
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # several processes: replicate (DDP) or shard (FSDP2) the model
 
 
 class StageBase(Strict):

@@ -71,6 +71,18 @@ def check_compat(recipe: Recipe, device: torch.device) -> None:
         if settings.metric is not None and settings.metric not in METRICS[recipe.task]:
             raise RecipeError(f"{key}.metric", f"'{settings.metric}' is not a {recipe.task} metric",
                               f"use one of {list(METRICS[recipe.task])}")
+        plain = key.count(".") == 1  # a train stage (not the training inside a prune/distill/quantize stage)
+        for name, value, default in (("lm_loss", settings.lm_loss, "full"), ("parallel", settings.parallel, "ddp")):
+            if value != default and not plain:  # those stages bring their own losses, masks and modules
+                raise RecipeError(f"{key}.{name}", f"{name}: {value} applies to train stages only",
+                                  f"remove it (or set {default}) here")
+        if settings.lm_loss != "full" and recipe.task != "causal_lm":
+            raise RecipeError(f"{key}.lm_loss", "the fused LM loss applies to causal_lm models", "set it to full")
+        if settings.lm_loss == "liger" and device.type != "cuda":
+            raise RecipeError(f"{key}.lm_loss", "liger (Triton) needs a CUDA device", "use chunked on CPU")
+        if settings.parallel == "fsdp" and settings.precision == "fp16":
+            raise RecipeError(f"{key}.precision", "fp16 (GradScaler) is not supported with parallel: fsdp",
+                              "use bf16 (or parallel: ddp)")
         if settings.label_smoothing and recipe.task != "classification":
             raise RecipeError(f"{key}.label_smoothing", "label smoothing applies to classification only",
                               "remove it or set it to 0")

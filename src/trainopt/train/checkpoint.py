@@ -57,17 +57,34 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def save_full_weights(state: dict, path) -> None:
+    """A full state dict (FSDP2's gathered one) to safetensors; tied tensors are written under each name."""
+    from safetensors.torch import save_file
+
+    seen, out = set(), {}
+    for k, v in state.items():
+        ptr = v.untyped_storage().data_ptr() if v.numel() else None
+        out[k] = v.clone().contiguous() if ptr in seen else v.contiguous()
+        seen.add(ptr)
+    save_file(out, str(path))
+
+
 def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, scaler, train_state: dict,
-                    keep: int = 2) -> Path:
+                    keep: int = 2, states: tuple[dict, dict] | None = None) -> Path:
+    """`states`: (model, optimizer) state dicts gathered from a sharded (FSDP2) model, written instead of the
+    module's own."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"{PREFIX}{step:08d}"
     tmp = ckpt_root / f".tmp-{PREFIX}{step:08d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    st_save_model(model, str(tmp / "model.safetensors"))
+    if states is not None:
+        save_full_weights(states[0], tmp / "model.safetensors")
+    else:
+        st_save_model(model, str(tmp / "model.safetensors"))
     _fault(step, "weights")
     rng = rng_state()
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+    torch.save({"optimizer": optimizer.state_dict() if states is None else states[1], "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
                 "rng_torch": rng["torch"], "rng_cuda": rng.get("cuda")}, tmp / "trainer.pt")
     py = rng["python"]
@@ -128,16 +145,25 @@ def latest_checkpoint(ckpt_root: Path) -> Path | None:
     return None
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, scaler, device) -> dict:
-    """Restore everything saved by save_checkpoint; returns the saved train state."""
-    st_load_model(model, str(path / "model.safetensors"), device=str(device))
+def load_checkpoint(path: Path, model, optimizer, scheduler, scaler, device, sharded: bool = False) -> dict:
+    """Restore everything saved by save_checkpoint; returns the saved train state. `sharded`: the model is an FSDP2
+    module (every rank reads the full state and keeps its shard)."""
+    if not sharded:
+        st_load_model(model, str(path / "model.safetensors"), device=str(device))
     try:
         trainer = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         from ..models import unsafe_pickle
 
         raise unsafe_pickle("", path / "trainer.pt", e) from None
-    optimizer.load_state_dict(trainer["optimizer"])
+    if sharded:
+        from safetensors.torch import load_file
+
+        from .distributed import load_full_state
+
+        load_full_state(model, load_file(str(path / "model.safetensors")), optimizer, trainer["optimizer"])
+    else:
+        optimizer.load_state_dict(trainer["optimizer"])
     scheduler.load_state_dict(trainer["scheduler"])
     if scaler is not None and trainer["scaler"] is not None:
         scaler.load_state_dict(trainer["scaler"])

@@ -6,7 +6,9 @@ rank runs the recipe; rank 0 alone writes the run directory (checkpoints, models
 wait for it at barriers. In training, an optimizer step takes `grad_accum × world` micro-batches of the epoch's
 batch list and rank r computes every world-th of them (DistributedDataParallel averages the gradients), so a run on
 N processes takes the same steps as one process with `grad_accum × N` — the same loss curve, up to float summation
-order (tested on CPU with gloo).
+order (tested on CPU with gloo). `parallel: fsdp` shards the model's parameters, gradients and optimizer state over
+the ranks with FSDP2 (`fully_shard`) instead of replicating them; checkpoints are gathered to full state dicts (resume
+with the same `parallel` setting), and the trained model is the same plain model as after DDP.
 """
 
 from __future__ import annotations
@@ -98,8 +100,60 @@ def wrap(d: Dist, model: torch.nn.Module, device: torch.device) -> torch.nn.Modu
 
 
 def no_sync(d: Dist, wrapped, last: bool):
-    """Skip DDP's gradient all-reduce on all but the last micro-batch of a step."""
+    """Skip the gradient all-reduce (DDP) / reduce-scatter (FSDP2) on all but the last micro-batch of a step."""
+    if hasattr(wrapped, "set_requires_gradient_sync"):  # an FSDP2 module
+        wrapped.set_requires_gradient_sync(last)
+        return nullcontext()
     return wrapped.no_sync() if d.enabled and not last else nullcontext()
+
+
+def shard_model(root: torch.nn.Module, blocks_of: torch.nn.Module, param_dtype: torch.dtype | None) -> torch.nn.Module:
+    """FSDP2 (`fully_shard`): every transformer block (the classes a Hugging Face model lists in
+    `_no_split_modules`) is its own unit, the rest (embeddings, final norm, head) goes with `root`. Parameters,
+    gradients and optimizer state are sharded over the ranks; each unit's parameters are all-gathered for its forward
+    and backward (in `param_dtype` when training in bf16; gradients reduced in fp32)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
+    names = set(getattr(blocks_of, "_no_split_modules", None) or [])
+    blocks = [m for m in blocks_of.modules() if type(m).__name__ in names]
+    if not blocks:
+        from ..errors import TrainoptError
+
+        raise TrainoptError(f"parallel: fsdp found no transformer blocks in {type(blocks_of).__name__} "
+                            "(_no_split_modules is empty); use parallel: ddp")
+    for block in blocks:
+        fully_shard(block, mp_policy=policy)
+    fully_shard(root, mp_policy=policy)
+    return root
+
+
+def is_sharded(module: torch.nn.Module) -> bool:
+    return hasattr(module, "set_requires_gradient_sync")
+
+
+def full_state(module: torch.nn.Module, optimizer=None, everywhere: bool = False) -> tuple[dict, dict | None]:
+    """Full (unsharded) model and optimizer state dicts of an FSDP2 module: a collective, every rank calls it; keys as
+    in the unsharded module (whole tensors, so a checkpoint does not depend on the number of ranks). Rank 0 gets them on the CPU (the
+    others get empty dicts), or, `everywhere`, every rank gets them on its device."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=not everywhere)
+    if optimizer is None:
+        return get_model_state_dict(module, options=options), None
+    return get_state_dict(module, optimizer, options=options)
+
+
+def load_full_state(module: torch.nn.Module, model_state: dict, optimizer=None, optim_state: dict | None = None):
+    """Load full state dicts (as full_state returns them) into an FSDP2 module and its optimizer, on every rank."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_state_dict
+
+    options = StateDictOptions(full_state_dict=True)
+    if optimizer is None:
+        set_model_state_dict(module, model_state, options=options)
+    else:
+        set_state_dict(module, optimizer, model_state_dict=model_state, optim_state_dict=optim_state,
+                       options=options)
 
 
 def sync_extra(d: Dist, module: torch.nn.Module | None) -> None:

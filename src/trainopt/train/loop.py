@@ -26,6 +26,7 @@ from ..evaluate import DEFAULT_METRIC, METRICS, classification_loss_sum, evaluat
 from ..recipe import TrainStage
 from . import checkpoint as ckpt
 from . import distributed
+from .linear_ce import LMLoss, check_supported
 from .monitor import console, progress_bar
 from .optim import build_optimizer, build_scheduler
 
@@ -104,6 +105,19 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     metric = stage.metric or DEFAULT_METRIC[task]
     mode = METRICS[task][metric]
+    fsdp = dd.enabled and stage.parallel == "fsdp"
+    fused_head = task == "causal_lm" and stage.lm_loss != "full"
+    if (fused_head or fsdp) and (loss_fn is not None or extra is not None or after_step is not None):
+        from ..errors import TrainoptError  # the runner refuses such recipes first; this guards the API
+
+        raise TrainoptError(f"stage {stage.name}: lm_loss and parallel: fsdp apply to plain training only")
+    if fused_head:
+        from ..errors import RecipeError
+
+        why = check_supported(model, stage.lm_loss, device)
+        if why:
+            raise RecipeError(f"stages.{stage.name}.lm_loss", why, "set lm_loss: full")
+        loss_fn = _fused_lm_loss
 
     auto_choice = None
     if stage.auto_micro_batch:  # before anything depends on the micro-batch size (train/microbatch.py)
@@ -111,8 +125,9 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
 
         model.to(device)
         model.train()
-        m, accum, tried = microbatch.choose(model, split, stage, loss_fn or task_loss(task, stage.label_smoothing),
-                                            device, autocast_dtype, dd)
+        probe_loss = (lambda m, b, d: _fused_lm_loss(LMLoss(m, stage.lm_loss, stage.lm_loss_chunk), b, d)) \
+            if fused_head else (loss_fn or task_loss(task, stage.label_smoothing))
+        m, accum, tried = microbatch.choose(model, split, stage, probe_loss, device, autocast_dtype, dd)
         auto_choice = {"micro_batch": m, "grad_accum": accum, "tried": tried}
         ctx.log.log(stage.name, 0, event="auto_micro_batch", micro_batch=m, grad_accum=accum, tried=str(tried))
         console.print(f"auto micro-batch: {m} x {accum} accumulation (global batch {m * accum * dd.world}; tried "
@@ -131,9 +146,19 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
     trainable = model if extra is None else torch.nn.ModuleDict({"model": model, "extra": extra})
     trainable.to(device)
     trainable.train()
-    optimizer = build_optimizer(trainable, stage.optimizer, fused=device.type == "cuda")
     accelerate(model, stage)
-    forward_model = distributed.wrap(dd, model, device)  # DDP on several ranks, the model itself on one
+    core = LMLoss(model, stage.lm_loss, stage.lm_loss_chunk) if fused_head else model
+    work = model  # the module trained, evaluated and checkpointed: the model, or its FSDP2-sharded copy
+    if fsdp:  # the unsharded model waits on the CPU and receives the trained weights at the end
+        import copy
+
+        core = copy.deepcopy(core)
+        model.to("cpu")
+        work = trainable = distributed.shard_model(core, core.model if fused_head else core, autocast_dtype)
+        forward_model = work
+    else:
+        forward_model = distributed.wrap(dd, core, device)  # DDP on several ranks, the model itself on one
+    optimizer = build_optimizer(trainable, stage.optimizer, fused=device.type == "cuda")  # after sharding
     if stage.compile:  # compiled lazily: the first step pays the compile time (`first_step_s` in the summary)
         forward_model = torch.compile(forward_model, mode=None if stage.compile_mode == "default"
                                       else stage.compile_mode)
@@ -145,7 +170,7 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
     resumed_from = None
     latest = ckpt.latest_checkpoint(ckpt_root) if ctx.resume else None
     if latest is not None:
-        state = TrainState(**ckpt.load_checkpoint(latest, trainable, optimizer, scheduler, scaler, device))
+        state = TrainState(**ckpt.load_checkpoint(latest, trainable, optimizer, scheduler, scaler, device, fsdp))
         ctx.log.truncate(stage.name, state.step)
         resumed_from = state.step
         console.print(f"[yellow]resuming {stage.name} from step {state.step} ({latest.name})[/yellow]")
@@ -215,6 +240,8 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
             if scaler is not None:
                 scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(trainable.parameters(), stage.max_grad_norm or float("inf"))
+            if hasattr(grad_norm, "full_tensor"):  # FSDP2: a sharded (DTensor) norm
+                grad_norm = grad_norm.full_tensor()
             loss_value = loss_total.item()
             finite = math.isfinite(loss_value) and bool(torch.isfinite(grad_norm))
             spike = finite and guard.is_spike(loss_value)
@@ -222,7 +249,8 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
                 target = ckpt.latest_checkpoint(ckpt_root) if guard.can_roll_back(state.rollbacks) else None
                 if target is not None:
                     state = _roll_back(target, state, trainable, optimizer, scheduler, scaler, device, stage,
-                                       ctx, loss_value, "nonfinite" if not finite else "spike", guard.threshold)
+                                       ctx, loss_value, "nonfinite" if not finite else "spike", guard.threshold,
+                                       fsdp)
                     batches = split.batches(stage.batch_size, run.seed, state.epoch, bucket=ctx.recipe.data.bucket)
                     optimizer.zero_grad(set_to_none=True)
                     update(completed=state.step)
@@ -279,15 +307,15 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
             # 5. Evaluate on the validation split: keep the best weights, stop early when it stalls.
             if data.validation is not None and (state.step % eval_every == 0 or state.step == total_steps):
                 eval_start = time.perf_counter()
-                quality = evaluate(model, data.validation, task, stage.eval_batch_size, device, autocast_dtype)
+                quality = evaluate(work, data.validation, task, stage.eval_batch_size, device, autocast_dtype)
                 value = quality[metric]
                 counts = state.step >= first_best
                 improved = counts and is_better(value, state.best_metric, mode,
                                                 stage.early_stopping.min_delta if stage.early_stopping else 0.0)
                 if improved:
                     state.best_metric, state.best_step, state.evals_without_improvement = value, state.step, 0
-                    if stage.keep_best and dd.is_main:
-                        _atomic_save_weights(trainable, best_file)
+                    if stage.keep_best:
+                        _save_weights(trainable, best_file, dd, fsdp, fused_head)
                     distributed.barrier(dd)
                 elif counts:
                     state.evals_without_improvement += 1
@@ -302,13 +330,19 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
             # 6. Checkpoint atomically (model, optimizer, scheduler, RNG, data position).
             state.train_seconds = stage_start_train_seconds + (time.perf_counter() - session_start)
             if stage.checkpoint_every and (state.step % stage.checkpoint_every == 0):
+                states = distributed.full_state(work, optimizer) if fsdp else None  # a collective
                 if dd.is_main:
                     ckpt.save_checkpoint(ckpt_root, state.step, trainable, optimizer, scheduler, scaler,
-                                         asdict(state))
+                                         asdict(state), states=states)
                 distributed.barrier(dd)
             if kill_at and state.step == kill_at:  # fault injection: SIGKILL when this process reaches the step
                 os.kill(os.getpid(), 9)
 
+    if fsdp:  # the trained weights, gathered, into the unsharded model
+        full, _ = distributed.full_state(work, everywhere=True)
+        model.load_state_dict(_unwrapped(full, fused_head))
+        model.to(device)
+        trainable = model
     if stage.activation_checkpointing and getattr(model, "is_gradient_checkpointing", False):
         model.gradient_checkpointing_disable()
     if stage.keep_best and state.best_step is not None and best_file.is_file() and state.best_step != state.step:
@@ -380,11 +414,11 @@ class SpikeGuard:
 
 
 def _roll_back(target: Path, state: TrainState, trainable, optimizer, scheduler, scaler, device, stage, ctx,
-               loss_value: float, reason: str, threshold: float | None) -> TrainState:
+               loss_value: float, reason: str, threshold: float | None, sharded: bool = False) -> TrainState:
     """Restore the checkpoint `target`, keep the data position past the bad step (the window between the checkpoint
     and the bad step is skipped, not replayed), and multiply the learning rate by `lr_factor`."""
     here = (state.epoch, state.batch_in_epoch)
-    restored = TrainState(**ckpt.load_checkpoint(target, trainable, optimizer, scheduler, scaler, device))
+    restored = TrainState(**ckpt.load_checkpoint(target, trainable, optimizer, scheduler, scaler, device, sharded))
     skipped = _batches_between(restored, here, stage, ctx)
     factor = stage.recovery.lr_factor
     scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]
@@ -415,9 +449,29 @@ def _batches_between(restored: TrainState, here: tuple[int, int], stage, ctx) ->
     return (per_epoch - batch) + per_epoch * (here[0] - epoch - 1) + here[1]
 
 
-def _atomic_save_weights(model, path: Path) -> None:
+def _fused_lm_loss(model, batch: dict, denom: int) -> torch.Tensor:
+    """The next-token loss through train/linear_ce.py's LMLoss (no full logits tensor), over the whole batch."""
+    return model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                 labels=batch["labels"]) / denom
+
+
+def _unwrapped(state: dict, fused_head: bool) -> dict:
+    """The model's own keys of a state dict taken from the LMLoss wrapper (`model.` prefix)."""
+    return {k.removeprefix("model."): v for k, v in state.items()} if fused_head else state
+
+
+def _save_weights(trainable, path: Path, dd, sharded: bool, fused_head: bool) -> None:
+    """The best weights so far, atomically: rank 0 writes them (gathered from every rank's shard under FSDP2)."""
     tmp = path.with_name(path.name + ".tmp")
-    st_save_model(model, str(tmp))
+    if sharded:
+        full, _ = distributed.full_state(trainable)  # a collective: every rank joins
+        if not dd.is_main:
+            return
+        ckpt.save_full_weights(_unwrapped(full, fused_head), tmp)
+    elif dd.is_main:
+        st_save_model(trainable, str(tmp))
+    else:
+        return
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)

@@ -1,0 +1,123 @@
+"""Linear + cross-entropy for causal-LM heads without the full logits tensor (`lm_loss: chunked | liger`).
+
+A causal LM's head multiplies every position's hidden state by the vocabulary matrix: for GPT-2 at micro-batch 16
+× 1024 tokens that is a 16k × 50k logits tensor (1.6 GB in bf16, 3.3 GB once upcast to fp32 for the loss), written,
+read back by the softmax, and kept for the backward. Here the loss is computed a chunk of positions at a time and the
+gradients of the hidden states and of the head's weight are produced in the same pass (Liger-style), so no chunk's
+logits outlive their chunk and no matmul is repeated in the backward.
+
+- `chunked`: the PyTorch implementation below (any device, CPU included). Hand-written because PyTorch has no fused
+  linear + cross-entropy; it is ~40 lines of matmuls, and its loss and gradients are tested equal to the plain ones.
+- `liger`: Liger-Kernel's Triton `LigerFusedLinearCrossEntropyLoss` (CUDA; `pip install liger-kernel`).
+
+`LMLoss` wraps a Hugging Face causal LM so that DDP/FSDP and torch.compile see one module whose forward returns the
+summed next-token loss; the model, its weights and its state dict are unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+
+DEFAULT_CHUNK = 4096  # positions per chunk: 4096 × 50k fp32 logits = 0.8 GB transient at GPT-2's vocabulary
+
+
+class _ChunkedLinearCE(torch.autograd.Function):
+    """Summed cross-entropy of (x @ weight.T + bias) against targets, chunk by chunk; gradients computed in the
+    forward (softmax − one-hot per chunk) and only scaled in the backward."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, targets, chunk: int, ignore_index: int, want_grad: bool):
+        need = ctx.needs_input_grad if want_grad else (False, False, False)
+        ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
+        grad_x = torch.empty_like(x) if need[0] else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need[1] else None
+        grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if bias is not None and need[2] \
+            else None
+        total = torch.zeros((), dtype=torch.float32, device=x.device)
+        dev = x.device.type  # matmuls in the autocast dtype when autocast is on (as the plain head would run)
+        cd = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else torch.promote_types(x.dtype,
+                                                                                                       weight.dtype)
+        for start in range(0, x.shape[0], chunk):
+            xs, ts = x[start:start + chunk], targets[start:start + chunk]
+            logits = xs @ weight.t()
+            if bias is not None:
+                logits = logits + bias
+            logits = logits.float()
+            valid = ts != ignore_index
+            safe = torch.where(valid, ts, torch.zeros_like(ts))
+            lse = torch.logsumexp(logits, dim=-1)
+            picked = logits.gather(1, safe[:, None]).squeeze(1)
+            total = total + torch.where(valid, lse - picked, torch.zeros_like(lse)).sum()
+            if grad_x is None and grad_w is None and grad_b is None:
+                continue
+            g = torch.exp(logits - lse[:, None])  # d(loss)/d(logits) = softmax − one-hot, 0 on ignored rows
+            g.scatter_add_(1, safe[:, None], -torch.ones_like(lse)[:, None])
+            g = g * valid[:, None]
+            gm = g.to(cd)
+            if grad_x is not None:
+                grad_x[start:start + chunk] = gm @ weight.to(cd)
+            if grad_w is not None:
+                grad_w += (gm.t() @ xs.to(cd)).float()
+            if grad_b is not None:
+                grad_b += g.sum(0)
+        ctx.save_for_backward(grad_x, grad_w, grad_b)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grads = tuple(None if g is None else (g * grad_out.to(g.dtype)).to(dt)
+                      for g, dt in zip(ctx.saved_tensors, ctx.dtypes))
+        return (*grads, None, None, None, None)
+
+
+def chunked_linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                                 targets: torch.Tensor, chunk: int = DEFAULT_CHUNK,
+                                 ignore_index: int = -100) -> torch.Tensor:
+    """Σ cross_entropy(x @ weight.T + bias, targets) over the rows of x (N × H) whose target ≠ ignore_index."""
+    want_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+    return _ChunkedLinearCE.apply(x, weight, bias, targets, chunk, ignore_index, want_grad)
+
+
+def liger_linear_cross_entropy(x, weight, bias, targets, ignore_index: int = -100) -> torch.Tensor:
+    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+    out = LigerFusedLinearCrossEntropyLoss(ignore_index=ignore_index, reduction="sum")(weight, x, targets, bias)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def check_supported(model, kind: str, device: torch.device) -> str | None:
+    """Why `lm_loss: kind` cannot run for this model here (None when it can)."""
+    if model.get_output_embeddings() is None:
+        return f"{type(model).__name__} has no output embedding (LM head) to fuse"
+    cfg = model.config
+    for key in ("final_logit_softcapping", "logit_scale", "output_mult"):
+        if getattr(cfg, key, None):
+            return f"the model transforms its logits ({key}), which the fused loss does not reproduce"
+    if kind == "liger":
+        if device.type != "cuda":
+            return "Liger's Triton kernel needs a CUDA device"
+        try:
+            import liger_kernel  # noqa: F401
+        except ImportError:
+            return "liger-kernel is not installed (pip install liger-kernel)"
+    return None
+
+
+class LMLoss(torch.nn.Module):
+    """forward(input_ids, attention_mask, labels) → the summed next-token loss, without full logits; without labels
+    it is the wrapped model's own forward (evaluation through the same, possibly FSDP-sharded, root module)."""
+
+    def __init__(self, model, kind: str = "chunked", chunk: int = DEFAULT_CHUNK):
+        super().__init__()
+        self.model, self.kind, self.chunk = model, kind, chunk
+
+    def forward(self, input_ids, attention_mask=None, labels=None, **kwargs):
+        if labels is None:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        out = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask)
+        hidden = out[0][:, :-1].reshape(-1, out[0].shape[-1])
+        targets = labels[:, 1:].reshape(-1)
+        head = self.model.get_output_embeddings()
+        if self.kind == "liger":
+            return liger_linear_cross_entropy(hidden, head.weight, head.bias, targets)
+        return chunked_linear_cross_entropy(hidden, head.weight, head.bias, targets, self.chunk)

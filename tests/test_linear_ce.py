@@ -1,0 +1,102 @@
+"""The chunked linear + cross-entropy (train/linear_ce.py): the same loss and gradients as the plain head + loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from trainopt.train.linear_ce import LMLoss, chunked_linear_cross_entropy
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_chunked_loss_and_gradients_equal_the_plain_ones(autocast):
+    torch.manual_seed(0)
+    x = torch.randn(300, 32, requires_grad=True)
+    w = torch.randn(101, 32, requires_grad=True)
+    b = torch.randn(101, requires_grad=True)
+    t = torch.randint(0, 101, (300,))
+    t[::7] = -100  # ignored positions (padding)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        ref = F.cross_entropy((x @ w.t() + b).float(), t, reduction="sum")
+    ref_grads = torch.autograd.grad(ref * 0.5, [x, w, b])
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = chunked_linear_cross_entropy(x, w, b, t, chunk=64)  # 5 chunks, the last one short
+    grads = torch.autograd.grad(out * 0.5, [x, w, b])
+    tol = 1e-2 if autocast else 1e-5  # bf16 partial sums are added per chunk instead of once
+    assert out.item() == pytest.approx(ref.item(), rel=1e-5)
+    for g, r in zip(grads, ref_grads):
+        assert g.dtype == r.dtype and (g - r).abs().max() <= tol * r.abs().max()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):  # evaluation
+        assert chunked_linear_cross_entropy(x, w, b, t, chunk=64).item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+def test_lm_loss_wrapper_equals_the_models_own_loss(tiny_gpt_dir):
+    from transformers import AutoModelForCausalLM
+
+    from trainopt.evaluate import lm_loss_sum
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt_dir)
+    ids = torch.randint(0, model.config.vocab_size, (3, 20))
+    mask = torch.ones_like(ids)
+    labels = ids.clone()
+    labels[0, -5:] = -100
+    ref = lm_loss_sum(model(input_ids=ids, attention_mask=mask).logits, labels)
+    ref.backward()
+    ref_grad = model.transformer.wte.weight.grad.clone()  # tied to the head: both paths of the gradient
+    model.zero_grad()
+    fused = LMLoss(model, "chunked", chunk=16)(input_ids=ids, attention_mask=mask, labels=labels)
+    fused.backward()
+    assert fused.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert torch.allclose(model.transformer.wte.weight.grad, ref_grad, atol=1e-6)
+    out = LMLoss(model)(input_ids=ids, attention_mask=mask)  # no labels: the model's own forward (evaluation)
+    assert out.logits.shape == (3, 20, model.config.vocab_size)
+
+
+def test_train_stage_with_chunked_loss_matches_the_full_loss(tmp_path, tiny_gpt_dir, austen_text):
+    from trainopt import run
+    from trainopt.train.monitor import read_metrics
+
+    book = tmp_path / "book.txt"
+    book.write_text(austen_text)
+    losses = {}
+    for kind in ("full", "chunked"):
+        raw = {"name": kind, "task": "causal_lm", "model": {"path": str(tiny_gpt_dir), "dropout": 0.0},
+               "data": {"source": str(book), "block_size": 32},
+               "stages": [{"kind": "train", "name": "pre", "max_steps": 6, "batch_size": 4, "lm_loss": kind,
+                           "lm_loss_chunk": 40, "log_every": 1, "auto_micro_batch": kind == "chunked"}],
+               "run": {"seed": 0, "progress": False}, "measure": {"latency": False}}
+        run(raw, out=tmp_path / kind)
+        losses[kind] = [r["loss"] for r in read_metrics(tmp_path / kind) if "loss" in r]
+    assert len(losses["full"]) == 6 and losses["chunked"] == pytest.approx(losses["full"], rel=1e-4)
+
+
+@pytest.mark.parametrize("stage, key", [
+    ({"lm_loss": "chunked"}, "stages.0.lm_loss"),  # a classification model
+    ({"parallel": "fsdp", "precision": "fp16"}, "stages.0.precision"),
+])
+def test_bad_acceleration_settings_name_the_key(tmp_path, tiny_bert_dir, reviews_dir, stage, key):
+    from trainopt.errors import RecipeError
+    from trainopt.runner import validate
+
+    from .conftest import classification_recipe
+
+    raw = classification_recipe(tiny_bert_dir, reviews_dir, **stage)
+    raw["run"]["device"] = "cpu"
+    with pytest.raises(RecipeError) as info:
+        validate(raw)
+    assert info.value.key == key
+
+
+def test_lm_loss_inside_a_distill_stage_is_refused(tmp_path, tiny_gpt_dir, austen_text):
+    from trainopt.errors import RecipeError
+    from trainopt.runner import validate
+
+    book = tmp_path / "book.txt"
+    book.write_text(austen_text)
+    raw = {"task": "causal_lm", "model": {"path": str(tiny_gpt_dir)}, "data": {"source": str(book)},
+           "stages": [{"kind": "distill", "student": {"num_layers": 1}, "train": {"lm_loss": "chunked"}}]}
+    with pytest.raises(RecipeError) as info:
+        validate(yaml.safe_load(yaml.safe_dump(raw)))
+    assert info.value.key == "stages.0.train.lm_loss"
