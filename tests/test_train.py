@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -93,6 +94,36 @@ def test_nonfinite_loss_step_is_skipped(tmp_path, tiny_bert_dir, reviews_dir):
     assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
     events = [r for r in read_metrics(tmp_path) if r.get("event") == "nonfinite_skipped"]
     assert len(events) == 1 and events[0]["step"] == 2
+
+
+def test_without_recovery_fused_adamw_skips_a_nonfinite_step_on_the_device(tmp_path, tiny_bert_dir, reviews_dir):
+    """async steps (recovery off, fused AdamW): no per-step loss read; the NaN step is skipped by the optimizer
+    itself (found_inf), exactly: the weights after it are those before it, and Adam's step count leaves it out."""
+    recipe, data, model, ctx = _setup(tmp_path, tiny_bert_dir, reviews_dir, max_steps=4, eval_every=None,
+                                      checkpoint_every=0, keep_best=False, log_every=2,
+                                      recovery={"enabled": False}, optimizer={"fused": True})
+    calls, snapshots, after = {"n": 0}, [], {}
+
+    def poison(module, args, output):
+        calls["n"] += 1
+        if calls["n"] == 2:  # optimizer step 2
+            snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+            output.logits = output.logits * float("nan")
+        return output
+
+    def after_step(step, total):
+        if step == 2:
+            after.update({k: v.clone() for k, v in model.state_dict().items()})
+
+    model.register_forward_hook(poison)
+    summary = train(model, data, recipe.stages[0], ctx, tmp_path / "s", after_step=after_step)
+    assert summary["skipped_nonfinite_steps"] == 1 and summary["steps"] == 4
+    assert all(torch.equal(snapshots[0][k], after[k]) for k in after)
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
+    logged = [r for r in read_metrics(tmp_path) if "loss" in r]
+    assert [r["step"] for r in logged] == [2, 4] and all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in logged)
+    (event,) = [r for r in read_metrics(tmp_path) if r.get("event") == "nonfinite_skipped"]
+    assert event["count"] == 1
 
 
 def test_early_stopping_and_best_weights(tmp_path, tiny_bert_dir, reviews_dir):

@@ -10,6 +10,7 @@ compile: compile time + one step). Written to <out>/bench.json and bench.md.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import statistics
@@ -30,13 +31,17 @@ VARIANTS = {  # name → TrainSettings overrides on top of the plain baseline
     "fused_adamw": {"optimizer.fused": True},
     "compile": {"compile": True},
     "activation_checkpointing": {"activation_checkpointing": True},
+    "async_steps": {"optimizer.fused": True, "recovery.enabled": False},
+    "chunked_ce": {"lm_loss": "chunked"},
+    "liger_ce": {"lm_loss": "liger"},
 }
 PLAIN = {"precision": "fp32", "attention": "eager", "compile": False, "activation_checkpointing": False,
-         "optimizer.fused": False}
+         "optimizer.fused": False, "lm_loss": "full", "recovery.enabled": True}
 
 
-def available(device: torch.device) -> list[str]:
-    """The variants that make sense on this device (fp16 needs CUDA's GradScaler; bf16 needs native support)."""
+def available(device: torch.device, task: str = "classification") -> list[str]:
+    """The variants that make sense on this device and task (fp16 needs CUDA's GradScaler; bf16 needs native
+    support; the fused LM losses need a causal LM, Liger a CUDA device and the liger-kernel package)."""
     from .train.loop import resolve_precision
 
     names = ["baseline"]
@@ -44,14 +49,23 @@ def available(device: torch.device) -> list[str]:
         names.append("bf16")
     if device.type == "cuda":
         names.append("fp16")
-    return names + ["sdpa", "fused_adamw", "compile", "activation_checkpointing"]
+    names += ["sdpa", "fused_adamw", "async_steps", "compile", "activation_checkpointing"]
+    if task == "causal_lm":
+        names.append("chunked_ce")
+        if device.type == "cuda" and importlib.util.find_spec("liger_kernel") is not None:
+            names.append("liger_ce")
+    return names
 
 
 def full_stack(names: list[str]) -> dict:
+    """Every speed technique together (not fp16, an alternative to bf16; not activation checkpointing, which trades
+    speed for memory; of the fused LM losses, Liger's where present, else the chunked one). It includes async_steps,
+    which turns instability recovery off (non-finite steps are still skipped)."""
     stack = {}
     for n in names:
-        if n not in ("baseline", "fp16", "activation_checkpointing"):  # ckpt trades speed for memory: not stacked
-            stack.update(VARIANTS[n])
+        if n in ("baseline", "fp16", "activation_checkpointing") or (n == "chunked_ce" and "liger_ce" in names):
+            continue
+        stack.update(VARIANTS[n])
     return stack
 
 
@@ -67,11 +81,8 @@ def _settings(stage, overrides: dict):
 def bench(recipe=None, overrides: list[str] | None = None, steps: int = 20, warmup: int = 3,
           only: list[str] | None = None, out: str | Path | None = None) -> dict:
     from .data import tokenize
-    from .models import load_model, load_tokenizer
+    from .models import load_tokenizer
     from .runner import validate
-    from .stages import RunContext
-    from .train.loop import set_determinism, train
-    from .train.monitor import MetricsLog, read_metrics
 
     recipe, device, texts = validate(recipe, overrides)
     stage = next((s for s in recipe.stages if s.kind == "train"), None)
@@ -79,11 +90,14 @@ def bench(recipe=None, overrides: list[str] | None = None, steps: int = 20, warm
         raise RecipeError("stages", "bench needs a train stage", "add a kind: train stage (or use another recipe)")
     if steps <= warmup:
         raise RecipeError("--steps", f"{steps} steps leave nothing after {warmup} warm-up steps", "use more steps")
-    names = available(device)
+    names = available(device, recipe.task)
     if only:
         unknown = [n for n in only if n not in VARIANTS and n != "full"]
         if unknown:
             raise RecipeError("--only", f"unknown technique {unknown[0]}", f"use some of {list(VARIANTS)} or full")
+        absent = [n for n in only if n in VARIANTS and n not in names]
+        if absent:
+            raise RecipeError("--only", f"{absent[0]} does not apply here", f"use some of {names} or full")
         names = ["baseline"] + [n for n in only if n != "baseline" and n != "full"]
     plan = [(n, VARIANTS[n]) for n in names]
     if not only or "full" in only:
@@ -94,35 +108,8 @@ def bench(recipe=None, overrides: list[str] | None = None, steps: int = 20, warm
         torch.set_num_threads(recipe.run.threads)
     tokenizer = load_tokenizer(recipe, texts.train)
     data = tokenize(texts, tokenizer, recipe)
-    rows = []
-    for name, over in plan:
-        settings = _settings(stage, {**over, "max_steps": steps, "eval_every": None, "checkpoint_every": 0,
-                                     "keep_best": False, "log_every": 1, "early_stopping": None})
-        run_dir = out / name
-        set_determinism(recipe.run.seed, recipe.run.deterministic)
-        model = load_model(recipe, tokenizer, data.label_names)
-        log = MetricsLog(run_dir, tensorboard=False)
-        if log.path.exists():
-            log.path.unlink()
-        ctx = RunContext(recipe=recipe, run_dir=run_dir, device=device, tokenizer=tokenizer, data=data, log=log)
-        console.rule(f"[bold]bench {name}[/bold] {over or '(plain)'}")
-        t0 = time.perf_counter()
-        try:
-            summary = train(model, data, settings, ctx, run_dir / "stage")
-        except RecipeError as e:  # e.g. an attention kernel this machine lacks: recorded, the others go on
-            rows.append({"variant": name, "settings": over, "error": e.problem})
-            continue
-        finally:
-            log.close()
-        logged = [r for r in read_metrics(run_dir) if r.get("tokens_per_s") is not None and r.get("step", 0) > warmup]
-        tps = statistics.median(r["tokens_per_s"] for r in logged) if logged else None
-        peak = measure.peak_flops(device, summary["precision"], recipe.run.peak_flops)
-        rows.append({"variant": name, "settings": over, "tokens_per_s": round(tps, 1) if tps else None,
-                     "mfu": round(tps * summary["flops_per_token"] / peak, 4) if (tps and peak) else None,
-                     "peak_mem_bytes": summary["peak_mem_bytes"], "first_step_s": summary["first_step_s"],
-                     "loss_after": logged[-1]["loss"] if logged else None, "precision": summary["precision"],
-                     "wall_s": round(time.perf_counter() - t0, 2)})
-        del model
+    rows = [run_variant(recipe, stage, data, tokenizer, device, name, over, steps, warmup, out / name)
+            for name, over in plan]
     base = rows[0]
     for r in rows:
         if r.get("tokens_per_s") and base.get("tokens_per_s"):
@@ -138,6 +125,43 @@ def bench(recipe=None, overrides: list[str] | None = None, steps: int = 20, warm
     (out / "bench.md").write_text(to_markdown(result))
     print_table(result)
     return result
+
+
+def run_variant(recipe, stage, data, tokenizer, device, name: str, over: dict, steps: int, warmup: int,
+                run_dir: Path) -> dict:
+    """Train `stage` with the plain settings + `over` for `steps` steps from the recipe's initial weights; one row."""
+    from .models import load_model
+    from .stages import RunContext
+    from .train.loop import set_determinism, train
+    from .train.monitor import MetricsLog, read_metrics
+
+    settings = _settings(stage, {**over, "max_steps": steps, "eval_every": None, "checkpoint_every": 0,
+                                 "keep_best": False, "log_every": 1, "early_stopping": None})
+    set_determinism(recipe.run.seed, recipe.run.deterministic)
+    model = load_model(recipe, tokenizer, data.label_names)
+    log = MetricsLog(run_dir, tensorboard=False)
+    if log.path.exists():
+        log.path.unlink()
+    ctx = RunContext(recipe=recipe, run_dir=run_dir, device=device, tokenizer=tokenizer, data=data, log=log)
+    console.rule(f"[bold]bench {name}[/bold] {over or '(plain)'}")
+    t0 = time.perf_counter()
+    try:
+        summary = train(model, data, settings, ctx, run_dir / "stage")
+    except RecipeError as e:  # e.g. an attention kernel this machine lacks: recorded, the others go on
+        return {"variant": name, "settings": over, "error": e.problem}
+    finally:
+        log.close()
+    logged = [r for r in read_metrics(run_dir) if r.get("tokens_per_s") is not None and r.get("step", 0) > warmup]
+    tps = statistics.median(r["tokens_per_s"] for r in logged) if logged else None
+    peak = measure.peak_flops(device, summary["precision"], recipe.run.peak_flops)
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {"variant": name, "settings": over, "tokens_per_s": round(tps, 1) if tps else None,
+            "mfu": round(tps * summary["flops_per_token"] / peak, 4) if (tps and peak) else None,
+            "peak_mem_bytes": summary["peak_mem_bytes"], "first_step_s": summary["first_step_s"],
+            "loss_after": logged[-1]["loss"] if logged else None, "precision": summary["precision"],
+            "micro_batch": settings.batch_size, "wall_s": round(time.perf_counter() - t0, 2)}
 
 
 HEAD = ["variant", "tokens/s", "speedup", "MFU", "peak mem MB", "loss after N", "Δ loss", "first step s"]

@@ -193,6 +193,24 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
     faults = {k: int(os.environ.get(f"TRAINOPT_FAULT_{k.upper()}_AT_STEP", "0")) if armed else 0
               for k in ("nan", "spike")}
     guard = SpikeGuard(stage.recovery)
+    # The host reads the loss every step to decide (non-finite? spike?), which makes the CPU wait for the GPU before
+    # it can launch the next step's kernels. Without recovery and with fused AdamW, the skip of a non-finite step is
+    # decided on the device instead and the loss is read at log time only: on a GPU the launches overlap its work.
+    lazy = not stage.recovery.enabled and scaler is None and all(g.get("fused") for g in optimizer.param_groups)
+    lazy_bad = torch.zeros((), device=device)  # non-finite steps (skipped on the GPU) since the last flush
+    lazy_loss = torch.zeros((), device=device)  # summed finite step losses since the last flush
+
+    def flush_lazy() -> float:
+        """Count the GPU-skipped steps of the window (events logged) and return the window's summed loss."""
+        nonlocal lazy_bad, lazy_loss
+        if not lazy:
+            return 0.0
+        skipped, total = int(lazy_bad.item()), lazy_loss.item()
+        if skipped:
+            state.skipped_nonfinite += skipped
+            ctx.log.log(stage.name, state.step, event="nonfinite_skipped", count=skipped)
+        lazy_bad, lazy_loss = torch.zeros_like(lazy_bad), torch.zeros_like(lazy_loss)
+        return total
     session_start = time.perf_counter()
     stage_start_train_seconds = state.train_seconds
     first_step_s = None
@@ -242,10 +260,20 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
             grad_norm = torch.nn.utils.clip_grad_norm_(trainable.parameters(), stage.max_grad_norm or float("inf"))
             if hasattr(grad_norm, "full_tensor"):  # FSDP2: a sharded (DTensor) norm
                 grad_norm = grad_norm.full_tensor()
-            loss_value = loss_total.item()
-            finite = math.isfinite(loss_value) and bool(torch.isfinite(grad_norm))
-            spike = finite and guard.is_spike(loss_value)
-            if not finite or spike:
+            if lazy:  # decided on the GPU: fused AdamW skips the update (and its step count) where found_inf ≠ 0
+                bad = (~torch.isfinite(loss_total) | ~torch.isfinite(grad_norm)).float()
+                optimizer.found_inf = bad
+                optimizer.step()
+                lazy_bad += bad
+                lazy_loss += torch.where(bad > 0, torch.zeros_like(loss_total), loss_total)
+                finite, spike, loss_value = True, False, 0.0  # nothing to decide on the host; loss read at log time
+            else:
+                loss_value = loss_total.item()
+                finite = math.isfinite(loss_value) and bool(torch.isfinite(grad_norm))
+                spike = finite and guard.is_spike(loss_value)
+            if lazy:
+                pass  # applied (or skipped) above
+            elif not finite or spike:
                 target = ckpt.latest_checkpoint(ckpt_root) if guard.can_roll_back(state.rollbacks) else None
                 if target is not None:
                     state = _roll_back(target, state, trainable, optimizer, scheduler, scaler, device, stage,
@@ -262,7 +290,9 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
                     finite = False  # not applied
             else:
                 guard.add(loss_value)
-            if finite and scaler is not None:
+            if lazy:
+                pass  # applied (or skipped) above
+            elif finite and scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()
             elif finite:
@@ -287,6 +317,7 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
 
             # 4. Log: loss, lr, tokens/s, MFU, peak memory.
             if state.step % stage.log_every == 0 or state.step == total_steps:
+                window_loss += flush_lazy()
                 measure.sync(device)
                 elapsed = time.perf_counter() - window_start - window_eval_s
                 last_tps = window_tokens / elapsed if elapsed > 0 else None
@@ -330,6 +361,7 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
             # 6. Checkpoint atomically (model, optimizer, scheduler, RNG, data position).
             state.train_seconds = stage_start_train_seconds + (time.perf_counter() - session_start)
             if stage.checkpoint_every and (state.step % stage.checkpoint_every == 0):
+                window_loss += flush_lazy()
                 states = distributed.full_state(work, optimizer) if fsdp else None  # a collective
                 if dd.is_main:
                     ckpt.save_checkpoint(ckpt_root, state.step, trainable, optimizer, scheduler, scaler,
@@ -338,6 +370,7 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
             if kill_at and state.step == kill_at:  # fault injection: SIGKILL when this process reaches the step
                 os.kill(os.getpid(), 9)
 
+    flush_lazy()
     if fsdp:  # the trained weights, gathered, into the unsharded model
         full, _ = distributed.full_state(work, everywhere=True)
         model.load_state_dict(_unwrapped(full, fused_head))

@@ -1,0 +1,202 @@
+"""The Hugging Face Trainer at its best settings vs trainopt, side by side in one process on one GPU (issue 3).
+
+Same model class, same random initialisation, same tokenised data, same micro-batch:
+- gpt2: GPT2LMHeadModel(GPT2Config()) — 124M, random init — on the Austen novels in 1024-token blocks;
+- bert: BertForSequenceClassification(BertConfig()) — BERT-base, random init — on the fine-food reviews, ≤ 128 tokens.
+
+The Trainer runs with bf16, torch_compile and adamw_torch_fused (and SDPA attention, transformers' default); its
+tokens/s is timed by a callback over the steps after the warm-up (CUDA-synchronised), with the tokens its collator
+produced. trainopt runs its train loop (`trainopt.bench.run_variant`) with the variants listed; tokens/s is the
+median of its per-step log after the same warm-up. Real (non-padding) tokens are counted on both sides. MFU uses
+trainopt's FLOP count (6·N + attention) against the device's dense bf16 peak.
+
+    python benchmarks/hf_trainer_vs_trainopt.py --case gpt2 --steps 40 --warmup 10 --out runs/vs-trainer-gpt2
+    python benchmarks/hf_trainer_vs_trainopt.py --case bert --batch 64 --out runs/vs-trainer-bert
+
+CPU smoke test (tiny model, a few steps, no compile/bf16): add `--tiny` (no timing claim).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import trainopt
+from trainopt import measure
+from trainopt.bench import run_variant
+from trainopt.data import tokenize
+from trainopt.models import load_model, load_tokenizer
+from trainopt.runner import validate
+
+BEST = {"precision": "bf16", "attention": "sdpa", "optimizer.fused": True, "compile": True}
+ASYNC = {**BEST, "recovery.enabled": False}  # no per-step host sync (non-finite steps skipped on the GPU)
+VARIANTS = {  # name → trainopt settings on top of the plain ones ("data.bucket" is the recipe's data key)
+    "same_as_trainer": BEST,
+    "async": ASYNC,
+    "async_padded": {**ASYNC, "data.bucket": False},  # classification: pad like the Trainer (no length buckets)
+    "chunked_ce": {**ASYNC, "lm_loss": "chunked"},
+    "liger_ce": {**ASYNC, "lm_loss": "liger"},
+    "liger_ce_x2_batch": {**ASYNC, "lm_loss": "liger", "batch_size": "x2"},
+    "chunked_ce_x2_batch": {**ASYNC, "lm_loss": "chunked", "batch_size": "x2"},
+    "cuda_graphs": {**ASYNC, "compile_mode": "reduce-overhead"},
+    "autotune": {**ASYNC, "compile_mode": "max-autotune-no-cudagraphs"},
+}
+
+
+def recipe_for(case: str, batch: int, tiny: bool, tokenizer: str | None = None) -> dict:
+    if case == "gpt2":
+        raw = trainopt.load_recipe("gpt2-124m").model_dump(mode="json")
+        if tiny:
+            raw["model"]["config"].update({"n_layer": 2, "n_head": 2, "n_embd": 64, "n_positions": 128})
+            raw["data"]["block_size"] = 128
+    else:
+        raw = trainopt.load_recipe("quickstart").model_dump(mode="json")
+        raw["stages"] = [next(s for s in raw["stages"] if s["kind"] == "train")]
+        tok = tokenizer or raw["model"]["path"]  # BERT's WordPiece vocabulary (MiniLM's is BERT's)
+        raw["model"] = {"config": {"model_type": "bert", **({"num_hidden_layers": 2, "hidden_size": 64,
+                                                              "num_attention_heads": 2, "intermediate_size": 128}
+                                                             if tiny else {})}, "tokenizer": tok}
+        raw["data"]["max_length"] = 128
+    stage = raw["stages"][0]
+    stage.update({"batch_size": batch, "grad_accum": 1, "optimizer": {**stage["optimizer"], "fused": None},
+                  "precision": "auto"})
+    raw["run"]["progress"] = False
+    raw["run"]["tensorboard"] = False
+    return raw
+
+
+def run_trainer(recipe, data, tokenizer, device, batch: int, steps: int, warmup: int, out: Path) -> dict:
+    """The Hugging Face Trainer: bf16 + torch_compile + adamw_torch_fused, timed after `warmup` steps."""
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    from trainopt.train.loop import set_determinism
+
+    lm = recipe.task == "causal_lm"
+    split = data.train
+    if lm:
+        rows = [{"input_ids": split.blocks[i], "labels": split.blocks[i]} for i in range(len(split))]
+    else:
+        rows = [{"input_ids": split.input_ids[i], "labels": split.labels[i]} for i in range(len(split))]
+    produced: list[int] = []  # real tokens of every batch the collator built, in order
+
+    def collate(examples):
+        if lm:
+            ids = torch.stack([e["input_ids"] for e in examples])
+            produced.append(ids.numel())
+            return {"input_ids": ids, "labels": ids}
+        width = max(len(e["input_ids"]) for e in examples)
+        ids = torch.full((len(examples), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, e in enumerate(examples):
+            ids[r, : len(e["input_ids"])] = torch.tensor(e["input_ids"])
+            mask[r, : len(e["input_ids"])] = 1
+        produced.append(int(mask.sum()))
+        return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([e["labels"] for e in examples])}
+
+    stamps: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            stamps.append(time.perf_counter())
+
+    set_determinism(recipe.run.seed, False)
+    model = load_model(recipe, tokenizer, data.label_names)
+    stage = recipe.stages[0]
+    bf16 = device.type == "cuda"
+    args = TrainingArguments(
+        output_dir=str(out / "trainer"), per_device_train_batch_size=batch, max_steps=steps,
+        learning_rate=stage.optimizer.lr, weight_decay=stage.optimizer.weight_decay, warmup_steps=min(5, steps),
+        lr_scheduler_type="cosine", bf16=bf16, torch_compile=bf16, remove_unused_columns=False, optim="adamw_torch_fused" if bf16 else "adamw_torch",
+        max_grad_norm=stage.max_grad_norm or 0.0, logging_steps=steps, save_strategy="no", report_to=[],
+        dataloader_drop_last=True, seed=recipe.run.seed, use_cpu=device.type != "cuda", disable_tqdm=True)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collate, callbacks=[Timer()])
+    t0 = time.perf_counter()
+    result = trainer.train()
+    wall = time.perf_counter() - t0
+    per_step = [b - a for a, b in zip(stamps[warmup:-1], stamps[warmup + 1:])]
+    tokens_per_batch = statistics.mean(produced) if produced else 0
+    tps = tokens_per_batch / statistics.median(per_step) if per_step else None
+    del trainer, model
+    if device.type == "cuda":
+        peak_mem = torch.cuda.max_memory_allocated()
+        torch.cuda.empty_cache()
+    else:
+        peak_mem = None
+    return {"variant": "hf_trainer", "tokens_per_s": round(tps, 1) if tps else None, "wall_s": round(wall, 2),
+            "first_step_s": round(stamps[0] - t0, 2) if stamps else None, "loss_after": result.training_loss,
+            "peak_mem_bytes": peak_mem, "micro_batch": batch,
+            "settings": {"bf16": bf16, "torch_compile": bf16, "optim": args.optim, "attention": "sdpa (default)"}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--case", choices=["gpt2", "bert"], default="gpt2")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--variants", default="same_as_trainer,async,chunked_ce,liger_ce,liger_ce_x2_batch")
+    ap.add_argument("--no-trainer", action="store_true")
+    ap.add_argument("--tokenizer", default=None, help="bert: a local folder with BERT's tokenizer (default MiniLM's)")
+    ap.add_argument("--tiny", action="store_true", help="a tiny model: a smoke test of the script, not a benchmark")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    out = Path(args.out or f"runs/vs-trainer-{args.case}")
+    out.mkdir(parents=True, exist_ok=True)
+    recipe, device, texts = validate(recipe_for(args.case, args.batch, args.tiny, args.tokenizer))
+    tokenizer = load_tokenizer(recipe, texts.train)
+    data = tokenize(texts, tokenizer, recipe)
+    model = load_model(recipe, tokenizer, data.label_names)
+    seq = data.train.blocks.shape[1] if recipe.task == "causal_lm" else 128
+    fpt = measure.flops_per_token(model, seq)
+    del model
+    peak = measure.peak_flops(device, "bf16", recipe.run.peak_flops)
+    rows = []
+    if not args.no_trainer:
+        rows.append(run_trainer(recipe, data, tokenizer, device, args.batch, args.steps, args.warmup, out))
+    stage = recipe.stages[0]
+    for name in [v for v in args.variants.split(",") if v]:
+        over = dict(VARIANTS[name])
+        if over.get("batch_size") == "x2":
+            over["batch_size"] = args.batch * 2
+        if device.type != "cuda":  # the CPU smoke test: no bf16/fused/CUDA-only kernels
+            over = {k: v for k, v in over.items() if k not in ("precision", "optimizer.fused", "compile",
+                                                               "compile_mode")}
+            if over.get("lm_loss") == "liger":
+                continue
+        bucket = over.pop("data.bucket", recipe.data.bucket)
+        rec = recipe.model_copy(update={"data": recipe.data.model_copy(update={"bucket": bucket})})
+        row = run_variant(rec, stage, data, tokenizer, device, name, over, args.steps, args.warmup, out / name)
+        rows.append({**row, "bucket": bucket})
+    ref = rows[0].get("tokens_per_s")
+    for r in rows:
+        if r.get("tokens_per_s"):
+            r["mfu"] = round(r["tokens_per_s"] * fpt / peak, 4) if peak else None
+            r["vs_trainer"] = round(r["tokens_per_s"] / ref, 3) if ref and not args.no_trainer else None
+    result = {"case": args.case, "hardware": measure.hardware_info(device), "steps": args.steps,
+              "warmup": args.warmup, "batch": args.batch, "seq": seq, "flops_per_token": fpt, "rows": rows}
+    (out / "result.json").write_text(json.dumps(result, indent=1, default=str))
+    print(f"\n{args.case} on {result['hardware'].get('name')}, micro-batch {args.batch}, seq {seq}, "
+          f"{args.steps} steps ({args.warmup} warm-up)")
+    print("| run | micro-batch | tokens/s | vs Trainer | MFU | peak mem GB | loss | first step s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if r.get("error"):
+            print(f"| {r['variant']} | error: {r['error'][:80]} |")
+            continue
+        mem = f"{r['peak_mem_bytes'] / 1e9:.1f}" if r.get("peak_mem_bytes") else "—"
+        print(f"| {r['variant']} | {r.get('micro_batch')} | {r['tokens_per_s'] or 0:,.0f} | "
+              f"{r.get('vs_trainer') or '—'} | {(r.get('mfu') or 0):.1%} | {mem} | {r.get('loss_after')} | "
+              f"{r.get('first_step_s')} |")
+
+
+if __name__ == "__main__":
+    main()
