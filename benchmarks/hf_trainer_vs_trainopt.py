@@ -43,6 +43,7 @@ VARIANTS = {  # name → trainopt settings on top of the plain ones ("data.bucke
     "liger_ce": {**ASYNC, "lm_loss": "liger"},
     "liger_ce_x2_batch": {**ASYNC, "lm_loss": "liger", "batch_size": "x2"},
     "chunked_ce_x2_batch": {**ASYNC, "lm_loss": "chunked", "batch_size": "x2"},
+    "chunked_ce_x4_batch": {**ASYNC, "lm_loss": "chunked", "batch_size": "x4"},
     "cuda_graphs": {**ASYNC, "compile_mode": "reduce-overhead"},
     "autotune": {**ASYNC, "compile_mode": "max-autotune-no-cudagraphs"},
 }
@@ -165,8 +166,8 @@ def main() -> None:
     stage = recipe.stages[0]
     for name in [v for v in args.variants.split(",") if v]:
         over = dict(VARIANTS[name])
-        if over.get("batch_size") == "x2":
-            over["batch_size"] = args.batch * 2
+        if str(over.get("batch_size", "")).startswith("x"):
+            over["batch_size"] = args.batch * int(over["batch_size"][1:])
         if device.type != "cuda":  # the CPU smoke test: no bf16/fused/CUDA-only kernels
             over = {k: v for k, v in over.items() if k not in ("precision", "optimizer.fused", "compile",
                                                                "compile_mode")}

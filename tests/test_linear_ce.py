@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from trainopt.train.linear_ce import LMLoss, chunked_linear_cross_entropy
+from trainopt.train.linear_ce import chunked_linear_cross_entropy
+from trainopt.train.loss import TrainLoss
 
 
 @pytest.mark.parametrize("autocast", [False, True])
@@ -32,7 +33,7 @@ def test_chunked_loss_and_gradients_equal_the_plain_ones(autocast):
         assert chunked_linear_cross_entropy(x, w, b, t, chunk=64).item() == pytest.approx(ref.item(), rel=1e-5)
 
 
-def test_lm_loss_wrapper_equals_the_models_own_loss(tiny_gpt_dir):
+def test_train_loss_module_equals_the_plain_loss(tiny_gpt_dir):
     from transformers import AutoModelForCausalLM
 
     from trainopt.evaluate import lm_loss_sum
@@ -46,11 +47,13 @@ def test_lm_loss_wrapper_equals_the_models_own_loss(tiny_gpt_dir):
     ref.backward()
     ref_grad = model.transformer.wte.weight.grad.clone()  # tied to the head: both paths of the gradient
     model.zero_grad()
-    fused = LMLoss(model, "chunked", chunk=16)(input_ids=ids, attention_mask=mask, labels=labels)
+    fused = TrainLoss(model, "causal_lm", lm_loss="chunked", chunk=16)(input_ids=ids, attention_mask=mask, labels=labels)
     fused.backward()
     assert fused.item() == pytest.approx(ref.item(), rel=1e-5)
     assert torch.allclose(model.transformer.wte.weight.grad, ref_grad, atol=1e-6)
-    out = LMLoss(model)(input_ids=ids, attention_mask=mask)  # no labels: the model's own forward (evaluation)
+    full = TrainLoss(model, "causal_lm")(input_ids=ids, attention_mask=mask, labels=labels)  # the logits' loss
+    assert full.item() == pytest.approx(ref.item(), rel=1e-6)
+    out = TrainLoss(model, "causal_lm")(input_ids=ids, attention_mask=mask)  # no labels: the model's own forward (evaluation)
     assert out.logits.shape == (3, 20, model.config.vocab_size)
 
 

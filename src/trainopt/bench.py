@@ -149,6 +149,9 @@ def run_variant(recipe, stage, data, tokenizer, device, name: str, over: dict, s
         summary = train(model, data, settings, ctx, run_dir / "stage")
     except RecipeError as e:  # e.g. an attention kernel this machine lacks: recorded, the others go on
         return {"variant": name, "settings": over, "error": e.problem}
+    except Exception as e:  # noqa: BLE001 — a technique that fails here (a kernel, a compiler error) is a result too
+        console.print(f"[red]{name} failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}[/red]")
+        return {"variant": name, "settings": over, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
     finally:
         log.close()
     logged = [r for r in read_metrics(run_dir) if r.get("tokens_per_s") is not None and r.get("step", 0) > warmup]

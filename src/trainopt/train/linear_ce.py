@@ -10,8 +10,7 @@ logits outlive their chunk and no matmul is repeated in the backward.
   linear + cross-entropy; it is ~40 lines of matmuls, and its loss and gradients are tested equal to the plain ones.
 - `liger`: Liger-Kernel's Triton `LigerFusedLinearCrossEntropyLoss` (CUDA; `pip install liger-kernel`).
 
-`LMLoss` wraps a Hugging Face causal LM so that DDP/FSDP and torch.compile see one module whose forward returns the
-summed next-token loss; the model, its weights and its state dict are unchanged.
+train/loss.py's `TrainLoss` calls these in place of the model's head when a stage sets `lm_loss`.
 """
 
 from __future__ import annotations
@@ -78,6 +77,7 @@ def chunked_linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, bias: to
     return _ChunkedLinearCE.apply(x, weight, bias, targets, chunk, ignore_index, want_grad)
 
 
+@torch.compiler.disable  # Liger's Triton kernels run as they are; dynamo cannot trace their addmm(out_dtype=…) calls
 def liger_linear_cross_entropy(x, weight, bias, targets, ignore_index: int = -100) -> torch.Tensor:
     from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
@@ -101,23 +101,3 @@ def check_supported(model, kind: str, device: torch.device) -> str | None:
         except ImportError:
             return "liger-kernel is not installed (pip install liger-kernel)"
     return None
-
-
-class LMLoss(torch.nn.Module):
-    """forward(input_ids, attention_mask, labels) → the summed next-token loss, without full logits; without labels
-    it is the wrapped model's own forward (evaluation through the same, possibly FSDP-sharded, root module)."""
-
-    def __init__(self, model, kind: str = "chunked", chunk: int = DEFAULT_CHUNK):
-        super().__init__()
-        self.model, self.kind, self.chunk = model, kind, chunk
-
-    def forward(self, input_ids, attention_mask=None, labels=None, **kwargs):
-        if labels is None:
-            return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        out = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask)
-        hidden = out[0][:, :-1].reshape(-1, out[0].shape[-1])
-        targets = labels[:, 1:].reshape(-1)
-        head = self.model.get_output_embeddings()
-        if self.kind == "liger":
-            return liger_linear_cross_entropy(hidden, head.weight, head.bias, targets)
-        return chunked_linear_cross_entropy(hidden, head.weight, head.bias, targets, self.chunk)

@@ -26,7 +26,8 @@ from ..evaluate import DEFAULT_METRIC, METRICS, classification_loss_sum, evaluat
 from ..recipe import TrainStage
 from . import checkpoint as ckpt
 from . import distributed
-from .linear_ce import LMLoss, check_supported
+from .linear_ce import check_supported
+from .loss import TrainLoss, module_loss, unwrapped
 from .monitor import console, progress_bar
 from .optim import build_optimizer, build_scheduler
 
@@ -107,6 +108,7 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
     mode = METRICS[task][metric]
     fsdp = dd.enabled and stage.parallel == "fsdp"
     fused_head = task == "causal_lm" and stage.lm_loss != "full"
+    as_module = loss_fn is None  # the task's loss, computed inside a TrainLoss module (compiled with the model)
     if (fused_head or fsdp) and (loss_fn is not None or extra is not None or after_step is not None):
         from ..errors import TrainoptError  # the runner refuses such recipes first; this guards the API
 
@@ -117,7 +119,9 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
         why = check_supported(model, stage.lm_loss, device)
         if why:
             raise RecipeError(f"stages.{stage.name}.lm_loss", why, "set lm_loss: full")
-        loss_fn = _fused_lm_loss
+
+    def wrap_loss(m):
+        return TrainLoss(m, task, stage.label_smoothing, stage.lm_loss, stage.lm_loss_chunk)
 
     auto_choice = None
     if stage.auto_micro_batch:  # before anything depends on the micro-batch size (train/microbatch.py)
@@ -125,8 +129,7 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
 
         model.to(device)
         model.train()
-        probe_loss = (lambda m, b, d: _fused_lm_loss(LMLoss(m, stage.lm_loss, stage.lm_loss_chunk), b, d)) \
-            if fused_head else (loss_fn or task_loss(task, stage.label_smoothing))
+        probe_loss = (lambda m, b, d: module_loss(wrap_loss(m), b, d)) if as_module else loss_fn
         m, accum, tried = microbatch.choose(model, split, stage, probe_loss, device, autocast_dtype, dd)
         auto_choice = {"micro_batch": m, "grad_accum": accum, "tried": tried}
         ctx.log.log(stage.name, 0, event="auto_micro_batch", micro_batch=m, grad_accum=accum, tried=str(tried))
@@ -142,19 +145,19 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
     seq_len = split.blocks.shape[1] if task == "causal_lm" else None
 
     stage_dir.mkdir(parents=True, exist_ok=True)
-    loss_fn = loss_fn or task_loss(task, stage.label_smoothing)
+    loss_fn = module_loss if as_module else loss_fn
     trainable = model if extra is None else torch.nn.ModuleDict({"model": model, "extra": extra})
     trainable.to(device)
     trainable.train()
     accelerate(model, stage)
-    core = LMLoss(model, stage.lm_loss, stage.lm_loss_chunk) if fused_head else model
+    core = wrap_loss(model) if as_module else model
     work = model  # the module trained, evaluated and checkpointed: the model, or its FSDP2-sharded copy
     if fsdp:  # the unsharded model waits on the CPU and receives the trained weights at the end
         import copy
 
         core = copy.deepcopy(core)
         model.to("cpu")
-        work = trainable = distributed.shard_model(core, core.model if fused_head else core, autocast_dtype)
+        work = trainable = distributed.shard_model(core, core.model if as_module else core, autocast_dtype)
         forward_model = work
     else:
         forward_model = distributed.wrap(dd, core, device)  # DDP on several ranks, the model itself on one
@@ -346,7 +349,7 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
                 if improved:
                     state.best_metric, state.best_step, state.evals_without_improvement = value, state.step, 0
                     if stage.keep_best:
-                        _save_weights(trainable, best_file, dd, fsdp, fused_head)
+                        _save_weights(trainable, best_file, dd, fsdp)
                     distributed.barrier(dd)
                 elif counts:
                     state.evals_without_improvement += 1
@@ -373,7 +376,7 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
     flush_lazy()
     if fsdp:  # the trained weights, gathered, into the unsharded model
         full, _ = distributed.full_state(work, everywhere=True)
-        model.load_state_dict(_unwrapped(full, fused_head))
+        model.load_state_dict(unwrapped(full))
         model.to(device)
         trainable = model
     if stage.activation_checkpointing and getattr(model, "is_gradient_checkpointing", False):
@@ -482,25 +485,14 @@ def _batches_between(restored: TrainState, here: tuple[int, int], stage, ctx) ->
     return (per_epoch - batch) + per_epoch * (here[0] - epoch - 1) + here[1]
 
 
-def _fused_lm_loss(model, batch: dict, denom: int) -> torch.Tensor:
-    """The next-token loss through train/linear_ce.py's LMLoss (no full logits tensor), over the whole batch."""
-    return model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                 labels=batch["labels"]) / denom
-
-
-def _unwrapped(state: dict, fused_head: bool) -> dict:
-    """The model's own keys of a state dict taken from the LMLoss wrapper (`model.` prefix)."""
-    return {k.removeprefix("model."): v for k, v in state.items()} if fused_head else state
-
-
-def _save_weights(trainable, path: Path, dd, sharded: bool, fused_head: bool) -> None:
+def _save_weights(trainable, path: Path, dd, sharded: bool) -> None:
     """The best weights so far, atomically: rank 0 writes them (gathered from every rank's shard under FSDP2)."""
     tmp = path.with_name(path.name + ".tmp")
     if sharded:
         full, _ = distributed.full_state(trainable)  # a collective: every rank joins
         if not dd.is_main:
             return
-        ckpt.save_full_weights(_unwrapped(full, fused_head), tmp)
+        ckpt.save_full_weights(unwrapped(full), tmp)
     elif dd.is_main:
         st_save_model(trainable, str(tmp))
     else:

@@ -1,0 +1,52 @@
+"""The training loss as a module: the model and its loss in one forward.
+
+`TrainLoss(model)(input_ids, attention_mask, labels)` returns the summed loss of the batch (cross-entropy on the
+labels, or on the next token for a causal LM). Training wraps the model in it so that torch.compile compiles the
+loss into the same graph as the model (the logits' upcast and softmax fuse with the head instead of running eagerly
+on a materialised logits tensor), and DDP/FSDP wrap one module. With `lm_loss: chunked | liger` a causal LM's head
+and loss run through train/linear_ce.py without the full logits tensor. Without labels it is the model's own forward
+(evaluation through the same, possibly FSDP-sharded, root module). The model, its weights and its state dict are
+unchanged (its keys carry a `model.` prefix only inside the wrapper).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..evaluate import classification_loss_sum, lm_loss_sum
+from .linear_ce import DEFAULT_CHUNK, chunked_linear_cross_entropy, liger_linear_cross_entropy
+
+
+class TrainLoss(torch.nn.Module):
+    def __init__(self, model, task: str, label_smoothing: float = 0.0, lm_loss: str = "full",
+                 chunk: int = DEFAULT_CHUNK):
+        super().__init__()
+        self.model, self.task, self.label_smoothing, self.lm_loss, self.chunk = model, task, label_smoothing, \
+            lm_loss, chunk
+
+    def forward(self, input_ids, attention_mask=None, labels=None, **kwargs):
+        if labels is None:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        if self.task == "classification":
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
+            return classification_loss_sum(logits, labels, self.label_smoothing)
+        if self.lm_loss == "full":
+            return lm_loss_sum(self.model(input_ids=input_ids, attention_mask=attention_mask).logits, labels)
+        out = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask)
+        hidden = out[0][:, :-1].reshape(-1, out[0].shape[-1])
+        targets = labels[:, 1:].reshape(-1)
+        head = self.model.get_output_embeddings()
+        if self.lm_loss == "liger":
+            return liger_linear_cross_entropy(hidden, head.weight, head.bias, targets)
+        return chunked_linear_cross_entropy(hidden, head.weight, head.bias, targets, self.chunk)
+
+
+def module_loss(wrapped, batch: dict, denom: int) -> torch.Tensor:
+    """The loss_fn of the training loop for a (compiled / DDP-wrapped) TrainLoss: summed loss / denom."""
+    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids", "labels")}
+    return wrapped(**inputs) / denom
+
+
+def unwrapped(state: dict) -> dict:
+    """The model's own keys of a state dict taken from a TrainLoss (drop the `model.` prefix)."""
+    return {k.removeprefix("model."): v for k, v in state.items()}
