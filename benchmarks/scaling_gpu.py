@@ -25,15 +25,17 @@ def run(name: str, out: Path, nproc: int, accum: int, parallel: str, args) -> di
             "stages.pretrain.checkpoint_every": 0, "stages.pretrain.log_every": 1,
             "stages.pretrain.eval_every": args.steps, "stages.pretrain.recovery.enabled": "false",
             "stages.pretrain.lm_loss": args.lm_loss, "measure.latency": "false", "run.progress": "false",
-            "run.tensorboard": "false"}
+            "run.tensorboard": "false", **({"stages.pretrain.compile": "false"} if args.no_compile else {})}
     cmd = [sys.executable, "-m", "trainopt", "run", "gpt2-124m", "--out", str(out / name), "--overwrite"]
     for k, v in sets.items():
         cmd += ["--set", f"{k}={v}"]
     if nproc > 1:
         cmd += ["--nproc", str(nproc)]
     p = subprocess.run(cmd, capture_output=True, text=True)
+    (out / f"{name}.stderr.txt").write_text(p.stderr)
     if p.returncode != 0:
-        return {"name": name, "error": p.stderr[-1500:]}
+        lines = [line for line in p.stderr.splitlines() if "Error" in line or "error" in line]
+        return {"name": name, "error": " / ".join(lines[:6])[:1500]}
     rows = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if r.get("stage") == "pretrain" and "loss" in r]
     timed = [r["tokens_per_s"] for r in steps if r["step"] > args.warmup and r.get("tokens_per_s")]
@@ -54,6 +56,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lm-loss", default="full", choices=["full", "chunked", "liger"])
     ap.add_argument("--only", default="one,one_accum,ddp,fsdp")
+    ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--out", default="runs/scaling")
     args = ap.parse_args()
     out = Path(args.out)

@@ -19,10 +19,13 @@ from .linear_ce import DEFAULT_CHUNK, chunked_linear_cross_entropy, liger_linear
 
 class TrainLoss(torch.nn.Module):
     def __init__(self, model, task: str, label_smoothing: float = 0.0, lm_loss: str = "full",
-                 chunk: int = DEFAULT_CHUNK):
+                 chunk: int = DEFAULT_CHUNK, opaque_head: bool = False):
         super().__init__()
         self.model, self.task, self.label_smoothing, self.lm_loss, self.chunk = model, task, label_smoothing, \
             lm_loss, chunk
+        # Under DDP + torch.compile, the chunked head runs outside dynamo: on torch 2.11 + CUDA, inductor failed on
+        # the graph that DDP's graph splitting cut around it ("'int' object has no attribute 'meta'").
+        self.opaque_head = opaque_head
 
     def forward(self, input_ids, attention_mask=None, labels=None, **kwargs):
         if labels is None:
@@ -38,7 +41,11 @@ class TrainLoss(torch.nn.Module):
         head = self.model.get_output_embeddings()
         if self.lm_loss == "liger":
             return liger_linear_cross_entropy(hidden, head.weight, head.bias, targets)
-        return chunked_linear_cross_entropy(hidden, head.weight, head.bias, targets, self.chunk)
+        fn = _opaque_chunked if self.opaque_head else chunked_linear_cross_entropy
+        return fn(hidden, head.weight, head.bias, targets, self.chunk)
+
+
+_opaque_chunked = torch.compiler.disable(chunked_linear_cross_entropy)
 
 
 def module_loss(wrapped, batch: dict, denom: int) -> torch.Tensor:
