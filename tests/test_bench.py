@@ -32,6 +32,21 @@ def test_bench_measures_each_technique_against_the_baseline(tmp_path, tiny_bert_
     assert "| baseline |" in (tmp_path / "b" / "bench.md").read_text()
 
 
+def test_bench_of_a_causal_lm_has_the_fused_head_and_async_steps(tmp_path, tiny_gpt_dir, austen_text):
+    book = tmp_path / "book.txt"
+    book.write_text(austen_text)
+    r = {"name": "lm", "task": "causal_lm", "model": {"path": str(tiny_gpt_dir), "dropout": 0.0},
+         "data": {"source": str(book), "block_size": 32}, "stages": [{"kind": "train", "batch_size": 4}],
+         "run": {"seed": 0, "progress": False}}
+    result = bench(r, steps=6, warmup=2, only=["chunked_ce", "async_steps", "full"], out=tmp_path / "b")
+    rows = {x["variant"]: x for x in result["variants"]}
+    assert list(rows) == ["baseline", "chunked_ce", "async_steps", "full"]
+    assert abs(rows["chunked_ce"]["loss_delta"]) < 1e-3  # the same loss without the logits tensor
+    assert rows["full"]["settings"] == {"lm_loss": "chunked", "optimizer.fused": True, "recovery.enabled": False}
+    with pytest.raises(Exception, match="liger_ce does not apply here"):
+        bench(r, steps=6, warmup=2, only=["liger_ce"], out=tmp_path / "c")  # CUDA only
+
+
 def test_compile_switch_trains_and_reports_first_step_time(tmp_path, tiny_bert_dir, reviews_dir):
     from torch._dynamo.utils import counters
 
