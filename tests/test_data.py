@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from trainopt.data import ClassificationSplit, LMSplit, load_texts, tokenize
+from trainopt.data import ClassificationSplit, load_texts, tokenize
 from trainopt.errors import DataError, RecipeError
 from trainopt.recipe import load_recipe
 
@@ -138,7 +138,7 @@ def test_txt_documents_and_lm_packing(tmp_path, tiny_gpt_dir, austen_text):
     bundle = tokenize(texts, AutoTokenizer.from_pretrained(tiny_gpt_dir), recipe)
     assert bundle.train.blocks.shape[1] == 32 and len(bundle.validation) > 0 and len(bundle.test) > 0
     b = bundle.train.collate([0, 1])
-    assert b["input_ids"].shape == (2, 32) and LMSplit.count(b) == (62, 64)
+    assert b["input_ids"].shape == (2, 32) and bundle.train.count([0, 1]) == (62, 64)
 
 
 def test_bucketed_batches_are_a_deterministic_partition():
@@ -154,6 +154,7 @@ def test_bucketed_batches_are_a_deterministic_partition():
     assert pad(a) < 0.8 * pad(split.batches(16, seed=3, epoch=2, bucket=False))
     batch = split.collate(a[0])
     assert batch["attention_mask"].sum() == sum(lengths[i] for i in a[0])
+    assert split.count(a[0]) == (len(a[0]), int(batch["attention_mask"].sum()))  # counted without collating
 
 
 def test_builtin_fine_foods():

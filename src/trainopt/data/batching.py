@@ -63,10 +63,9 @@ class ClassificationSplit:
                 "labels": torch.tensor([self.labels[i] for i in idx], dtype=torch.long),
                 "index": torch.tensor(idx, dtype=torch.long)}
 
-    @staticmethod
-    def count(batch: dict) -> tuple[int, int]:
-        """(items, real tokens) in a batch; the loss is normalised over items."""
-        return batch["input_ids"].shape[0], int(batch["attention_mask"].sum())
+    def count(self, idx: list[int]) -> tuple[int, int]:
+        """(items, real tokens) of the batch of examples `idx`; the loss is normalised over items."""
+        return len(idx), sum(len(self.input_ids[i]) for i in idx)
 
 
 class LMSplit:
@@ -99,8 +98,8 @@ class LMSplit:
         x = self.blocks[idx]
         return {"input_ids": x, "labels": x, "index": torch.tensor(idx, dtype=torch.long)}
 
-    @staticmethod
-    def count(batch: dict) -> tuple[int, int]:
-        """(predicted tokens, tokens): the loss is normalised over predicted tokens (block_size - 1 per row)."""
-        b, t = batch["input_ids"].shape
-        return b * (t - 1), b * t
+    def count(self, idx: list[int]) -> tuple[int, int]:
+        """(predicted tokens, tokens) of the blocks `idx`: the loss is normalised over predicted tokens
+        (block_size - 1 per row)."""
+        t = self.blocks.shape[1]
+        return len(idx) * (t - 1), len(idx) * t

@@ -75,12 +75,6 @@ def all_sum(d: Dist, t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def sum_ints(d: Dist, values: list[int], device: torch.device) -> list[int]:
-    """Integer counts summed over every rank."""
-    t = all_sum(d, torch.tensor(values, dtype=torch.float64, device=device))
-    return [int(x) for x in t.tolist()]
-
-
 def broadcast_object(d: Dist, obj):
     """Rank 0's object on every rank."""
     if not d.enabled:

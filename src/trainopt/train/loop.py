@@ -231,10 +231,10 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
             # This rank's share: every world-th micro-batch (weight 0: padding so that every rank joins the sync).
             mine = distributed.shard(dd, group, math.ceil(len(group) / dd.world))
             micro = [(split.collate(idx), w) for idx, w in mine]
-            denom = sum(split.count(b)[0] for b, w in micro if w)
-            tokens = sum(split.count(b)[1] for b, w in micro if w)
-            if dd.enabled:  # the whole step's items and tokens, over every rank (no device sync on one process)
-                denom, tokens = distributed.sum_ints(dd, [denom, tokens], device)
+            # The whole step's items and tokens over every rank, counted from the group every rank holds (no
+            # collective, no device sync).
+            denom = sum(split.count(idx)[0] for idx in group)
+            tokens = sum(split.count(idx)[1] for idx in group)
 
             # 2. Forward and backward, the loss normalised over the whole accumulated batch.
             loss_total = torch.zeros((), device=device)
