@@ -164,3 +164,39 @@ def test_smoothing_refuses_other_architectures(tiny_bert_dir):
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir)
     with pytest.raises(RecipeError, match="Llama-family"):
         smooth(model, [], 0.5)
+
+
+def test_weight_only_int8_through_torchao_saves_and_reloads_exactly(tmp_path, tiny_bert_dir, reviews_dir):
+    """torchao weight-only int8 (Linears per channel, the vocabulary embedding per row): the run reports it, the saved
+    folder is smaller and reloads to the same logits, bit for bit, as a fresh quantization of the same weights."""
+    pytest.importorskip("torchao")
+    import trainopt
+    from trainopt.compress import weight_only
+
+    raw = classification_recipe(tiny_bert_dir, reviews_dir, max_steps=4, eval_every=None)
+    raw["stages"].append({"kind": "quantize", "name": "wo8", "method": "weight_only_int8"})
+    raw["run"]["device"] = "cpu"
+    report = trainopt.run(raw, out=tmp_path / "run")
+    fl, q = report["stages"]
+    info = q["quantization"]
+    assert info["format"] == "torchao" and info["embedding_modules"] == ["bert.embeddings.word_embeddings"]
+    assert info["linear_modules"] == 2 * 6 + 2  # 6 per layer + pooler + classifier
+    assert q["size"]["disk_bytes"] < 0.5 * fl["size"]["disk_bytes"] and q["effect"] in ("smaller", "accelerated")
+    assert abs(q["quality"]["accuracy"] - fl["quality"]["accuracy"]) <= 0.05
+    model, tok, meta = load_saved(tmp_path / "run" / q["checkpoint"])
+    assert weight_only.is_quantized(model) and meta["quantization"]["method"] == "weight_only_int8"
+    ids = tok(["great tasty coffee", "stale and bitter"], return_tensors="pt", padding=True)
+    fresh, _, _ = load_saved(tmp_path / "run" / fl["checkpoint"])
+    weight_only.apply(fresh, "weight_only_int8", 128, True, [], torch.device("cpu"))
+    with torch.no_grad():
+        assert torch.equal(fresh(**ids).logits, model(**ids).logits)  # the saved integers are the quantized ones
+
+
+def test_weight_only_methods_refuse_dynamic_only_options():
+    from trainopt.errors import RecipeError
+    from trainopt.recipe import load_recipe
+
+    with pytest.raises(RecipeError) as info:
+        load_recipe({"model": {"path": "x"}, "data": {"source": "y"},
+                     "stages": [{"kind": "quantize", "method": "weight_only_int8", "qat": {"max_steps": 2}}]})
+    assert "stages.0" in info.value.key

@@ -163,6 +163,7 @@ def save_model(model, tokenizer, out_dir: Path, meta: dict) -> Path:
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    from .compress import weight_only
     from .compress.blocks import detect_structure
     from .compress.quantize import export_tensors, is_quantized
 
@@ -170,7 +171,10 @@ def save_model(model, tokenizer, out_dir: Path, meta: dict) -> Path:
     meta = {k: v for k, v in meta.items() if k != "structure"}
     if structure is not None:  # pruned shapes the config cannot express: trainopt's loader restores them
         meta["structure"] = structure
-    if is_quantized(model):  # integer weights + scales; see compress/quantize.py for the format
+    if weight_only.is_quantized(model):  # torchao tensors; see compress/weight_only.py for the format
+        model.config.save_pretrained(tmp)
+        weight_only.save(model, tmp / "model.safetensors")
+    elif is_quantized(model):  # integer weights + scales; see compress/quantize.py for the format
         from safetensors.torch import save_file
 
         tensors, info = export_tensors(model)
@@ -226,11 +230,16 @@ def load_saved(model_dir: Path, task: str | None = None):
         model = _auto_class(task).from_config(config)
         if meta.get("structure"):
             apply_structure(model, meta["structure"])
-        tensors = load_file(str(model_dir / "model.safetensors"))
-        if meta.get("quantization"):
-            import_tensors(model, tensors, meta["quantization"])
+        weights = model_dir / "model.safetensors"
+        if meta.get("quantization", {}).get("format") == "torchao":  # weight-only int8/int4 (int4: CUDA)
+            from .compress import weight_only
+
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            model = weight_only.load(model, weights, meta["quantization"], device)
+        elif meta.get("quantization"):
+            import_tensors(model, load_file(str(weights)), meta["quantization"])
         else:
-            _load_plain(model, tensors)
+            _load_plain(model, load_file(str(weights)))
     else:
         try:
             model = _auto_class(task).from_pretrained(str(model_dir), dtype=torch.float32)
@@ -260,9 +269,10 @@ def _load_plain(model, tensors: dict) -> None:
 def count_params(model) -> tuple[int, int]:
     """(parameters, non-zero parameters), counting tied weights once and quantized weights as parameters."""
     from .compress.quantize import quantized_weights
+    from .compress.weight_only import dequantized
 
     seen, total, nonzero = set(), 0, 0
-    tensors = [p.detach() for p in model.parameters()] + quantized_weights(model)
+    tensors = [dequantized(p.detach()) for p in model.parameters()] + quantized_weights(model)
     for t in tensors:
         if t.data_ptr() in seen:
             continue

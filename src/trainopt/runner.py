@@ -44,7 +44,7 @@ def check_compat(recipe: Recipe, device: torch.device) -> None:
         elif stage.kind == "quantize":
             from .compress.quantize import check_supported
 
-            check_supported(stage, i)
+            check_supported(stage, i, device)
             if stage.qat is not None:
                 trainings.append((f"stages.{i}.qat", stage.qat))
         elif stage.kind == "distill":

@@ -37,10 +37,11 @@ MIN_EMBEDDING_ROWS = 1000  # quantize vocabulary embeddings, not position/type t
 ACT_QMAX = 127  # activation range of the x86 dynamic int8 Linear (reduce_range=True)
 
 
-def check_supported(stage: QuantizeStage, index: int) -> None:
+def check_supported(stage: QuantizeStage, index: int, device: torch.device) -> None:
     if stage.method != "dynamic_int8":
-        raise RecipeError(f"stages.{index}.method", f"{stage.method} runs on CUDA through torchao, which this "
-                          "build of trainopt does not provide yet", "use method: dynamic_int8 (CPU inference)")
+        from .weight_only import check
+
+        check(stage, index, device)
 
 
 def plan(model: torch.nn.Module, stage_embeddings: bool, skip: list[str]) -> dict[str, list[str]]:
@@ -198,6 +199,15 @@ def quantize_stage(model, data, stage: QuantizeStage, ctx: RunContext, stage_dir
     import time
 
     start = time.perf_counter()
+    if stage.method != "dynamic_int8":  # torchao weight-only (compress/weight_only.py), on the run's device
+        from . import weight_only
+
+        info = weight_only.apply(model, stage.method, stage.group_size, stage.embeddings, stage.skip, ctx.device)
+        return model, {"effect": "compressed", "measure_device": ctx.device.type, "quantization": {
+            **info, "weights": f"{stage.method[12:]} weight-only (torchao)", "activations": "floating point",
+            "weight_bytes_in_memory": weight_only.weight_bytes(model)},
+            "cost": {"wall_s": round(time.perf_counter() - start, 2), "tokens_per_s": None, "mfu": None,
+                     "peak_mem_bytes": None}}
     modules = plan(model, stage.embeddings, stage.skip)
     result: dict = {"effect": "compressed"}
     smoothed = 0
