@@ -1,14 +1,15 @@
 """Does augmentation help with little labelled data? MiniLM-L6 fine-tuned on 200 / 500 fine-food reviews with and
 without each augmentation, several seeds; mean ± std test accuracy on the 1,000 test reviews.
 
-    python benchmarks/augment_small_data.py [--sizes 200,500] [--seeds 0,1,2] [--variants none,eda,bt,eda+bt]
+    python benchmarks/augment_small_data.py [--sizes 200,500] [--seeds 0,1,2] [--variants none,eda,bt,eda+bt,ctx]
                                             [--steps 60] [--out runs/bench-augment]
 
 Every run: `data.max_train_examples = N` drawn with `data.split_seed = seed` (a different subset per seed),
 validation capped at 100 reviews (early model selection), the same number of optimizer steps for every variant
 (compute-matched: an augmented set is seen for fewer epochs), batch 16, lr 1e-4, bf16 autocast where native.
 Variants: none; eda (4 EDA examples per review, rates 0.1, WordNet synonyms); bt (one Apertium eng→spa→eng
-back-translation per review); eda+bt. Writes results.json and prints a Markdown table.
+back-translation per review); eda+bt; ctx (2 variants per review with 15% of the words replaced by neighbours in
+MiniLM's input-embedding space, TinyBERT-style). Writes results.json and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ VARIANTS = {
     "eda": {"kind": "augment", "name": "augment", "per_example": 4},
     "bt": {"kind": "augment", "name": "augment", "per_example": 0, "backtranslate": {}},
     "eda+bt": {"kind": "augment", "name": "augment", "per_example": 4, "backtranslate": {}},
+    "ctx": {"kind": "augment", "name": "augment", "per_example": 0,  # MiniLM's input-embedding neighbours
+            "contextual": {"source": "embedding", "per_example": 2, "rate": 0.15}},
 }
 
 
