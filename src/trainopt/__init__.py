@@ -1,6 +1,12 @@
 """trainopt: make transformer language models cheaper to train and smaller to serve, and prove it."""
 
+import logging
+
 __version__ = "0.1.0"
+
+# transformers imports torchao when it is installed (for weight-only quantization); torchao 0.18 on torch 2.13 then
+# logs two deprecation warnings from torch's pytree registry on every model import. Nothing a user can act on.
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
 
 def run(recipe=None, out=None, overrides=None, resume=False, overwrite=False) -> dict:

@@ -27,6 +27,10 @@ class TrainLoss(torch.nn.Module):
         # the graph that DDP's graph splitting cut around it ("'int' object has no attribute 'meta'").
         self.opaque_head = opaque_head
 
+    @property
+    def config(self):  # evaluation reads the model's config (e.g. num_labels) through this wrapper under FSDP
+        return self.model.config
+
     def forward(self, input_ids, attention_mask=None, labels=None, **kwargs):
         if labels is None:
             return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
