@@ -105,8 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="train a recipe's first train stage with each acceleration technique on and off",
                        description="Train the recipe's first training stage for --steps steps in several variants: a "
                                    "plain baseline (fp32, eager attention, no compile, unfused AdamW), each technique "
-                                   "alone (bf16, fp16 on CUDA, SDPA attention, fused AdamW, torch.compile, activation "
-                                   "checkpointing) and the full stack; prints and writes tokens/s, speedup, MFU, peak "
+                                   "alone (bf16, fp16 on CUDA, SDPA attention, fused AdamW, async steps, torch.compile, "
+                                   "activation checkpointing; for causal LMs the chunked and Liger linear+cross-"
+                                   "entropy) and the full stack; prints and writes tokens/s, speedup, MFU, peak "
                                    "memory, loss after N steps and first-step (compile) time.", epilog=EPILOG)
     p.add_argument("recipe", nargs="?", default=None, help="a recipe YAML file or a built-in name (default: quickstart)")
     p.add_argument("--steps", type=int, default=20, help="optimizer steps per variant (default 20)")
