@@ -395,8 +395,8 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
         "skipped_batches": state.skipped_batches,
         "train_wall_s": round(wall, 2),
         "tokens_per_s": round(state.tokens_seen / wall, 1) if wall > 0 else None,
-        "mfu": None if (peak_all is None or fpt is None or wall <= 0) else round(state.tokens_seen * fpt / wall
-                                                                                / peak_all, 4),
+        "mfu": None if (peak_all is None or fpt is None or wall <= 0) else float(
+            f"{state.tokens_seen * fpt / wall / peak_all:.4g}"),  # significant digits: a tiny MFU is not 0
         "micro_batch": stage.batch_size, "grad_accum": stage.grad_accum, "auto_micro_batch": auto_choice,
         "world_size": dd.world, "first_step_s": None if first_step_s is None else round(first_step_s, 3),
         "precision": precision, "peak_flops": peak, "flops_per_token": fpt,
