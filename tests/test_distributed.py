@@ -145,15 +145,15 @@ def _lm_recipe(path, tiny_gpt_dir, book, grad_accum, **extra):
 
 
 def test_fsdp_matches_one_process_and_resumes_bit_identically(tmp_path, tiny_gpt_dir, austen_text):
-    """FSDP2 (fully_shard per block, sharded optimizer state) on 2 processes, with the chunked LM loss and auto
-    micro-batch, follows one process's loss curve (plain loss, same global batch); its checkpoints are gathered full state dicts, and a run
+    """FSDP2 (fully_shard per block, sharded optimizer state) on 2 processes, with the chunked LM loss, follows one
+    process's loss curve (plain loss, same global batch); its checkpoints are gathered full state dicts, and a run
     killed at step 6 resumes from step 4 to the same final weights bit for bit."""
     book = tmp_path / "book.txt"
     book.write_text(austen_text * 2)
     one = _run([_lm_recipe(tmp_path / "one.yaml", tiny_gpt_dir, book, 2), "--out", tmp_path / "one"])
     assert one.returncode == 0, one.stderr[-2000:]
     fsdp = _lm_recipe(tmp_path / "fsdp.yaml", tiny_gpt_dir, book, 1, parallel="fsdp", lm_loss="chunked",
-                      lm_loss_chunk=50, auto_micro_batch=True)  # the probe runs (and agrees) on every rank
+                      lm_loss_chunk=50)
     two = _run([fsdp, "--out", tmp_path / "two", "--nproc", "2"])
     assert two.returncode == 0, two.stderr[-3000:]
     a = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "one") if "loss" in r}
