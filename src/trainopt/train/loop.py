@@ -21,8 +21,7 @@ from safetensors.torch import load_model as st_load_model
 from safetensors.torch import save_model as st_save_model
 
 from .. import measure
-from ..evaluate import DEFAULT_METRIC, METRICS, classification_loss_sum, evaluate, forward_logits, is_better, \
-    lm_loss_sum
+from ..evaluate import DEFAULT_METRIC, METRICS, evaluate, is_better
 from ..recipe import TrainStage
 from . import checkpoint as ckpt
 from . import distributed
@@ -77,16 +76,10 @@ def set_determinism(seed: int, deterministic: bool) -> None:
 
 
 def task_loss(task: str, label_smoothing: float = 0.0):
-    """The default objective: cross-entropy on the labels (classification) or on the next token (LM), summed
-    over the micro-batch and divided by `denom`, the item/token count of the whole accumulated batch."""
-
-    def loss_fn(model, batch: dict, denom: int) -> torch.Tensor:
-        logits = forward_logits(model, batch)
-        if task == "classification":
-            return classification_loss_sum(logits, batch["labels"], label_smoothing) / denom
-        return lm_loss_sum(logits, batch["labels"]) / denom
-
-    return loss_fn
+    """The default objective as a loss_fn(model, batch, denom): cross-entropy on the labels (classification) or on
+    the next token (LM), summed over the micro-batch and divided by `denom`, the item/token count of the whole
+    accumulated batch — train/loss.py's TrainLoss around the model."""
+    return lambda model, batch, denom: module_loss(TrainLoss(model, task, label_smoothing), batch, denom)
 
 
 def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
