@@ -19,12 +19,17 @@ from pathlib import Path
 
 import trainopt
 
-CASES = {  # name: (data folder, epochs, hidden-state loss weight, lr, seed)
+CASES = {  # name: (data folder, epochs, hidden-state loss weight, lr, seed[, KD weight: 0 = labels only])
     "plain-3ep": ("plain", 3, 1.0, 1e-4, 0), "plain-3ep-kdonly": ("plain", 3, 0.0, 1e-4, 0),
     "plain-12ep": ("plain", 12, 1.0, 1e-4, 0), "plain-24ep": ("plain", 24, 1.0, 1e-4, 0),
     "aug-3ep": ("aug", 3, 1.0, 1e-4, 0), "aug-3ep-kdonly": ("aug", 3, 0.0, 1e-4, 0),
     "aug-3ep-lr2e-4": ("aug", 3, 1.0, 2e-4, 0), "aug-3ep-seed1": ("aug", 3, 1.0, 1e-4, 1),
-    "aug-6ep": ("aug", 6, 1.0, 1e-4, 0),
+    "aug-6ep": ("aug", 6, 1.0, 1e-4, 0), "aug-6ep-seed1": ("aug", 6, 1.0, 1e-4, 1),
+    "aug-6ep-seed2": ("aug", 6, 1.0, 1e-4, 2),
+    # The ablation: the same student, data and steps, trained on the labels alone (no teacher signal).
+    "aug-6ep-labels": ("aug", 6, 0.0, 1e-4, 0, 0.0), "aug-6ep-labels-seed1": ("aug", 6, 0.0, 1e-4, 1, 0.0),
+    "aug-6ep-labels-seed2": ("aug", 6, 0.0, 1e-4, 2, 0.0),
+    "plain-3ep-labels": ("plain", 3, 0.0, 1e-4, 0, 0.0),
 }
 
 
@@ -55,19 +60,19 @@ def prepare(teacher: Path, root: Path) -> None:
                                                                   "labels": meta["labels"]}))
 
 
-def run_cases(root: Path, names: list[str], device: str) -> None:
+def run_cases(root: Path, names: list[str], device: str, out: str) -> None:
     for name in names:
-        data, epochs, hidden, lr, seed = CASES[name]
+        data, epochs, hidden, lr, seed, kd = (*CASES[name], 1.0)[:6]
         raw = {"name": name, "task": "classification", "model": {"path": str(root / "teacher16")},
                "data": {"source": str(root / data), "text_column": "review", "label_column": "score"},
                "stages": [{"kind": "eval", "name": "teacher"},
                           {"kind": "distill", "name": "student", "student": {"layers": [1, 3, 5]},
-                           "loss": {"kd": 1.0, "ce": 1.0, "hidden": hidden, "temperature": 2.0},
+                           "loss": {"kd": kd, "ce": 1.0, "hidden": hidden, "temperature": 2.0},
                            "train": {"epochs": epochs, "batch_size": 32, "optimizer": {"lr": lr},
                                      "precision": "auto", "eval_every": 50, "checkpoint_every": 0,
                                      "schedule": {"warmup_ratio": 0.1}}}],
                "run": {"device": device, "progress": False, "seed": seed}, "measure": {"latency": False}}
-        report = trainopt.run(raw, out=f"runs/distill-aug/{name}", overwrite=True)
+        report = trainopt.run(raw, out=f"{out}/{name}", overwrite=True)
         t, s = report["stages"]
         print(json.dumps({"name": name, "teacher": t["quality"]["accuracy"], "student": s["quality"]["accuracy"],
                           "ratio": round(s["quality"]["accuracy"] / t["quality"]["accuracy"], 4),
@@ -82,11 +87,12 @@ def main() -> None:
     ap.add_argument("--dir", default=".gpuwork")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--out", default="runs/distill-aug")
     args = ap.parse_args()
     if args.phase == "prepare":
         prepare(Path(args.teacher), Path(args.dir))
     else:
-        run_cases(Path(args.dir), args.cases.split(","), args.device)
+        run_cases(Path(args.dir), args.cases.split(","), args.device, args.out)
 
 
 if __name__ == "__main__":

@@ -19,13 +19,14 @@ import sys
 from pathlib import Path
 
 
-def run(name: str, out: Path, nproc: int, accum: int, parallel: str, args) -> dict:
+def run(name: str, out: Path, nproc: int, accum: int, parallel: str, args, extra: dict | None = None) -> dict:
     sets = {"stages.pretrain.max_steps": args.steps, "stages.pretrain.batch_size": args.batch,
             "stages.pretrain.grad_accum": accum, "stages.pretrain.parallel": parallel,
             "stages.pretrain.checkpoint_every": 0, "stages.pretrain.log_every": 1,
             "stages.pretrain.eval_every": args.steps, "stages.pretrain.recovery.enabled": "false",
             "stages.pretrain.lm_loss": args.lm_loss, "measure.latency": "false", "run.progress": "false",
-            "run.tensorboard": "false", **({"stages.pretrain.compile": "false"} if args.no_compile else {})}
+            "run.tensorboard": "false", **({"stages.pretrain.compile": "false"} if args.no_compile else {}),
+            **(extra or {})}
     cmd = [sys.executable, "-m", "trainopt", "run", "gpt2-124m", "--out", str(out / name), "--overwrite"]
     for k, v in sets.items():
         cmd += ["--set", f"{k}={v}"]
@@ -62,12 +63,17 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     n = args.gpus
-    plan = {"one": ("1gpu", 1, 1, "ddp"), "one_accum": (f"1gpu_accum{n}", 1, n, "ddp"),
-            "ddp": (f"ddp_{n}gpu", n, 1, "ddp"), "fsdp": (f"fsdp_{n}gpu", n, 1, "fsdp")}
+    plan = {"one": ("1gpu", 1, 1, "ddp", {}), "one_accum": (f"1gpu_accum{n}", 1, n, "ddp", {}),
+            "ddp": (f"ddp_{n}gpu", n, 1, "ddp", {}), "fsdp": (f"fsdp_{n}gpu", n, 1, "fsdp", {}),
+            # DDP's knobs: gradients all-reduced in bf16 (half the bytes), bigger buckets (fewer calls)
+            "ddp_bf16": (f"ddp_{n}gpu_bf16comm", n, 1, "ddp", {"stages.pretrain.ddp_comm": "bf16"}),
+            "ddp_bucket100": (f"ddp_{n}gpu_bucket100", n, 1, "ddp", {"stages.pretrain.ddp_bucket_mb": 100}),
+            "ddp_bf16_bucket100": (f"ddp_{n}gpu_bf16comm_bucket100", n, 1, "ddp",
+                                   {"stages.pretrain.ddp_comm": "bf16", "stages.pretrain.ddp_bucket_mb": 100})}
     results = []
     for key in args.only.split(","):
-        name, nproc, accum, parallel = plan[key]
-        results.append(run(name, out, nproc, accum, parallel, args))
+        name, nproc, accum, parallel, extra = plan[key]
+        results.append(run(name, out, nproc, accum, parallel, args, extra))
         print(json.dumps({k: v for k, v in results[-1].items() if k != "losses"}), flush=True)
     base = next((r for r in results if r["name"] == "1gpu" and "error" not in r), None)
     ref = next((r for r in results if r["name"].startswith("1gpu_accum") and "error" not in r), None)

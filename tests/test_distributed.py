@@ -31,9 +31,10 @@ def _run(args, env_extra=None):
                           env=env, timeout=600)
 
 
-def _recipe(path, tiny_bert_dir, reviews_dir, grad_accum):
+def _recipe(path, tiny_bert_dir, reviews_dir, grad_accum, **stage):
     raw = classification_recipe(tiny_bert_dir, reviews_dir, epochs=2, batch_size=8, grad_accum=grad_accum,
                                 eval_every=7, checkpoint_every=4, log_every=1)
+    raw["stages"][0].update(stage)
     raw["model"]["dropout"] = 0.0  # per-rank dropout masks would differ from one process's
     raw["run"]["deterministic"] = True
     raw["measure"]["latency"] = False
@@ -65,6 +66,15 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, tiny_bert_
     # Rank 0 alone wrote: one metrics line per logged step, no duplicates from rank 1.
     steps = [r["step"] for r in read_metrics(tmp_path / "two") if r.get("stage") == "finetune" and "loss" in r]
     assert len(steps) == len(set(steps))
+    # Gradients all-reduced in bf16 (small buckets): the same curve to bf16 rounding, and the rounding did act.
+    bf = _run([_recipe(tmp_path / "bf.yaml", tiny_bert_dir, reviews_dir, 1, ddp_comm="bf16", ddp_bucket_mb=0.05),
+               "--out", tmp_path / "bf", "--nproc", "2"])
+    assert bf.returncode == 0, bf.stderr[-3000:]
+    c = _losses(tmp_path / "bf")
+    assert c.keys() == a.keys() and all(c[s] == pytest.approx(a[s], rel=2e-2) for s in a)
+    wc = load_file(tmp_path / "bf/stages/finetune/model/model.safetensors")
+    diff = max((wc[k] - wb[k]).abs().max().item() for k in wb)
+    assert 0 < diff < 5e-2
 
 
 @pytest.fixture(scope="module")

@@ -73,6 +73,24 @@ def test_tpe_with_median_pruning(tmp_path, tiny_bert_dir, reviews_dir):
     assert set(s["importances"]["accuracy"]) <= set(r["search"]["space"])
 
 
+def test_compute_budget_in_trial_steps_and_percentile_pruner(tmp_path, tiny_bert_dir, reviews_dir):
+    # One step of budget: the first trial uses it up, no second trial starts.
+    r = study_recipe(tiny_bert_dir, reviews_dir, trials=None, max_trial_steps=1, sampler="random",
+                     pruner={"name": "none"})
+    s = tune(r, out=tmp_path / "one")
+    assert len(s["trials"]) == 1
+    per_trial = s["trial_steps"]
+    # A budget one step above one trial's steps: exactly two trials (the second may overrun; none after it).
+    r["search"]["max_trial_steps"] = per_trial + 1
+    assert len(tune(r, out=tmp_path / "two")["trials"]) == 2
+    # The percentile pruner stops trials below the 50th percentile of earlier trials at the same evaluation.
+    r = study_recipe(tiny_bert_dir, reviews_dir, trials=4, sampler="random",
+                     pruner={"name": "percentile", "percentile": 50.0, "startup_trials": 1, "warmup_evals": 0})
+    s = tune(r, out=tmp_path / "pct")
+    assert s["counts"]["complete"] + s["counts"]["pruned"] == 4 and s["counts"]["fail"] == 0
+    assert s["pruner"] == "percentile"
+
+
 def test_grid_search_visits_every_point(tmp_path, tiny_bert_dir, reviews_dir):
     r = study_recipe(tiny_bert_dir, reviews_dir, sampler="grid", trials=4, pruner={"name": "none"},
                      space={"stages.finetune.optimizer.lr": {"type": "categorical", "choices": [1e-3, 3e-3]},

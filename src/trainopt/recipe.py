@@ -166,6 +166,8 @@ class TrainSettings(Strict):
     lm_loss: Literal["full", "chunked", "liger"] = "full"  # causal LM head + loss without the full logits tensor
     lm_loss_chunk: int = Field(4096, ge=16)  # positions per chunk for lm_loss: chunked
     parallel: Literal["ddp", "fsdp"] = "ddp"  # several processes: replicate (DDP) or shard (FSDP2) the model
+    ddp_bucket_mb: float = Field(25.0, gt=0.0)  # DDP: gradient all-reduce bucket size (overlap vs per-call cost)
+    ddp_comm: Literal["fp32", "bf16"] = "fp32"  # DDP: gradients all-reduced in fp32, or in bf16 (half the bytes)
 
 
 class StageBase(Strict):
@@ -470,9 +472,10 @@ class PrunerSpec(Strict):
     """Stop unpromising trials early, from the loop's periodic validation (the k-th evaluation of every trial
     is compared with the k-th of the others)."""
 
-    name: Literal["none", "median", "halving", "hyperband"] = "median"
-    startup_trials: int = Field(5, ge=0)  # median: trials that finish before any is pruned
-    warmup_evals: int = Field(1, ge=0)  # median: a trial's first evaluations are never pruned
+    name: Literal["none", "median", "percentile", "halving", "hyperband"] = "median"
+    startup_trials: int = Field(5, ge=0)  # median / percentile: trials that finish before any is pruned
+    warmup_evals: int = Field(1, ge=0)  # median / percentile: a trial's first evaluations are never pruned
+    percentile: float = Field(25.0, gt=0.0, lt=100.0)  # percentile: prune below this percentile of earlier trials
     reduction_factor: int = Field(3, ge=2)  # halving / hyperband
     min_resource: int = Field(1, ge=1)  # halving / hyperband: evaluations before the first rung
 
@@ -484,6 +487,7 @@ class SearchSpec(Strict):
     objectives: list[ObjectiveSpec] = Field([ObjectiveSpec()], min_length=1, max_length=4)
     trials: int | None = Field(20, ge=1)  # finished (complete or pruned) trials; null: until timeout_s
     timeout_s: float | None = Field(None, gt=0.0)  # no new trial starts after this (a running one finishes)
+    max_trial_steps: int | None = Field(None, ge=1)  # compute budget: no new trial once trials ran this many steps
     sampler: Literal["tpe", "random", "grid", "gp", "nsga2"] = "tpe"
     startup_trials: int = Field(8, ge=0)  # tpe / gp: random trials before the model takes over
     pruner: PrunerSpec = PrunerSpec()
@@ -496,8 +500,8 @@ class SearchSpec(Strict):
 
     @model_validator(mode="after")
     def _consistent(self):
-        if self.trials is None and self.timeout_s is None:
-            raise ValueError("set search.trials or search.timeout_s (or both)")
+        if self.trials is None and self.timeout_s is None and self.max_trial_steps is None:
+            raise ValueError("set search.trials, search.timeout_s or search.max_trial_steps (any combination)")
         if len(self.objectives) > 1 and self.pruner.name != "none":
             raise ValueError("Optuna prunes single-objective studies only; with several objectives set "
                              "search.pruner.name: none")

@@ -80,6 +80,10 @@ def check_compat(recipe: Recipe, device: torch.device) -> None:
             raise RecipeError(f"{key}.lm_loss", "the fused LM loss applies to causal_lm models", "set it to full")
         if settings.lm_loss == "liger" and device.type != "cuda":
             raise RecipeError(f"{key}.lm_loss", "liger (Triton) needs a CUDA device", "use chunked on CPU")
+        if settings.parallel == "fsdp" and (settings.ddp_comm != "fp32" or settings.ddp_bucket_mb != 25.0):
+            raise RecipeError(f"{key}.ddp_comm" if settings.ddp_comm != "fp32" else f"{key}.ddp_bucket_mb",
+                              "DDP's gradient buckets and compression do not apply to parallel: fsdp",
+                              "remove the ddp_ key (or use parallel: ddp)")
         if settings.parallel == "fsdp" and settings.precision == "fp16":
             raise RecipeError(f"{key}.precision", "fp16 (GradScaler) is not supported with parallel: fsdp",
                               "use bf16 (or parallel: ddp)")

@@ -170,6 +170,8 @@ def make_pruner(search: SearchSpec):
     p, pr = search.pruner, _optuna().pruners
     if p.name == "median":
         return pr.MedianPruner(n_startup_trials=p.startup_trials, n_warmup_steps=p.warmup_evals)
+    if p.name == "percentile":
+        return pr.PercentilePruner(p.percentile, n_startup_trials=p.startup_trials, n_warmup_steps=p.warmup_evals)
     if p.name == "halving":
         return pr.SuccessiveHalvingPruner(min_resource=p.min_resource, reduction_factor=p.reduction_factor)
     if p.name == "hyperband":
@@ -396,12 +398,21 @@ def counts(study) -> tuple[int, int]:
     return done, running
 
 
+def spent_steps(study) -> int:
+    """Trial-steps the study has used so far (optimizer steps summed over its trials, pruned and failed ones too)."""
+    return sum(int(t.user_attrs.get("steps") or 0) for t in study.get_trials(deepcopy=False))
+
+
 def work(study, objective, search: SearchSpec, run_dir: Path, deadline: float | None) -> None:
-    """One worker: run trials until the study holds `search.trials` finished trials or the deadline passes.
-    While the last trials run elsewhere it waits; a trial whose worker died is failed and run again here."""
+    """One worker: run trials until the study holds `search.trials` finished trials, the deadline passes or the
+    trials have used `search.max_trial_steps` optimizer steps (running trials finish, so a budget can be exceeded
+    by what was running when it was reached). While the last trials run elsewhere it waits; a trial whose worker
+    died is failed and run again here."""
     optuna = _optuna()
     while deadline is None or time.time() < deadline:
         optuna.storages.fail_stale_trials(study)
+        if search.max_trial_steps is not None and spent_steps(study) >= search.max_trial_steps:
+            return
         done, running = counts(study)
         if search.trials is not None and done >= search.trials:
             return
@@ -461,7 +472,9 @@ def tune(recipe=None, out: str | Path | None = None, overrides: list[str] | None
         _fail_running(study)  # the run directory's own SQLite file: nothing else can be running its trials
     deadline = time.time() + search.timeout_s if search.timeout_s else None
     console.rule(f"[bold]study {name}[/bold] · {search.sampler} · pruner {search.pruner.name} · "
-                 f"{search.trials or '∞'} trials · {_safe_url(url)}")
+                 f"{search.trials or '∞'} trials"
+                 + (f" · ≤ {search.max_trial_steps} trial-steps" if search.max_trial_steps else "")
+                 + f" · {_safe_url(url)}")
     if worker_index is not None or workers == 1:
         work(study, make_objective(raw, search, run_dir, max(workers, 1), nproc, url), search, run_dir, deadline)
         if worker_index is not None:

@@ -154,7 +154,7 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
         work = trainable = distributed.shard_model(core, core.model if as_module else core, autocast_dtype)
         forward_model = work
     else:
-        forward_model = distributed.wrap(dd, core, device)  # DDP on several ranks, the model itself on one
+        forward_model = distributed.wrap(dd, core, device, stage.ddp_bucket_mb, stage.ddp_comm)  # DDP on several ranks, the model itself on one
     optimizer = build_optimizer(trainable, stage.optimizer, fused=device.type == "cuda")  # after sharding
     if stage.compile:  # compiled lazily: the first step pays the compile time (`first_step_s` in the summary)
         forward_model = torch.compile(forward_model, mode=None if stage.compile_mode == "default"
