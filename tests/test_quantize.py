@@ -101,8 +101,8 @@ def test_quantize_command_and_unsupported_method(quant_run, tmp_path, capsys):
     args = ["--set", f"data.source={data_dir}", "--set", "data.text_column=text", "--set", "data.label_column=label",
             "--set", "measure.max_seconds=1", "--set", "run.progress=false"]
     assert main(["quantize", str(model_dir), "--method", "weight_only_int4", "--out", str(tmp_path / "x"),
-                 *args]) == 2
-    assert "stages.1.method" in capsys.readouterr().err
+                 "--set", "stages.1.group_size=48", *args]) == 2
+    assert "stages.1.group_size" in capsys.readouterr().err
     assert main(["quantize", str(model_dir), "--out", str(tmp_path / "q"), *args]) == 0
     rep = json.loads((tmp_path / "q" / "report.json").read_text())
     assert [s["name"] for s in rep["stages"]] == ["float", "dynamic-int8"]
@@ -200,3 +200,77 @@ def test_weight_only_methods_refuse_dynamic_only_options():
         load_recipe({"model": {"path": "x"}, "data": {"source": "y"},
                      "stages": [{"kind": "quantize", "method": "weight_only_int8", "qat": {"max_steps": 2}}]})
     assert "stages.0" in info.value.key
+
+
+def test_int4_linear_matches_its_integers_and_reloads_exactly():
+    """Int4Linear: the kernel computes x·((q − 8)·scale + zero)ᵀ for torchao's tinygemm integers; its saved form (int4
+    two per byte, plain order) reloads to the same integers and the same outputs; widths that need no padding pack."""
+    pytest.importorskip("torchao")
+    from torchao.quantization.quant_primitives import (
+        MappingType,
+        _choose_qparams_affine_tinygemm,
+        _quantize_affine_tinygemm,
+    )
+
+    from trainopt.compress.weight_only import Int4Linear
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(96, 48).to(torch.bfloat16)  # 96 = 16·2: packs with inner_k_tiles 2, no padding
+    layer = Int4Linear.from_linear(lin, 32)
+    assert layer.inner_k_tiles == 2 and Int4Linear.tiles_for(576) == 4 and Int4Linear.tiles_for(1536) == 8
+    scale, zero = _choose_qparams_affine_tinygemm(lin.weight.detach(), MappingType.ASYMMETRIC, (1, 32), torch.int32,
+                                                  0, 15, 1e-6, torch.bfloat16, torch.bfloat16)
+    q = _quantize_affine_tinygemm(lin.weight.detach(), (1, 32), scale, zero, torch.int32, 0, 15)
+    assert torch.equal(layer.int_values().to(torch.int32), q)
+    deq = ((q.float() - 8) * scale.float().repeat_interleave(32, 1) + zero.float().repeat_interleave(32, 1))
+    x = torch.randn(5, 7, 96)
+    y = layer(x)
+    assert y.shape == (5, 7, 48) and y.dtype == x.dtype
+    ref = x @ deq.t() + lin.bias.float()
+    assert (y - ref).abs().max() < 0.02 * ref.abs().max()  # bf16 activations and accumulation
+    assert (deq - lin.weight.float()).abs().max() <= scale.float().max() * 0.6  # the int4 grid (+ bf16 zeros)
+    other = Int4Linear.from_linear(torch.nn.Linear(96, 48).to(torch.bfloat16), 32)
+    other.load_state_dict(layer.state_dict())
+    assert torch.equal(other.int_values(), layer.int_values()) and torch.equal(other(x), y)
+    assert layer.state_dict()["qweight"].shape == (48, 48) and layer.state_dict()["qweight"].dtype == torch.uint8
+
+
+def test_weight_only_int4_keeps_a_tied_head_on_the_int8_embedding_and_reloads(tmp_path, tiny_gpt_dir, austen_text):
+    """weight_only_int4 on a Llama-family decoder (tied embeddings, CPU kernel): Linears → Int4Linear, the vocabulary
+    embedding → int8 with the head still tied to it (one matrix), well over 2x fewer weight bytes than bf16, the saved
+    folder reloads to the same logits, and perplexity stays close to the float model's."""
+    pytest.importorskip("torchao")
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    import trainopt
+    from trainopt.compress import weight_only
+    from trainopt.compress.weight_only import Int4Linear
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      tie_word_embeddings=True)
+    model_dir = tmp_path / "llama"
+    LlamaForCausalLM(cfg).save_pretrained(model_dir)
+    AutoTokenizer.from_pretrained(tiny_gpt_dir).save_pretrained(model_dir)
+    (tmp_path / "book.txt").write_text(austen_text)
+    raw = {"name": "lm4", "task": "causal_lm", "model": {"path": str(model_dir)},
+           "data": {"source": str(tmp_path / "book.txt"), "block_size": 32},
+           "stages": [{"kind": "eval", "name": "float"},
+                      {"kind": "quantize", "name": "int4", "method": "weight_only_int4", "group_size": 32}],
+           "run": {"progress": False, "device": "cpu"}, "measure": {"batch_sizes": [1], "max_seconds": 1}}
+    report = trainopt.run(raw, out=tmp_path / "run")
+    fl, q = report["stages"]
+    info = q["quantization"]
+    assert info["linear_modules"] == 2 * 7 and info["tied_head_shares_embedding"]
+    assert q["quality"]["perplexity"] == pytest.approx(fl["quality"]["perplexity"], rel=0.05)
+    model, tok, _ = load_saved(tmp_path / "run" / q["checkpoint"])
+    assert sum(isinstance(m, Int4Linear) for m in model.modules()) == 14
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    bf16 = LlamaForCausalLM.from_pretrained(model_dir).to(torch.bfloat16)
+    assert weight_only.weight_bytes(bf16) / weight_only.weight_bytes(model) > 2.2  # int8 embedding: half the model
+    fresh = LlamaForCausalLM.from_pretrained(model_dir)
+    weight_only.apply(fresh, "weight_only_int4", 32, True, [], torch.device("cpu"))
+    ids = tok("It is a truth universally acknowledged", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(fresh(input_ids=ids).logits, model(input_ids=ids).logits)

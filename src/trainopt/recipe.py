@@ -194,7 +194,7 @@ class QuantizeStage(StageBase):
     kind: Literal["quantize"]
     name: str = Field("quantize", pattern=_NAME)
     method: Literal["dynamic_int8", "weight_only_int8", "weight_only_int4"] = "dynamic_int8"
-    group_size: int = Field(128, ge=16)  # weight_only_int4: input channels per int4 scale group (32, 64, 128, 256)
+    group_size: Literal[32, 64, 128, 256] = 128  # weight_only_int4: input channels per int4 scale group
     embeddings: bool = True
     skip: list[str] = []
     smooth: SmoothSpec | None = None
@@ -204,8 +204,6 @@ class QuantizeStage(StageBase):
     def _dynamic_only(self):
         if self.method != "dynamic_int8" and (self.smooth is not None or self.qat is not None):
             raise ValueError("smooth and qat apply to method: dynamic_int8; remove them for weight-only methods")
-        if self.group_size not in (32, 64, 128, 256):
-            raise ValueError("group_size must be 32, 64, 128 or 256 (torchao's int4 groups)")
         return self
 
 

@@ -1,15 +1,17 @@
-"""Weight-only int8 / int4 quantization through torchao (`method: weight_only_int8 | weight_only_int4`).
+"""Weight-only int8 / int4 quantization (`method: weight_only_int8 | weight_only_int4`).
 
 The weights are stored as integers with scales and dequantized inside the matmul; activations stay in floating point.
 - weight_only_int8: every nn.Linear → torchao `Int8WeightOnlyConfig` (int8 per output channel); CPU and CUDA.
-- weight_only_int4: every nn.Linear → torchao `Int4WeightOnlyConfig` (int4 in groups of `group_size` along the input,
-  tinygemm's tile-packed layout, bf16 activations); CUDA only (torchao has no CPU int4 weight-only kernel).
-- Vocabulary-sized embeddings (`embeddings: true`) → torchao `IntxWeightOnlyConfig` (int8 per row, or int4 in groups),
-  so that a tied LM head's matrix is not the bulk of what stays in floating point.
+- weight_only_int4: every nn.Linear → `Int4Linear` below: int4 in groups of `group_size` along the input
+  (asymmetric, torchao's tinygemm quantization primitives), bf16 activations, PyTorch's own int4 matmul
+  (`aten._weight_int4pack_mm`, the tinygemm kernel, on CUDA; its CPU counterpart on CPU).
+- Vocabulary-sized embeddings (`embeddings: true`) → torchao `IntxWeightOnlyConfig` (int8 per row) for both methods.
+  A tied LM head stays tied: it multiplies by the same int8 matrix (one copy in memory, as in the float model).
 Saved form: torchao's safetensors support (`flatten_tensor_state_dict`: the integer data, scales and zero points as
-plain tensors + the tensor-subclass description in the safetensors metadata); `trainopt.models.load_saved` rebuilds
-the model from its config, applies the same quantization and loads the stored integers (`unflatten_tensor_state_dict`,
-no pickle). Plain `transformers` does not load this folder.
+plain tensors + the tensor-subclass description in the safetensors metadata); Int4Linear saves its int4 values two
+per byte in plain row order (not the device's tile layout) with its bf16 scales and zeros. `trainopt.models.load_saved`
+rebuilds the model from its config, applies the same quantization and loads the stored integers
+(`unflatten_tensor_state_dict`, no pickle). Plain `transformers` does not load this folder.
 """
 
 from __future__ import annotations
@@ -23,25 +25,124 @@ METHODS = ("weight_only_int8", "weight_only_int4")
 
 
 def check(stage, index: int, device: torch.device) -> None:
-    """A clear error before any work: torchao missing, or int4 without CUDA."""
+    """A clear error before any work: torchao missing."""
     try:
         import torchao  # noqa: F401
     except ImportError:
         raise RecipeError(f"stages.{index}.method", f"{stage.method} needs torchao, which is not installed",
                           "pip install torchao (or use method: dynamic_int8)") from None
-    if stage.method == "weight_only_int4" and device.type != "cuda":
-        raise RecipeError(f"stages.{index}.method", "int4 weight-only runs on CUDA (torchao's tinygemm kernel); "
-                          "this run has no CUDA device", "use weight_only_int8 or dynamic_int8 on a CPU")
 
 
-def _configs(method: str, group_size: int):
-    from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, IntxWeightOnlyConfig
-    from torchao.quantization.granularity import PerAxis, PerGroup
+class Int4Linear(torch.nn.Module):
+    """A Linear with int4 weights in groups of `group_size` input channels: w ≈ (q − 8)·scale + zero per group (q in
+    0..15; tinygemm's convention), bf16 activations, PyTorch's int4 matmul on CUDA and CPU.
 
-    if method == "weight_only_int8":
-        return Int8WeightOnlyConfig(), IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0))
-    return (Int4WeightOnlyConfig(group_size=group_size, int4_packing_format="tile_packed_to_4d"),
-            IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(group_size)))
+    Written here rather than taken from torchao because torchao's tile-packed int4 tensor pads every input width to a
+    multiple of 1024 before packing (SmolLM2's 576 → 1024, 1536 → 2048: ~1.6x the int4 bytes, and the activations are
+    padded on every call). PyTorch's packing op only needs the width to be a multiple of 16·inner_k_tiles (inner_k_tiles
+    2, 4 or 8), so the layer packs at the largest of those that divides its width: no padding."""
+
+    def __init__(self, in_features: int, out_features: int, group_size: int, bias: torch.Tensor | None,
+                 device: torch.device):
+        super().__init__()
+        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        self.inner_k_tiles = self.tiles_for(in_features)
+        self.register_buffer("qdata", torch.empty(0, dtype=torch.uint8, device=device))
+        self.register_buffer("scale_and_zero", torch.empty(in_features // group_size, out_features, 2,
+                                                           dtype=torch.bfloat16, device=device))
+        self.bias = None if bias is None else torch.nn.Parameter(bias.detach().to(device, torch.bfloat16),
+                                                                 requires_grad=False)
+
+    @staticmethod
+    def tiles_for(k: int) -> int | None:
+        return next((t for t in (8, 4, 2) if k % (16 * t) == 0), None)
+
+    @classmethod
+    def supports(cls, linear: torch.nn.Linear, group_size: int) -> bool:
+        k, n = linear.in_features, linear.out_features
+        return k % group_size == 0 and cls.tiles_for(k) is not None and n % 16 == 0
+
+    @classmethod
+    def from_linear(cls, linear: torch.nn.Linear, group_size: int) -> Int4Linear:
+        from torchao.quantization.quant_primitives import (
+            MappingType,
+            _choose_qparams_affine_tinygemm,
+            _quantize_affine_tinygemm,
+        )
+        from torchao.quantization.utils import pack_tinygemm_scales_and_zeros
+
+        w = linear.weight.detach()
+        n, k = w.shape
+        block = (1, group_size)
+        scale, zero = _choose_qparams_affine_tinygemm(w, MappingType.ASYMMETRIC, block, torch.int32, 0, 15, 1e-6,
+                                                      torch.bfloat16, torch.bfloat16)
+        q = _quantize_affine_tinygemm(w, block, scale, zero, torch.int32, 0, 15)
+        layer = cls(k, n, group_size, linear.bias, w.device)
+        layer.scale_and_zero = pack_tinygemm_scales_and_zeros(scale.reshape(n, -1), zero.reshape(n, -1),
+                                                              torch.bfloat16).to(w.device)
+        layer.qdata = layer._pack(q)
+        return layer
+
+    def _pack(self, q: torch.Tensor) -> torch.Tensor:
+        """int values 0..15 [out, in] → the int4 layout of this device's kernel."""
+        device = self.scale_and_zero.device
+        if device.type == "cuda":  # the CUDA op takes two values per byte, the first in the high nibble
+            q = q.to(device, torch.int32)
+            return torch.ops.aten._convert_weight_to_int4pack((q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8),
+                                                              self.inner_k_tiles)
+        return torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(device, torch.int32), self.inner_k_tiles)
+
+    def _mm(self, x: torch.Tensor, scale_and_zero: torch.Tensor) -> torch.Tensor:
+        if self.qdata.device.type == "cuda":
+            return torch.ops.aten._weight_int4pack_mm(x, self.qdata, self.group_size, scale_and_zero)
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.qdata, self.group_size, scale_and_zero)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self._mm(x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous(), self.scale_and_zero)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def int_values(self) -> torch.Tensor:
+        """The stored q (0..15) as [out, in] uint8, read back through the kernel itself: with scale 1 and zero 0 the
+        matmul of the identity returns q − 8 exactly (small integers are exact in bf16)."""
+        unit = torch.zeros_like(self.scale_and_zero)
+        unit[..., 0] = 1.0
+        eye = torch.eye(self.in_features, dtype=torch.bfloat16, device=self.qdata.device)
+        return (self._mm(eye, unit).t().float() + 8).round().to(torch.uint8)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        q = self.int_values()  # device-independent form: two values per byte, plain row order
+        destination[prefix + "qweight"] = (q[:, ::2] << 4 | q[:, 1::2]).cpu()
+        destination[prefix + "scale_and_zero"] = self.scale_and_zero if keep_vars else self.scale_and_zero.detach()
+        if self.bias is not None:
+            destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        device = self.scale_and_zero.device
+        for name in ("qweight", "scale_and_zero", *(["bias"] if self.bias is not None else [])):
+            if prefix + name not in state_dict:
+                missing_keys.append(prefix + name)
+        if any(k.startswith(prefix) for k in missing_keys):
+            return
+        packed = state_dict[prefix + "qweight"].to(torch.int32)
+        q = torch.stack([packed >> 4, packed & 15], dim=-1).reshape(self.out_features, self.in_features)
+        self.scale_and_zero = state_dict[prefix + "scale_and_zero"].to(device, torch.bfloat16)
+        self.qdata = self._pack(q)
+        if self.bias is not None:
+            self.bias = torch.nn.Parameter(state_dict[prefix + "bias"].to(device, torch.bfloat16), requires_grad=False)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int4 group_size={self.group_size}"
+
+
+def _configs(method: str):
+    from torchao.quantization import Int8WeightOnlyConfig, IntxWeightOnlyConfig
+    from torchao.quantization.granularity import PerAxis
+
+    return (Int8WeightOnlyConfig() if method == "weight_only_int8" else None,
+            IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0)))
 
 
 def apply(model: torch.nn.Module, method: str, group_size: int, embeddings: bool, skip: list[str],
@@ -49,31 +150,51 @@ def apply(model: torch.nn.Module, method: str, group_size: int, embeddings: bool
     """Quantize the model in place on `device`; returns what was quantized (saved in trainopt.json)."""
     from torchao.quantization import quantize_
 
-    linear_cfg, embedding_cfg = _configs(method, group_size)
+    from .blocks import set_module
+
+    linear_cfg, embedding_cfg = _configs(method)
     model.to(device).eval()
     if method == "weight_only_int4":
-        model.to(torch.bfloat16)  # tinygemm takes bf16 activations and scales
+        model.to(torch.bfloat16)  # the int4 kernels take bf16 activations and scales
 
-    def is_linear(m, fqn):
-        return isinstance(m, torch.nn.Linear) and not any(s and s in fqn for s in skip) and \
-            (method != "weight_only_int4" or m.in_features % group_size == 0)
+    def skipped(fqn):
+        return any(s and s in fqn for s in skip)
 
     def is_embedding(m, fqn):
         return embeddings and isinstance(m, torch.nn.Embedding) and m.num_embeddings >= MIN_EMBEDDING_ROWS and \
-            not any(s and s in fqn for s in skip)
+            not skipped(fqn)
 
-    linear = [n for n, m in model.named_modules() if is_linear(m, n)]
     embedding = [n for n, m in model.named_modules() if is_embedding(m, n)]
+    inputs = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    # A head tied to a quantized embedding keeps sharing its (now int8) matrix instead of becoming a second copy.
+    tied_head = head if (isinstance(head, torch.nn.Linear) and inputs is not None and head.weight is inputs.weight
+                         and any(model.get_submodule(n) is inputs for n in embedding)) else None
+    candidates = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not skipped(n)
+                  and m is not tied_head]
+    if method == "weight_only_int4":
+        linear = [n for n, m in candidates if Int4Linear.supports(m, group_size)]
+    else:
+        linear = [n for n, _ in candidates]
     if embedding:
         quantize_(model, embedding_cfg, filter_fn=is_embedding)
-    quantize_(model, linear_cfg, filter_fn=is_linear)
+        if tied_head is not None:
+            tied_head.weight = inputs.weight
+    if method == "weight_only_int4":
+        for name in linear:
+            set_module(model, name, Int4Linear.from_linear(model.get_submodule(name), group_size))
+    elif linear:
+        names = set(linear)
+        quantize_(model, linear_cfg, filter_fn=lambda m, fqn: fqn in names)
     return {"method": method, "format": "torchao", "group_size": group_size if method == "weight_only_int4" else None,
             "embeddings_quantized": bool(embedding), "skip": skip, "linear_modules": len(linear),
-            "embedding_modules": embedding, "dtype": "bfloat16" if method == "weight_only_int4" else "float32"}
+            "linear_modules_kept_float": len(candidates) - len(linear), "embedding_modules": embedding,
+            "tied_head_shares_embedding": tied_head is not None,
+            "dtype": "bfloat16" if method == "weight_only_int4" else "float32"}
 
 
 def is_quantized(model: torch.nn.Module) -> bool:
-    return any(_is_ao(p) for p in model.parameters())
+    return any(_is_ao(p) for p in model.parameters()) or any(isinstance(m, Int4Linear) for m in model.modules())
 
 
 def _is_ao(t) -> bool:
@@ -102,12 +223,12 @@ def save(model: torch.nn.Module, path) -> None:
     from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
 
     state = {}
-    seen: dict[int, str] = {}
-    for k, v in model.state_dict().items():  # tied plain tensors once (e.g. an untouched tied embedding)
-        if not _is_ao(v):
-            if v.data_ptr() in seen:
-                continue
-            seen[v.data_ptr()] = k
+    seen: set = set()
+    for k, v in model.state_dict().items():  # tied tensors once (an untouched or an int8 tied embedding)
+        key = tuple(getattr(v, n).data_ptr() for n in v.tensor_data_names) if _is_ao(v) else v.data_ptr()
+        if key in seen:
+            continue
+        seen.add(key)
         state[k] = v.detach().cpu() if not _is_ao(v) else v.cpu()
     tensors, metadata = flatten_tensor_state_dict(state)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata={**metadata, "format": "pt"})
@@ -119,10 +240,6 @@ def load(model: torch.nn.Module, path, info: dict, device: torch.device) -> torc
     from safetensors.torch import load_file
     from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_state_dict
 
-    if info["method"] == "weight_only_int4" and device.type != "cuda":
-        from ..errors import TrainoptError
-
-        raise TrainoptError(f"{path.parent} holds int4 weight-only weights, which run on CUDA only; load it on a GPU")
     apply(model, info["method"], info.get("group_size") or 128, info.get("embeddings_quantized", False),
           info.get("skip", []), device)
     with safe_open(str(path), "pt") as f:
