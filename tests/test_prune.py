@@ -123,6 +123,7 @@ def test_recipe_validation():
     cases = [({"kind": "prune", "method": "structured"}, "structured: block"),
              ({"kind": "prune", "method": "gradual", "pattern": "2:4"}, "gradual pruning is unstructured"),
              ({"kind": "prune", "distill": {"kd": 1.0}}, "add a train: block"),
+             ({"kind": "prune", "teacher_stage": "x", "train": {"epochs": 1}}, "add a distill: block"),
              ({"kind": "prune", "sparsity": 1.0}, "out of range"),
              ({"kind": "prune", "method": "structured", "structured": {"heads": 0, "ffn": 0}}, "above 0"),
              ({"kind": "prune", "methd": "wanda"}, "did you mean 'method'")]
@@ -186,6 +187,28 @@ def test_gradual_pruning_reaches_the_target_and_keeps_it(tmp_path, tiny_bert_dir
     assert abs(g["pruning"]["achieved_sparsity"] - 0.6) < 0.01
     steps = g["training"]["total_steps"]
     assert g["training"]["best_step"] >= round(0.6 * steps)  # never restores weights from before the target
+
+
+def test_gradual_pruning_from_the_pretrained_model_taught_by_the_fine_tuned_one(tmp_path, tiny_bert_dir):
+    """Prune during fine-tuning from the starting model (an eval stage keeps it), distilling from the fine-tuned
+    model named by teacher_stage — the teacher is that stage's model, not the pruned stage's input."""
+    from trainopt.runner import run
+
+    data = tmp_path / "d"
+    data.mkdir()
+    write_jsonl(data / "train.jsonl", make_reviews(160, seed=1))
+    write_jsonl(data / "test.jsonl", make_reviews(40, seed=2))
+    raw = classification_recipe(tiny_bert_dir, data / "train.jsonl", epochs=1)
+    raw["data"]["test_source"] = str(data / "test.jsonl")
+    raw["stages"] = [{"kind": "eval", "name": "pretrained"}, *raw["stages"],
+                     {"kind": "prune", "name": "gradual-kd", "from_stage": "pretrained", "method": "gradual",
+                      "sparsity": 0.5, "schedule": {"start": 0.0, "end": 0.5, "every": 2},
+                      "teacher_stage": "finetune", "distill": {"kd": 1.0, "ce": 1.0},
+                      "train": {"epochs": 2, "batch_size": 16, "optimizer": {"lr": 1e-3}, "log_every": 5}}]
+    report = run(raw, out=tmp_path / "t")
+    g = report["stages"][-1]
+    assert g["pruning"]["recovery"] == "distill from stage finetune"
+    assert abs(g["pruning"]["achieved_sparsity"] - 0.5) < 0.01 and g["vs_parent"]["stage"] == "pretrained"
 
 
 def test_gradual_pruning_resumes_exactly(tmp_path, tiny_bert_dir, monkeypatch):

@@ -296,6 +296,7 @@ class PruneStage(StageBase):
     calibration_batches: int = Field(16, ge=1)  # wanda / taylor importance
     train: TrainSettings | None = None  # recovery fine-tuning (gradual: the training during which it prunes)
     distill: DistillLossSpec | None = None  # recover by distilling from the unpruned model
+    teacher_stage: str | None = None  # distill from this earlier stage's model instead (e.g. the fine-tuned one)
     sparse_kernels: bool = True  # 2:4 on CUDA: time PyTorch's semi-structured sparse kernels against dense
 
     @model_validator(mode="after")
@@ -309,6 +310,8 @@ class PruneStage(StageBase):
                              "and a train: block")
         if self.distill is not None and self.train is None:
             raise ValueError("distill: recovers during fine-tuning; add a train: block")
+        if self.teacher_stage is not None and self.distill is None:
+            raise ValueError("teacher_stage teaches through the distillation loss; add a distill: block")
         return self
 
 

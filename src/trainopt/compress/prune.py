@@ -378,7 +378,14 @@ def prune_stage(model, data, stage: PruneStage, ctx: RunContext, stage_dir):
     start = time.perf_counter()
     model.to(device)
     teacher = None
-    if stage.distill is not None:
+    if stage.teacher_stage is not None:  # e.g. pruning during fine-tuning from the pretrained model
+        from ..models import load_saved
+
+        teacher, _, _ = load_saved(ctx.run_dir / "stages" / stage.teacher_stage / "model", task)
+        teacher.to(device).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+    elif stage.distill is not None:
         teacher = copy.deepcopy(model).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
@@ -455,7 +462,8 @@ def prune_stage(model, data, stage: PruneStage, ctx: RunContext, stage_dir):
         result["cost"] = {"wall_s": round(summary["train_wall_s"] + prune_s + cache_s, 2),
                           "tokens_per_s": summary["tokens_per_s"], "mfu": summary["mfu"],
                           "peak_mem_bytes": summary["peak_mem_bytes"]}
-        info["recovery"] = "distill from the unpruned model" if stage.distill else "fine-tune"
+        info["recovery"] = (f"distill from stage {stage.teacher_stage}" if stage.teacher_stage else
+                            "distill from the unpruned model" if stage.distill else "fine-tune")
     else:
         from .. import measure
 
