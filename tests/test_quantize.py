@@ -274,3 +274,12 @@ def test_weight_only_int4_keeps_a_tied_head_on_the_int8_embedding_and_reloads(tm
     ids = tok("It is a truth universally acknowledged", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         assert torch.equal(fresh(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+def test_int4_linear_reports_missing_and_unexpected_keys():
+    pytest.importorskip("torchao")
+    from trainopt.compress.weight_only import Int4Linear
+
+    layer = Int4Linear.from_linear(torch.nn.Linear(64, 32).to(torch.bfloat16), 32)
+    result = layer.load_state_dict({"weight": torch.zeros(32, 64)}, strict=False)
+    assert set(result.missing_keys) == {"qweight", "scale_and_zero", "bias"} and result.unexpected_keys == ["weight"]

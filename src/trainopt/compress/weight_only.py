@@ -121,10 +121,13 @@ class Int4Linear(torch.nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
         device = self.scale_and_zero.device
-        for name in ("qweight", "scale_and_zero", *(["bias"] if self.bias is not None else [])):
-            if prefix + name not in state_dict:
-                missing_keys.append(prefix + name)
-        if any(k.startswith(prefix) for k in missing_keys):
+        names = ("qweight", "scale_and_zero", *(["bias"] if self.bias is not None else []))
+        missing = [prefix + n for n in names if prefix + n not in state_dict]
+        missing_keys.extend(missing)
+        if strict:  # e.g. a float `weight` offered to an int4 layer
+            unexpected_keys.extend(k for k in state_dict if k.startswith(prefix) and "." not in k[len(prefix):]
+                                   and k[len(prefix):] not in names)
+        if missing:
             return
         packed = state_dict[prefix + "qweight"].to(torch.int32)
         q = torch.stack([packed >> 4, packed & 15], dim=-1).reshape(self.out_features, self.in_features)
