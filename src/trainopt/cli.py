@@ -239,13 +239,14 @@ def _dispatch(args, parser) -> int:
 
         resume = args.resume or restarted()  # a worker torchrun restarted after a failure continues the run
         overwrite = args.overwrite and not restarted()
-        try:
-            if args.command == "run":
-                run(args.recipe, out=args.out, overrides=args.overrides, resume=resume, overwrite=overwrite)
-            else:
-                run(train_only(args.recipe, args.overrides), out=args.out, resume=resume, overwrite=overwrite)
-        finally:
-            destroy()  # under torchrun: leave the process group cleanly
+        if args.command == "run":
+            run(args.recipe, out=args.out, overrides=args.overrides, resume=resume, overwrite=overwrite)
+        else:
+            run(train_only(args.recipe, args.overrides), out=args.out, resume=resume, overwrite=overwrite)
+        # Under torchrun, leave the process group cleanly — on success only: destroying it on an exception path
+        # can deadlock (a peer may be inside a collective, or gone; seen once as a hung rank after a pruned trial),
+        # and an exiting process releases its sockets anyway.
+        destroy()
         return 0
     if args.command == "eval":
         from .runner import run
