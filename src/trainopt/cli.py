@@ -59,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_run_args(p, "eval")
 
     p = sub.add_parser("quantize", help="quantize a saved model and measure it against the float model",
-                       description="Evaluate a saved model as it is, quantize it (dynamic int8 for CPU inference; "
-                                   "optionally after quantization-aware fine-tuning) and report both side by side.")
+                       description="Evaluate a saved model as it is, quantize it (dynamic int8 for CPU inference, "
+                                   "optionally after quantization-aware fine-tuning; or weight-only int8 / int4) "
+                                   "and report both side by side.")
     p.add_argument("model_dir", help="a saved model folder (a stage's model/ or a local HF checkpoint)")
     p.add_argument("--method", default="dynamic_int8", choices=["dynamic_int8", "weight_only_int8",
                                                                 "weight_only_int4"])

@@ -231,7 +231,7 @@ def load_saved(model_dir: Path, task: str | None = None):
         if meta.get("structure"):
             apply_structure(model, meta["structure"])
         weights = model_dir / "model.safetensors"
-        if meta.get("quantization", {}).get("format") == "torchao":  # weight-only int8/int4 (int4: CUDA)
+        if meta.get("quantization", {}).get("format") == "torchao":  # weight-only int8/int4 (compress/weight_only.py)
             from .compress import weight_only
 
             device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
