@@ -233,7 +233,11 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
             loss_total = torch.zeros((), device=device)
             fault = next((k for k, at in faults.items() if at and state.step + 1 == at), None)
             for i, (batch, weight) in enumerate(micro):
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                # Pinned host memory makes the copy truly asynchronous: the host keeps queueing work instead of
+                # waiting for the GPU to drain before every micro-batch's copy (pageable copies are staged
+                # synchronously).
+                batch = {k: (v.pin_memory() if device.type == "cuda" else v).to(device, non_blocking=True)
+                         for k, v in batch.items()}
                 with distributed.no_sync(dd, forward_model, last=i == len(micro) - 1):
                     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                         loss = loss_fn(forward_model, batch, denom) * weight
