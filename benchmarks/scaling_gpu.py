@@ -26,6 +26,7 @@ def run(name: str, out: Path, nproc: int, accum: int, parallel: str, args, extra
             "stages.pretrain.eval_every": args.steps, "stages.pretrain.recovery.enabled": "false",
             "stages.pretrain.lm_loss": args.lm_loss, "measure.latency": "false", "run.progress": "false",
             "run.tensorboard": "false", **({"stages.pretrain.compile": "false"} if args.no_compile else {}),
+            **({"stages.pretrain.profile": f"{{start: {args.profile}, steps: 3}}"} if args.profile else {}),
             **(extra or {})}
     cmd = [sys.executable, "-m", "trainopt", "run", "gpt2-124m", "--out", str(out / name), "--overwrite"]
     for k, v in sets.items():
@@ -58,6 +59,8 @@ def main() -> None:
     ap.add_argument("--lm-loss", default="full", choices=["full", "chunked", "liger"])
     ap.add_argument("--only", default="one,one_accum,ddp,fsdp")
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--profile", type=int, default=0, help="profile 3 steps from this step (rank 0; the tables land "
+                    "in each run's stages/pretrain/profile/)")
     ap.add_argument("--out", default="runs/scaling")
     args = ap.parse_args()
     out = Path(args.out)
@@ -67,6 +70,8 @@ def main() -> None:
             "ddp": (f"ddp_{n}gpu", n, 1, "ddp", {}), "fsdp": (f"fsdp_{n}gpu", n, 1, "fsdp", {}),
             # DDP's knobs: gradients all-reduced in bf16 (half the bytes), bigger buckets (fewer calls)
             "ddp_bf16": (f"ddp_{n}gpu_bf16comm", n, 1, "ddp", {"stages.pretrain.ddp_comm": "bf16"}),
+            # FSDP2 keeping each block's gathered parameters from its forward to its backward (one all-gather a step)
+            "fsdp_keep": (f"fsdp_{n}gpu_keep", n, 1, "fsdp", {"stages.pretrain.fsdp_reshard": "false"}),
             "ddp_bucket100": (f"ddp_{n}gpu_bucket100", n, 1, "ddp", {"stages.pretrain.ddp_bucket_mb": 100}),
             "ddp_bf16_bucket100": (f"ddp_{n}gpu_bf16comm_bucket100", n, 1, "ddp",
                                    {"stages.pretrain.ddp_comm": "bf16", "stages.pretrain.ddp_bucket_mb": 100})}

@@ -14,6 +14,7 @@ logits). Last, runs a small recipe (train → 2:4 prune) through `trainopt.run` 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import tempfile
 from pathlib import Path
@@ -40,7 +41,7 @@ def build(name: str, seq: int):
     return BertForSequenceClassification(cfg), cfg.vocab_size
 
 
-def bench_shape(name, seq, batches, measure):
+def bench_shape(name, seq, batches, measure, search: str = "both"):
     from trainopt.compress.prune import attach_masks, bake, masks_from_scores, oriented, targets, \
         time_sparse_kernels
     from trainopt.recipe import PruneStage
@@ -55,7 +56,21 @@ def bench_shape(name, seq, batches, measure):
                   "attention_mask": torch.ones(b, seq, dtype=torch.long)} for b in batches}
     ctx = SimpleNamespace(device=torch.device("cuda"), recipe=SimpleNamespace(measure=measure),
                           extras={"measure_inputs": inputs})
-    kernels = time_sparse_kernels(model, modules, ctx)
+    kernels = time_sparse_kernels(model, modules, ctx, search_alg=search != "off")
+    if search == "both":  # the same, each layer on cuSPARSELt's default algorithm
+        plain = time_sparse_kernels(model, modules, ctx, search_alg=False)
+        kernels.update({f"default_alg_{k}": v for k, v in plain.items() if "speedup" in k or k.startswith("sparse_")})
+    # How the graph is captured: on the warmed-up stream (measure's way now) vs torch.cuda.graph's own stream (the
+    # way of the earlier runs, whose dense graph replays were slower than eager at large batches).
+    from trainopt import measure as tm
+
+    big = {max(batches): inputs[max(batches)]}
+    work = copy.deepcopy(model).to(torch.bfloat16).eval()
+    for same in (True, False):
+        t = tm.measure_graphed_latency(work, big, torch.device("cuda"), measure.warmup, measure.repeats,
+                                       measure.max_seconds, same_stream=same)
+        kernels[f"dense_graph_{'warmed' if same else 'own'}_stream_b{max(batches)}"] = next(iter(t.values()))
+    del work
     # Same function? The dense 2:4 model in bf16 vs the converted one, on fresh inputs.
     from torch.sparse import to_sparse_semi_structured
 
@@ -104,6 +119,8 @@ def main() -> int:
     ap.add_argument("--cases", default="bert-base:128:16,64,256;smollm2-135m:2048:1,4,16;minilm-l6:128:32,256",
                     help="name:seq:batches;… (names: minilm-l6, bert-base, bert-large, smollm2-135m)")
     ap.add_argument("--no-e2e", action="store_true", help="skip the end-to-end trainopt.run")
+    ap.add_argument("--search", default="both", choices=["on", "off", "both"],
+                    help="cuSPARSELt algorithm search per layer (both: also time the default algorithm)")
     ap.add_argument("--out", default=tempfile.mkdtemp(prefix="sparse24-"))
     args = ap.parse_args()
     print(f"GPU: {torch.cuda.get_device_name()} torch {torch.__version__}", flush=True)
@@ -113,7 +130,7 @@ def main() -> int:
         batches = [int(b) for b in batch_text.split(",")]
         measure = MeasureSpec(batch_sizes=batches, warmup=5, repeats=50, max_seconds=5)
         try:
-            row = bench_shape(name, int(seq), batches, measure)
+            row = bench_shape(name, int(seq), batches, measure, args.search)
         except Exception as e:  # report and go on
             row = {"shape": name, "seq": int(seq), "error": f"{type(e).__name__}: {str(e)[:300]}"}
         row["batches"] = batches
@@ -136,7 +153,8 @@ def main() -> int:
             def cell(side, b=b, r=r):
                 return f"{r[f'{side}_latency_ms_b{b}_p50']:.3f} / {r.get(f'{side}_graph_latency_ms_b{b}_p50', '—')}"
             print(f"| {r['shape']} | {b} × {r['seq']} | {cell('dense')} | {cell('sparse')} | "
-                  f"{r[f'speedup_b{b}']:.2f}x / {r.get(f'graph_speedup_b{b}', '—')}x | {r['rel_err_logits']:.1e} |")
+                  f"{r[f'speedup_b{b}']:.2f}x / {r.get(f'graph_speedup_b{b}', '—')}x | {r['rel_err_logits']:.1e} |"
+                  f" default alg: {r.get(f'default_alg_graph_speedup_b{b}', '—')}x |")
         for side in ("dense", "sparse"):
             if f"{side}_graph_error" in r:
                 print(f"  ({r['shape']}: {side} graph capture failed: {r[f'{side}_graph_error']})")

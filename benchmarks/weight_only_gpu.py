@@ -3,7 +3,7 @@
 For each variant, from the same weights: weight bytes in memory (integer data + scales), perplexity on held-out
 Persuasion (the lm-int8 recipe's test blocks), decode tokens/s at batch 1 (greedy, --new tokens, eager and, with
 --compile, with a static KV cache, which `generate` compiles on CUDA), and prefill throughput (batch 8 × 256 tokens).
-int4 groups: `weight_only_int4:G`; Linears whose width G does not divide stay in bf16 (counted in the table). On a CPU
+int4 groups: `weight_only_int4:G`, with HQQ's scales and zeros: `weight_only_int4:G:hqq`; Linears whose width G does not divide stay in bf16 (counted in the table). On a CPU
 the same code runs (PyTorch's CPU int4 kernel) as a smoke test; its timings describe that CPU only.
 
     python benchmarks/weight_only_gpu.py --model ~/.cache/trainopt/models/smollm2-135m [--compile]
@@ -78,7 +78,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="builtin:smollm2-135m")
     ap.add_argument("--methods", default="bf16,weight_only_int8,weight_only_int4:32,weight_only_int4:64",
-                    help="comma-separated; weight_only_int4:G sets the group size G (default --group-size)")
+                    help="comma-separated; weight_only_int4:G[:hqq] sets the group size G (default --group-size) and the "
+                    "scale/zero choice (min-max, or HQQ)")
     ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--compile", action="store_true", help="also time decode with a static KV cache (compiled by "
                     "generate on CUDA)")
@@ -93,11 +94,13 @@ def main() -> None:
     blocks = tokenize(texts, tok, recipe).test.blocks
     rows = []
     for variant in args.methods.split(","):
-        method, _, group = variant.partition(":")
+        method, _, rest = variant.partition(":")
+        group, _, qparams = rest.partition(":")
         model = copy.deepcopy(base).to(device, torch.bfloat16).eval()
         info = {}
         if method != "bf16":
-            info = weight_only.apply(model, method, int(group or args.group_size), True, [], device)
+            info = weight_only.apply(model, method, int(group or args.group_size), True, [], device,
+                                     qparams or "minmax")
         row = {"variant": variant, "weight_bytes": weight_only.weight_bytes(model),
                "linears_kept_float": info.get("linear_modules_kept_float", 0),
                "perplexity": round(perplexity(model, blocks, device), 3),

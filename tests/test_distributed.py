@@ -157,7 +157,8 @@ def _lm_recipe(path, tiny_gpt_dir, book, grad_accum, **extra):
 def test_fsdp_matches_one_process_and_resumes_bit_identically(tmp_path, tiny_gpt_dir, austen_text):
     """FSDP2 (fully_shard per block, sharded optimizer state) on 2 processes, with the chunked LM loss, follows one
     process's loss curve (plain loss, same global batch); its checkpoints are gathered full state dicts, and a run
-    killed at step 6 resumes from step 4 to the same final weights bit for bit."""
+    killed at step 6 resumes from step 4 to the same final weights bit for bit (that run without resharding after
+    the forward, which must not change a bit)."""
     book = tmp_path / "book.txt"
     book.write_text(austen_text * 2)
     one = _run([_lm_recipe(tmp_path / "one.yaml", tiny_gpt_dir, book, 2), "--out", tmp_path / "one"])
@@ -174,6 +175,10 @@ def test_fsdp_matches_one_process_and_resumes_bit_identically(tmp_path, tiny_gpt
     wa = load_file(tmp_path / "one/stages/pre/model/model.safetensors")
     wb = load_file(tmp_path / "two/stages/pre/model/model.safetensors")
     assert wa.keys() == wb.keys() and max((wa[k] - wb[k]).abs().max().item() for k in wa) < ATOL_WEIGHTS
+    # The killed and resumed runs keep each block's gathered parameters until its backward (fsdp_reshard: false):
+    # the same numerics, so the resumed weights must still equal the uninterrupted run's bit for bit.
+    fsdp = _lm_recipe(tmp_path / "fsdp_keep.yaml", tiny_gpt_dir, book, 1, parallel="fsdp", lm_loss="chunked",
+                      lm_loss_chunk=50, fsdp_reshard=False)
     killed = _run([fsdp, "--out", tmp_path / "k", "--nproc", "2"], {"TRAINOPT_FAULT_KILL_AT_STEP": "6"})
     assert killed.returncode != 0
     ckpt = load_file(tmp_path / "k/stages/pre/checkpoints/step-00000004/model.safetensors")

@@ -80,6 +80,7 @@ def test_train_stage_with_chunked_loss_matches_the_full_loss(tmp_path, tiny_gpt_
     ({"parallel": "fsdp", "precision": "fp16"}, "stages.0.precision"),
     ({"parallel": "fsdp", "ddp_comm": "bf16"}, "stages.0.ddp_comm"),  # DDP's knobs do nothing under FSDP
     ({"parallel": "fsdp", "ddp_bucket_mb": 50}, "stages.0.ddp_bucket_mb"),
+    ({"fsdp_reshard": False}, "stages.0.fsdp_reshard"),  # an FSDP knob under DDP / one process
 ])
 def test_bad_acceleration_settings_name_the_key(tmp_path, tiny_bert_dir, reviews_dir, stage, key):
     from trainopt.errors import RecipeError

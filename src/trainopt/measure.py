@@ -178,7 +178,7 @@ def measure_latency(model, inputs: dict[int, dict], device: torch.device, warmup
 
 @torch.inference_mode()
 def measure_graphed_latency(model, inputs: dict[int, dict], device: torch.device, warmup: int, repeats: int,
-                            max_seconds: float) -> dict:
+                            max_seconds: float, same_stream: bool = True) -> dict:
     """CUDA only: each batch size's forward captured once in a CUDA graph and timed by replaying it, so that
     per-call host work (kernel launches, library plan set-up) drops out. An all-ones attention mask is left out
     (HF builds masks with host-side checks that a capture cannot contain)."""
@@ -194,7 +194,9 @@ def measure_graphed_latency(model, inputs: dict[int, dict], device: torch.device
                 model(**static)
         torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # Captured on the stream that was warmed up: the libraries' per-stream state (e.g. cuBLAS workspaces) then
+        # exists before the capture instead of being set up, or done without, inside it.
+        with torch.cuda.graph(graph, stream=side if same_stream else None):
             model(**static)
         times = time_call(graph.replay, device, warmup, repeats, max_seconds)
         result[f"graph_latency_ms_b{b}_p50"] = round(percentile(times, 0.5), 3)

@@ -137,6 +137,16 @@ class RecoverySpec(Strict):
     max_rollbacks: int = Field(3, ge=0)
 
 
+class ProfileSpec(Strict):
+    """Profile steps [start, start + steps) of a training stage with torch.profiler (CPU and CUDA activity): a Chrome
+    trace per rank (`profile/trace_rank<R>.json`, open in Perfetto / chrome://tracing) and the costliest ops by self
+    time (`profile/top_ops_rank<R>.txt`), under the stage's folder. Profiling slows the profiled steps down."""
+
+    start: int = Field(5, ge=1)  # first profiled step (after warm-up and compilation)
+    steps: int = Field(3, ge=1, le=50)
+    top: int = Field(40, ge=1)  # rows of the op table
+
+
 class TrainSettings(Strict):
     """How to train: used by `train` stages and by stages that fine-tune internally (QAT, recovery)."""
 
@@ -168,6 +178,10 @@ class TrainSettings(Strict):
     parallel: Literal["ddp", "fsdp"] = "ddp"  # several processes: replicate (DDP) or shard (FSDP2) the model
     ddp_bucket_mb: float = Field(25.0, gt=0.0)  # DDP: gradient all-reduce bucket size (overlap vs per-call cost)
     ddp_comm: Literal["fp32", "bf16"] = "fp32"  # DDP: gradients all-reduced in fp32, or in bf16 (half the bytes)
+    # FSDP2: free each block's gathered parameters after its forward (least memory; gathered again for the backward)
+    # or keep them until the backward (one all-gather per block per step instead of two; ZeRO-2-like memory)
+    fsdp_reshard: bool = True
+    profile: ProfileSpec | None = None  # torch.profiler over a few steps: traces + a table of the costliest ops
 
 
 class StageBase(Strict):

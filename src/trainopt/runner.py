@@ -84,6 +84,9 @@ def check_compat(recipe: Recipe, device: torch.device) -> None:
             raise RecipeError(f"{key}.ddp_comm" if settings.ddp_comm != "fp32" else f"{key}.ddp_bucket_mb",
                               "DDP's gradient buckets and compression do not apply to parallel: fsdp",
                               "remove the ddp_ key (or use parallel: ddp)")
+        if settings.parallel != "fsdp" and not settings.fsdp_reshard:
+            raise RecipeError(f"{key}.fsdp_reshard", "fsdp_reshard applies to parallel: fsdp",
+                              "remove it (or set parallel: fsdp)")
         if settings.parallel == "fsdp" and settings.precision == "fp16":
             raise RecipeError(f"{key}.precision", "fp16 (GradScaler) is not supported with parallel: fsdp",
                               "use bf16 (or parallel: ddp)")

@@ -299,9 +299,26 @@ def _timings(model, inputs, device, m) -> dict:
     return out
 
 
-def time_sparse_kernels(model, modules, ctx: RunContext) -> dict:
+def _search_alg(w, rows: int) -> int | None:
+    """cuSPARSELt's fastest algorithm for this weight at `rows` input rows (`torch._cslt_sparse_mm_search`, timed by
+    the library itself), stored on the tensor; the default (0) is what `to_sparse_semi_structured` leaves otherwise.
+    None where this PyTorch's sparse tensor is not cuSPARSELt or has no search."""
+    packed = getattr(w, "packed", None)
+    if packed is None or not hasattr(w, "alg_id_cusparselt") or not hasattr(torch, "_cslt_sparse_mm_search"):
+        return None
+    x = torch.randn(rows, w.shape[1], dtype=w.dtype, device=packed.device)
+    try:  # the layout the subclass uses for F.linear: (W · xᵀ)ᵀ, the transpose fused into the kernel
+        alg = int(torch._cslt_sparse_mm_search(packed, x.t(), transpose_result=True))
+    except (RuntimeError, TypeError):
+        return None
+    w.alg_id_cusparselt = alg
+    return alg
+
+
+def time_sparse_kernels(model, modules, ctx: RunContext, search_alg: bool = True) -> dict:
     """On CUDA: the same 2:4 model dense vs with PyTorch semi-structured sparse weights, both bf16, eager and
-    replayed from CUDA graphs (which remove the sparse library's per-call plan set-up from the timing)."""
+    replayed from CUDA graphs (which remove the sparse library's per-call plan set-up from the timing). With
+    `search_alg`, each layer runs cuSPARSELt's fastest algorithm for the largest timed batch."""
     inputs, m = ctx.extras.get("measure_inputs"), ctx.recipe.measure
     if ctx.device.type != "cuda" or not inputs:
         return {"measured": False, "reason": "semi-structured sparse kernels run on CUDA only; on "
@@ -312,10 +329,15 @@ def time_sparse_kernels(model, modules, ctx: RunContext) -> dict:
     dense = _timings(work, inputs, ctx.device, m)
     names = {n for n, _ in modules}
     converted, errors = 0, []
+    tokens = max(int(b["input_ids"].numel()) for b in inputs.values())  # rows of the largest timed batch
+    algs = {}
     for name, mod in work.named_modules():
         if name in names and isinstance(mod, torch.nn.Linear):
             try:
-                mod.weight = torch.nn.Parameter(to_sparse_semi_structured(mod.weight.detach()), requires_grad=False)
+                w = to_sparse_semi_structured(mod.weight.detach())
+                if search_alg:
+                    algs[name] = _search_alg(w, tokens)
+                mod.weight = torch.nn.Parameter(w, requires_grad=False)
                 converted += 1
             except (RuntimeError, ValueError) as e:
                 errors.append(f"{name}: {str(e).splitlines()[0][:120]}")
@@ -325,6 +347,10 @@ def time_sparse_kernels(model, modules, ctx: RunContext) -> dict:
         return {"measured": False, "reason": f"sparse forward failed: {str(e).splitlines()[0][:200]}",
                 "converted": converted}
     out = {"measured": True, "dtype": "bfloat16", "converted_linears": converted, "conversion_errors": errors[:5]}
+    if search_alg:  # how many layers got a non-default cuSPARSELt algorithm (None: no search in this PyTorch)
+        found = [a for a in algs.values() if a is not None]
+        out["cusparselt_alg_search"] = {"searched": len(found), "non_default": sum(a != 0 for a in found),
+                                        "for_rows": tokens}
     for key in dense:
         if key in sparse and "latency_ms_b" in key:
             mode = "graph_" if key.startswith("graph_") else ""

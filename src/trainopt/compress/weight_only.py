@@ -63,10 +63,13 @@ class Int4Linear(torch.nn.Module):
         return k % group_size == 0 and cls.tiles_for(k) is not None and n % 16 == 0
 
     @classmethod
-    def from_linear(cls, linear: torch.nn.Linear, group_size: int) -> Int4Linear:
+    def from_linear(cls, linear: torch.nn.Linear, group_size: int, qparams: str = "minmax") -> Int4Linear:
+        """`qparams`: each group's scale and zero from its min and max ("minmax"), or chosen by HQQ's half-quadratic
+        solver, which moves them to minimise the rounding error of the group's weights ("hqq"; torchao's)."""
         from torchao.quantization.quant_primitives import (
             MappingType,
             _choose_qparams_affine_tinygemm,
+            _choose_qparams_and_quantize_affine_hqq,
             _quantize_affine_tinygemm,
         )
         from torchao.quantization.utils import pack_tinygemm_scales_and_zeros
@@ -74,9 +77,15 @@ class Int4Linear(torch.nn.Module):
         w = linear.weight.detach()
         n, k = w.shape
         block = (1, group_size)
-        scale, zero = _choose_qparams_affine_tinygemm(w, MappingType.ASYMMETRIC, block, torch.int32, 0, 15, 1e-6,
-                                                      torch.bfloat16, torch.bfloat16)
-        q = _quantize_affine_tinygemm(w, block, scale, zero, torch.int32, 0, 15)
+        if qparams == "hqq":  # raw_output=False: scale and zero already in tinygemm's convention (as torchao uses it)
+            q, scale, zero, _ = _choose_qparams_and_quantize_affine_hqq(
+                w, nbits=4, group_size=group_size, axis=1, compute_dtype=torch.bfloat16, device=w.device,
+                raw_output=False)
+            q = q.reshape(n, k).to(torch.int32)
+        else:
+            scale, zero = _choose_qparams_affine_tinygemm(w, MappingType.ASYMMETRIC, block, torch.int32, 0, 15, 1e-6,
+                                                          torch.bfloat16, torch.bfloat16)
+            q = _quantize_affine_tinygemm(w, block, scale, zero, torch.int32, 0, 15)
         layer = cls(k, n, group_size, linear.bias, w.device)
         layer.scale_and_zero = pack_tinygemm_scales_and_zeros(scale.reshape(n, -1), zero.reshape(n, -1),
                                                               torch.bfloat16).to(w.device)
@@ -149,7 +158,7 @@ def _configs(method: str):
 
 
 def apply(model: torch.nn.Module, method: str, group_size: int, embeddings: bool, skip: list[str],
-          device: torch.device) -> dict:
+          device: torch.device, int4_qparams: str = "minmax") -> dict:
     """Quantize the model in place on `device`; returns what was quantized (saved in trainopt.json)."""
     from torchao.quantization import quantize_
 
@@ -185,11 +194,12 @@ def apply(model: torch.nn.Module, method: str, group_size: int, embeddings: bool
             tied_head.weight = inputs.weight
     if method == "weight_only_int4":
         for name in linear:
-            set_module(model, name, Int4Linear.from_linear(model.get_submodule(name), group_size))
+            set_module(model, name, Int4Linear.from_linear(model.get_submodule(name), group_size, int4_qparams))
     elif linear:
         names = set(linear)
         quantize_(model, linear_cfg, filter_fn=lambda m, fqn: fqn in names)
     return {"method": method, "format": "torchao", "group_size": group_size if method == "weight_only_int4" else None,
+            "int4_qparams": int4_qparams if method == "weight_only_int4" else None,
             "embeddings_quantized": bool(embedding), "skip": skip, "linear_modules": len(linear),
             "linear_modules_kept_float": len(candidates) - len(linear), "embedding_modules": embedding,
             "tied_head_shares_embedding": tied_head is not None,

@@ -125,11 +125,15 @@ def no_sync(d: Dist, wrapped, last: bool):
     return wrapped.no_sync() if d.enabled and not last else nullcontext()
 
 
-def shard_model(root: torch.nn.Module, blocks_of: torch.nn.Module, param_dtype: torch.dtype | None) -> torch.nn.Module:
+def shard_model(root: torch.nn.Module, blocks_of: torch.nn.Module, param_dtype: torch.dtype | None,
+                reshard: bool = True) -> torch.nn.Module:
     """FSDP2 (`fully_shard`): every transformer block (the classes a Hugging Face model lists in
     `_no_split_modules`) is its own unit, the rest (embeddings, final norm, head) goes with `root`. Parameters,
     gradients and optimizer state are sharded over the ranks; each unit's parameters are all-gathered for its forward
-    and backward (in `param_dtype` when training in bf16; gradients reduced in fp32)."""
+    and backward (in `param_dtype` when training in bf16; gradients reduced in fp32). `reshard`: free a block's
+    gathered parameters after its forward (gathered again for its backward), or keep them until the backward (one
+    all-gather per block per step). The root keeps its parameters either way (FSDP2's own rule: they are needed first
+    in the backward)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
@@ -141,8 +145,8 @@ def shard_model(root: torch.nn.Module, blocks_of: torch.nn.Module, param_dtype: 
         raise TrainoptError(f"parallel: fsdp found no transformer blocks in {type(blocks_of).__name__} "
                             "(_no_split_modules is empty); use parallel: ddp")
     for block in blocks:
-        fully_shard(block, mp_policy=policy)
-    fully_shard(root, mp_policy=policy)
+        fully_shard(block, mp_policy=policy, reshard_after_forward=reshard)
+    fully_shard(root, mp_policy=policy, reshard_after_forward=reshard)
     return root
 
 

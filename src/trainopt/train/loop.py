@@ -151,7 +151,8 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
 
         core = copy.deepcopy(core)
         model.to("cpu")
-        work = trainable = distributed.shard_model(core, core.model if as_module else core, autocast_dtype)
+        work = trainable = distributed.shard_model(core, core.model if as_module else core, autocast_dtype,
+                                                               stage.fsdp_reshard)
         forward_model = work
     else:
         forward_model = distributed.wrap(dd, core, device, stage.ddp_bucket_mb, stage.ddp_comm)  # DDP on several ranks, the model itself on one
@@ -208,6 +209,9 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
             ctx.log.log(stage.name, state.step, event="nonfinite_skipped", count=skipped)
         lazy_bad, lazy_loss = torch.zeros_like(lazy_bad), torch.zeros_like(lazy_loss)
         return total
+    from .profile import StepProfiler
+
+    profiler = StepProfiler(stage.profile if dd.is_main else None, stage_dir / "profile", dd.rank, device)
     session_start = time.perf_counter()
     stage_start_train_seconds = state.train_seconds
     first_step_s = None
@@ -219,6 +223,7 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
                 state.epoch += 1
                 state.batch_in_epoch = 0
                 batches = split.batches(stage.batch_size, run.seed, state.epoch, bucket=ctx.recipe.data.bucket)
+            profiler.before(state.step + 1)
             group = batches[state.batch_in_epoch: state.batch_in_epoch + per_step]
             state.batch_in_epoch += len(group)
             # This rank's share: every world-th micro-batch (weight 0: padding so that every rank joins the sync).
@@ -306,6 +311,7 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             state.step += 1
+            profiler.after(state.step)
             if first_step_s is None:
                 measure.sync(device)
                 first_step_s = time.perf_counter() - session_start
@@ -371,6 +377,7 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
             if kill_at and state.step == kill_at:  # fault injection: SIGKILL when this process reaches the step
                 os.kill(os.getpid(), 9)
 
+    profiler.close()
     flush_lazy()
     if fsdp:  # the trained weights, gathered, into the unsharded model
         full, _ = distributed.full_state(work, everywhere=True)
