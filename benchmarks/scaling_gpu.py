@@ -72,6 +72,9 @@ def main() -> None:
             "ddp_bf16": (f"ddp_{n}gpu_bf16comm", n, 1, "ddp", {"stages.pretrain.ddp_comm": "bf16"}),
             # FSDP2 keeping each block's gathered parameters from its forward to its backward (one all-gather a step)
             "fsdp_keep": (f"fsdp_{n}gpu_keep", n, 1, "fsdp", {"stages.pretrain.fsdp_reshard": "false"}),
+            # the same runs with plain pageable host→GPU copies (run.pin_memory: false), for an A/B of pinning
+            "one_nopin": ("1gpu_nopin", 1, 1, "ddp", {"run.pin_memory": "false"}),
+            "ddp_nopin": (f"ddp_{n}gpu_nopin", n, 1, "ddp", {"run.pin_memory": "false"}),
             "ddp_bucket100": (f"ddp_{n}gpu_bucket100", n, 1, "ddp", {"stages.pretrain.ddp_bucket_mb": 100}),
             "ddp_bf16_bucket100": (f"ddp_{n}gpu_bf16comm_bucket100", n, 1, "ddp",
                                    {"stages.pretrain.ddp_comm": "bf16", "stages.pretrain.ddp_bucket_mb": 100})}

@@ -562,6 +562,9 @@ class RunSpec(Strict):
     peak_flops: float | None = Field(None, gt=0.0)
     tensorboard: bool = True
     progress: bool = True
+    # CUDA: copy micro-batches from pinned (page-locked) host memory, so that the copy is asynchronous and the host
+    # keeps queueing kernels; false: plain pageable copies (the host waits for each). No effect on CPU.
+    pin_memory: bool = True
 
 
 class Recipe(Strict):

@@ -312,6 +312,11 @@ def _search_alg(w, rows: int) -> int | None:
     except (RuntimeError, TypeError):
         return None
     w.alg_id_cusparselt = alg
+    try:  # some PyTorch/cuSPARSELt pairs return ids that their own matmul then refuses (torch 2.11 + 0.8 did)
+        torch.nn.functional.linear(x, w)
+    except RuntimeError:
+        w.alg_id_cusparselt = 0
+        return None
     return alg
 
 

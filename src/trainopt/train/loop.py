@@ -195,6 +195,7 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
     # it can launch the next step's kernels. Without recovery and with fused AdamW, the skip of a non-finite step is
     # decided on the device instead and the loss is read at log time only: on a GPU the launches overlap its work.
     lazy = not stage.recovery.enabled and scaler is None and all(g.get("fused") for g in optimizer.param_groups)
+    pin = device.type == "cuda" and run.pin_memory
     lazy_bad = torch.zeros((), device=device)  # non-finite steps (skipped on the GPU) since the last flush
     lazy_loss = torch.zeros((), device=device)  # summed finite step losses since the last flush
 
@@ -241,8 +242,7 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
                 # Pinned host memory makes the copy truly asynchronous: the host keeps queueing work instead of
                 # waiting for the GPU to drain before every micro-batch's copy (pageable copies are staged
                 # synchronously).
-                batch = {k: (v.pin_memory() if device.type == "cuda" else v).to(device, non_blocking=True)
-                         for k, v in batch.items()}
+                batch = {k: (v.pin_memory() if pin else v).to(device, non_blocking=True) for k, v in batch.items()}
                 with distributed.no_sync(dd, forward_model, last=i == len(micro) - 1):
                     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                         loss = loss_fn(forward_model, batch, denom) * weight
