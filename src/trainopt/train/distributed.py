@@ -125,6 +125,23 @@ def no_sync(d: Dist, wrapped, last: bool):
     return wrapped.no_sync() if d.enabled and not last else nullcontext()
 
 
+def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's transformer blocks: the module classes a Hugging Face model lists in `_no_split_modules`."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    # by any class in the MRO: once sharded, a block's class is FSDP2's subclass of it (FSDPGPT2Block)
+    return [m for m in model.modules() if any(c.__name__ in names for c in type(m).__mro__)]
+
+
+def compile_blocks(model: torch.nn.Module, mode: str | None) -> int:
+    """torch.compile each transformer block's forward (torchtitan's way under FSDP): FSDP2's per-block hooks (all-gather
+    before, reshard and reduce-scatter after) then run around compiled code instead of breaking one whole-model graph
+    into pieces, and the module tree and state-dict keys stay as they are. Returns the number of blocks compiled."""
+    blocks = transformer_blocks(model)
+    for block in blocks:
+        block.forward = torch.compile(block.forward, mode=mode)
+    return len(blocks)
+
+
 def shard_model(root: torch.nn.Module, blocks_of: torch.nn.Module, param_dtype: torch.dtype | None,
                 reshard: bool = True) -> torch.nn.Module:
     """FSDP2 (`fully_shard`): every transformer block (the classes a Hugging Face model lists in
@@ -137,8 +154,7 @@ def shard_model(root: torch.nn.Module, blocks_of: torch.nn.Module, param_dtype: 
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
-    names = set(getattr(blocks_of, "_no_split_modules", None) or [])
-    blocks = [m for m in blocks_of.modules() if type(m).__name__ in names]
+    blocks = transformer_blocks(blocks_of)
     if not blocks:
         from ..errors import TrainoptError
 

@@ -26,6 +26,13 @@ class TrainLoss(torch.nn.Module):
         # Under DDP + torch.compile, the chunked head runs outside dynamo: on torch 2.11 + CUDA, inductor failed on
         # the graph that DDP's graph splitting cut around it ("'int' object has no attribute 'meta'").
         self.opaque_head = opaque_head
+        self._lm_loss_sum, self._classification_loss_sum = lm_loss_sum, classification_loss_sum
+
+    def compile_loss(self, mode: str | None = None) -> None:
+        """Compile the loss on its own (the logits' upcast and log-softmax fused), for when the model is compiled
+        block by block (FSDP2) rather than together with its loss."""
+        self._lm_loss_sum = torch.compile(lm_loss_sum, mode=mode)
+        self._classification_loss_sum = torch.compile(classification_loss_sum, mode=mode)
 
     @property
     def config(self):  # evaluation reads the model's config (e.g. num_labels) through this wrapper under FSDP
@@ -36,9 +43,9 @@ class TrainLoss(torch.nn.Module):
             return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         if self.task == "classification":
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
-            return classification_loss_sum(logits, labels, self.label_smoothing)
+            return self._classification_loss_sum(logits, labels, self.label_smoothing)
         if self.lm_loss == "full":
-            return lm_loss_sum(self.model(input_ids=input_ids, attention_mask=attention_mask).logits, labels)
+            return self._lm_loss_sum(self.model(input_ids=input_ids, attention_mask=attention_mask).logits, labels)
         out = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask)
         hidden = out[0][:, :-1].reshape(-1, out[0].shape[-1])
         targets = labels[:, 1:].reshape(-1)
