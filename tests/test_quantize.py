@@ -200,6 +200,29 @@ def test_weight_only_methods_refuse_dynamic_only_options():
         load_recipe({"model": {"path": "x"}, "data": {"source": "y"},
                      "stages": [{"kind": "quantize", "method": "weight_only_int8", "qat": {"max_steps": 2}}]})
     assert "stages.0" in info.value.key
+    with pytest.raises(RecipeError) as info:
+        load_recipe({"model": {"path": "x"}, "data": {"source": "y"},
+                     "stages": [{"kind": "quantize", "method": "weight_only_int8", "int4_qparams": "hqq"}]})
+    assert "stages.0" in info.value.key and "int4_qparams" in info.value.problem
+
+
+def test_int4_hqq_qparams_cut_the_rounding_error():
+    """int4_qparams: hqq (torchao's HQQ solver) gives the same layer (same kernel, same bytes) with scales and zeros
+    that reproduce the float layer more closely than min-max ones, at group 32 and 64 (seeded weights)."""
+    pytest.importorskip("torchao")
+    from trainopt.compress.weight_only import Int4Linear
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(576, 192, bias=False).to(torch.bfloat16).requires_grad_(False)
+    x = torch.randn(64, 576, dtype=torch.bfloat16)
+    ref = lin(x).float()
+    for group in (32, 64):
+        err = {}
+        for qp in ("minmax", "hqq"):
+            layer = Int4Linear.from_linear(lin, group, qp)
+            assert layer.state_dict()["qweight"].shape == (192, 288)
+            err[qp] = float((layer(x).float() - ref).norm() / ref.norm())
+        assert err["hqq"] < err["minmax"] < 0.1, (group, err)
 
 
 def test_int4_linear_matches_its_integers_and_reloads_exactly():
@@ -235,7 +258,9 @@ def test_int4_linear_matches_its_integers_and_reloads_exactly():
     assert layer.state_dict()["qweight"].shape == (48, 48) and layer.state_dict()["qweight"].dtype == torch.uint8
 
 
-def test_weight_only_int4_keeps_a_tied_head_on_the_int8_embedding_and_reloads(tmp_path, tiny_gpt_dir, austen_text):
+@pytest.mark.parametrize("qparams", ["minmax", "hqq"])
+def test_weight_only_int4_keeps_a_tied_head_on_the_int8_embedding_and_reloads(tmp_path, tiny_gpt_dir, austen_text,
+                                                                              qparams):
     """weight_only_int4 on a Llama-family decoder (tied embeddings, CPU kernel): Linears → Int4Linear, the vocabulary
     embedding → int8 with the head still tied to it (one matrix), well over 2x fewer weight bytes than bf16, the saved
     folder reloads to the same logits, and perplexity stays close to the float model's."""
@@ -257,12 +282,14 @@ def test_weight_only_int4_keeps_a_tied_head_on_the_int8_embedding_and_reloads(tm
     raw = {"name": "lm4", "task": "causal_lm", "model": {"path": str(model_dir)},
            "data": {"source": str(tmp_path / "book.txt"), "block_size": 32},
            "stages": [{"kind": "eval", "name": "float"},
-                      {"kind": "quantize", "name": "int4", "method": "weight_only_int4", "group_size": 32}],
+                      {"kind": "quantize", "name": "int4", "method": "weight_only_int4", "group_size": 32,
+                       "int4_qparams": qparams}],
            "run": {"progress": False, "device": "cpu"}, "measure": {"batch_sizes": [1], "max_seconds": 1}}
     report = trainopt.run(raw, out=tmp_path / "run")
     fl, q = report["stages"]
     info = q["quantization"]
-    assert info["linear_modules"] == 2 * 7 and info["tied_head_shares_embedding"]
+    assert info["linear_modules"] == 2 * 7 and info["tied_head_shares_embedding"] and info["int4_qparams"] == qparams
+    assert info["linear_modules_kept_float"] == 0
     assert q["quality"]["perplexity"] == pytest.approx(fl["quality"]["perplexity"], rel=0.05)
     model, tok, _ = load_saved(tmp_path / "run" / q["checkpoint"])
     assert sum(isinstance(m, Int4Linear) for m in model.modules()) == 14
@@ -270,7 +297,7 @@ def test_weight_only_int4_keeps_a_tied_head_on_the_int8_embedding_and_reloads(tm
     bf16 = LlamaForCausalLM.from_pretrained(model_dir).to(torch.bfloat16)
     assert weight_only.weight_bytes(bf16) / weight_only.weight_bytes(model) > 2.2  # int8 embedding: half the model
     fresh = LlamaForCausalLM.from_pretrained(model_dir)
-    weight_only.apply(fresh, "weight_only_int4", 32, True, [], torch.device("cpu"))
+    weight_only.apply(fresh, "weight_only_int4", 32, True, [], torch.device("cpu"), qparams)
     ids = tok("It is a truth universally acknowledged", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         assert torch.equal(fresh(input_ids=ids).logits, model(input_ids=ids).logits)
@@ -283,3 +310,26 @@ def test_int4_linear_reports_missing_and_unexpected_keys():
     layer = Int4Linear.from_linear(torch.nn.Linear(64, 32).to(torch.bfloat16), 32)
     result = layer.load_state_dict({"weight": torch.zeros(32, 64)}, strict=False)
     assert set(result.missing_keys) == {"qweight", "scale_and_zero", "bias"} and result.unexpected_keys == ["weight"]
+
+
+def test_int4_leaves_linears_the_group_does_not_divide_in_bf16_and_counts_them():
+    """A Linear whose input width the group size does not divide stays a bf16 nn.Linear, counted in
+    `linear_modules_kept_float`; the others become Int4Linear and the model still runs."""
+    pytest.importorskip("torchao")
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from trainopt.compress import weight_only
+    from trainopt.compress.weight_only import Int4Linear
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    model = LlamaForCausalLM(cfg)
+    info = weight_only.apply(model, "weight_only_int4", 64, False, [], torch.device("cpu"))
+    downs = [m for n, m in model.named_modules() if n.endswith("down_proj")]  # input width 96: 96 % 64 ≠ 0
+    assert info["linear_modules_kept_float"] == 2 + 1  # the two down projections, and the LM head (300 outputs: the
+    # kernel needs a multiple of 16)
+    assert all(type(m) is torch.nn.Linear and m.weight.dtype == torch.bfloat16 for m in downs)
+    assert sum(isinstance(m, Int4Linear) for m in model.modules()) == info["linear_modules"]
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=torch.tensor([[1, 2, 3]])).logits).all()

@@ -209,6 +209,9 @@ class QuantizeStage(StageBase):
     name: str = Field("quantize", pattern=_NAME)
     method: Literal["dynamic_int8", "weight_only_int8", "weight_only_int4"] = "dynamic_int8"
     group_size: Literal[32, 64, 128, 256] = 128  # weight_only_int4: input channels per int4 scale group
+    # weight_only_int4: each group's scale and zero from its min and max, or chosen by HQQ's solver (torchao's), which
+    # moves them to cut the rounding error (slower to quantize; the same kernel and bytes)
+    int4_qparams: Literal["minmax", "hqq"] = "minmax"
     embeddings: bool = True
     skip: list[str] = []
     smooth: SmoothSpec | None = None
@@ -218,6 +221,8 @@ class QuantizeStage(StageBase):
     def _dynamic_only(self):
         if self.method != "dynamic_int8" and (self.smooth is not None or self.qat is not None):
             raise ValueError("smooth and qat apply to method: dynamic_int8; remove them for weight-only methods")
+        if self.method != "weight_only_int4" and self.int4_qparams != "minmax":
+            raise ValueError("int4_qparams applies to method: weight_only_int4; remove it for other methods")
         return self
 
 

@@ -202,7 +202,8 @@ def quantize_stage(model, data, stage: QuantizeStage, ctx: RunContext, stage_dir
     if stage.method != "dynamic_int8":  # torchao weight-only (compress/weight_only.py), on the run's device
         from . import weight_only
 
-        info = weight_only.apply(model, stage.method, stage.group_size, stage.embeddings, stage.skip, ctx.device)
+        info = weight_only.apply(model, stage.method, stage.group_size, stage.embeddings, stage.skip, ctx.device,
+                                 stage.int4_qparams)
         return model, {"effect": "compressed", "measure_device": ctx.device.type, "quantization": {
             **info, "weights": f"{stage.method[12:]} weight-only (torchao)", "activations": "floating point",
             "weight_bytes_in_memory": weight_only.weight_bytes(model)},

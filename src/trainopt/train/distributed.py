@@ -137,6 +137,10 @@ def compile_blocks(model: torch.nn.Module, mode: str | None) -> int:
     before, reshard and reduce-scatter after) then run around compiled code instead of breaking one whole-model graph
     into pieces, and the module tree and state-dict keys stay as they are. Returns the number of blocks compiled."""
     blocks = transformer_blocks(model)
+    # Each block is its own compiled frame (its layer index, for one, is a constant of its graph): dynamo's default of
+    # 8 recompilations per code object would send blocks 9+ back to eager.
+    limit = 2 * len(blocks) + 8
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
     for block in blocks:
         block.forward = torch.compile(block.forward, mode=mode)
     return len(blocks)

@@ -45,8 +45,11 @@ class TrainLoss(torch.nn.Module):
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
             return self._classification_loss_sum(logits, labels, self.label_smoothing)
         if self.lm_loss == "full":
-            return self._lm_loss_sum(self.model(input_ids=input_ids, attention_mask=attention_mask).logits, labels)
-        out = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask)
+            # use_cache=False: training builds no KV cache (transformers otherwise fills one per layer, which also
+            # makes a compiled block see the cache's state change and recompile)
+            return self._lm_loss_sum(self.model(input_ids=input_ids, attention_mask=attention_mask,
+                                                use_cache=False).logits, labels)
+        out = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         hidden = out[0][:, :-1].reshape(-1, out[0].shape[-1])
         targets = labels[:, 1:].reshape(-1)
         head = self.model.get_output_embeddings()
