@@ -3,7 +3,8 @@
 For each variant, from the same weights: weight bytes in memory (integer data + scales), perplexity on held-out
 Persuasion (the lm-int8 recipe's test blocks), decode tokens/s at batch 1 (greedy, --new tokens, eager and, with
 --compile, with a static KV cache, which `generate` compiles on CUDA), and prefill throughput (batch 8 × 256 tokens).
-int4 groups: `weight_only_int4:G`, with HQQ's scales and zeros: `weight_only_int4:G:hqq`; Linears whose width G does not divide stay in bf16 (counted in the table). On a CPU
+int4 groups: `weight_only_int4:G`, with HQQ's scales and zeros: `weight_only_int4:G:hqq`, with the vocabulary
+embedding (and the tied head) in int4 groups of N too: `…:e4gN`; Linears whose width G does not divide stay in bf16 (counted in the table). On a CPU
 the same code runs (PyTorch's CPU int4 kernel) as a smoke test; its timings describe that CPU only.
 
     python benchmarks/weight_only_gpu.py --model ~/.cache/trainopt/models/smollm2-135m [--compile]
@@ -78,8 +79,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="builtin:smollm2-135m")
     ap.add_argument("--methods", default="bf16,weight_only_int8,weight_only_int4:32,weight_only_int4:64",
-                    help="comma-separated; weight_only_int4:G[:hqq] sets the group size G (default --group-size) and the "
-                    "scale/zero choice (min-max, or HQQ)")
+                    help="comma-separated; weight_only_int4:G[:hqq][:e4gN] sets the group size G (default --group-size) and the "
+                    "scale/zero choice (min-max, or HQQ) and an int4 embedding in groups of N")
     ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--compile", action="store_true", help="also time decode with a static KV cache (compiled by "
                     "generate on CUDA)")
@@ -94,13 +95,15 @@ def main() -> None:
     blocks = tokenize(texts, tok, recipe).test.blocks
     rows = []
     for variant in args.methods.split(","):
-        method, _, rest = variant.partition(":")
-        group, _, qparams = rest.partition(":")
+        method, *opts = variant.split(":")
+        group = next((o for o in opts if o.isdigit()), "")
+        qparams = "hqq" if "hqq" in opts else "minmax"
+        emb = next((int(o[3:]) for o in opts if o.startswith("e4g")), None)  # int4 embedding in groups of N
         model = copy.deepcopy(base).to(device, torch.bfloat16).eval()
         info = {}
         if method != "bf16":
-            info = weight_only.apply(model, method, int(group or args.group_size), True, [], device,
-                                     qparams or "minmax")
+            info = weight_only.apply(model, method, int(group or args.group_size), True, [], device, qparams,
+                                     4 if emb else 8, emb or 32)
         row = {"variant": variant, "weight_bytes": weight_only.weight_bytes(model),
                "linears_kept_float": info.get("linear_modules_kept_float", 0),
                "perplexity": round(perplexity(model, blocks, device), 3),

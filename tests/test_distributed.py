@@ -144,6 +144,14 @@ def test_spike_recovery_agrees_across_ranks(tmp_path, tiny_bert_dir, reviews_dir
     assert event["step"] == 10 and event["to_step"] == 8
 
 
+def _same_loss_curve(run_a, run_b, steps: int, rel: float) -> None:
+    a = {r["step"]: r["loss"] for r in read_metrics(run_a) if "loss" in r}
+    b = {r["step"]: r["loss"] for r in read_metrics(run_b) if "loss" in r}
+    assert a.keys() == b.keys() and len(a) == steps
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=rel), step
+
+
 def _lm_recipe(path, tiny_gpt_dir, book, grad_accum, **extra):
     raw = {"name": "lm", "task": "causal_lm", "model": {"path": str(tiny_gpt_dir), "dropout": 0.0},
            "data": {"source": str(book), "block_size": 32, "validation_fraction": 0.1, "test_fraction": 0.1},
@@ -167,11 +175,7 @@ def test_fsdp_matches_one_process_and_resumes_bit_identically(tmp_path, tiny_gpt
                       lm_loss_chunk=50)
     two = _run([fsdp, "--out", tmp_path / "two", "--nproc", "2"])
     assert two.returncode == 0, two.stderr[-3000:]
-    a = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "one") if "loss" in r}
-    b = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "two") if "loss" in r}
-    assert a.keys() == b.keys() and len(a) == 12
-    for step in a:
-        assert b[step] == pytest.approx(a[step], rel=RTOL_LOSS), step
+    _same_loss_curve(tmp_path / "one", tmp_path / "two", 12, rel=RTOL_LOSS)
     wa = load_file(tmp_path / "one/stages/pre/model/model.safetensors")
     wb = load_file(tmp_path / "two/stages/pre/model/model.safetensors")
     assert wa.keys() == wb.keys() and max((wa[k] - wb[k]).abs().max().item() for k in wa) < ATOL_WEIGHTS
@@ -203,11 +207,7 @@ def test_fsdp_with_compile_compiles_block_by_block_and_matches(tmp_path, tiny_gp
                       fsdp_reshard=False, max_steps=6, checkpoint_every=0)
     two = _run([fsdp, "--out", tmp_path / "two", "--nproc", "2"])
     assert two.returncode == 0, two.stderr[-3000:]
-    a = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "one") if "loss" in r}
-    b = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "two") if "loss" in r}
-    assert a.keys() == b.keys() and len(a) == 6
-    for step in a:
-        assert b[step] == pytest.approx(a[step], rel=1e-3), step
+    _same_loss_curve(tmp_path / "one", tmp_path / "two", 6, rel=1e-3)
     report = json.loads((tmp_path / "two/report.json").read_text())
     assert report["stages"][0]["training"]["world_size"] == 2
     assert report["stages"][0]["training"]["compiled"] == "2 blocks + loss"

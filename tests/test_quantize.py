@@ -204,6 +204,10 @@ def test_weight_only_methods_refuse_dynamic_only_options():
         load_recipe({"model": {"path": "x"}, "data": {"source": "y"},
                      "stages": [{"kind": "quantize", "method": "weight_only_int8", "int4_qparams": "hqq"}]})
     assert "stages.0" in info.value.key and "int4_qparams" in info.value.problem
+    with pytest.raises(RecipeError) as info:
+        load_recipe({"model": {"path": "x"}, "data": {"source": "y"},
+                     "stages": [{"kind": "quantize", "method": "weight_only_int8", "embedding_bits": 4}]})
+    assert "embedding_bits" in info.value.problem
 
 
 def test_int4_hqq_qparams_cut_the_rounding_error():
@@ -258,18 +262,12 @@ def test_int4_linear_matches_its_integers_and_reloads_exactly():
     assert layer.state_dict()["qweight"].shape == (48, 48) and layer.state_dict()["qweight"].dtype == torch.uint8
 
 
-@pytest.mark.parametrize("qparams", ["minmax", "hqq"])
-def test_weight_only_int4_keeps_a_tied_head_on_the_int8_embedding_and_reloads(tmp_path, tiny_gpt_dir, austen_text,
-                                                                              qparams):
-    """weight_only_int4 on a Llama-family decoder (tied embeddings, CPU kernel): Linears → Int4Linear, the vocabulary
-    embedding → int8 with the head still tied to it (one matrix), well over 2x fewer weight bytes than bf16, the saved
-    folder reloads to the same logits, and perplexity stays close to the float model's."""
+def _tiny_llama_int4_run(tmp_path, tiny_gpt_dir, austen_text, **quantize):
+    """A tiny tied Llama (saved in tmp_path/llama) evaluated, then quantized by a weight_only_int4 stage on CPU."""
     pytest.importorskip("torchao")
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     import trainopt
-    from trainopt.compress import weight_only
-    from trainopt.compress.weight_only import Int4Linear
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -283,9 +281,23 @@ def test_weight_only_int4_keeps_a_tied_head_on_the_int8_embedding_and_reloads(tm
            "data": {"source": str(tmp_path / "book.txt"), "block_size": 32},
            "stages": [{"kind": "eval", "name": "float"},
                       {"kind": "quantize", "name": "int4", "method": "weight_only_int4", "group_size": 32,
-                       "int4_qparams": qparams}],
+                       **quantize}],
            "run": {"progress": False, "device": "cpu"}, "measure": {"batch_sizes": [1], "max_seconds": 1}}
-    report = trainopt.run(raw, out=tmp_path / "run")
+    return trainopt.run(raw, out=tmp_path / "run"), model_dir
+
+
+@pytest.mark.parametrize("qparams", ["minmax", "hqq"])
+def test_weight_only_int4_keeps_a_tied_head_on_the_int8_embedding_and_reloads(tmp_path, tiny_gpt_dir, austen_text,
+                                                                              qparams):
+    """weight_only_int4 on a Llama-family decoder (tied embeddings, CPU kernel): Linears → Int4Linear, the vocabulary
+    embedding → int8 with the head still tied to it (one matrix), well over 2x fewer weight bytes than bf16, the saved
+    folder reloads to the same logits, and perplexity stays close to the float model's."""
+    from transformers import LlamaForCausalLM
+
+    from trainopt.compress import weight_only
+    from trainopt.compress.weight_only import Int4Linear
+
+    report, model_dir = _tiny_llama_int4_run(tmp_path, tiny_gpt_dir, austen_text, int4_qparams=qparams)
     fl, q = report["stages"]
     info = q["quantization"]
     assert info["linear_modules"] == 2 * 7 and info["tied_head_shares_embedding"] and info["int4_qparams"] == qparams
@@ -333,3 +345,40 @@ def test_int4_leaves_linears_the_group_does_not_divide_in_bf16_and_counts_them()
     assert sum(isinstance(m, Int4Linear) for m in model.modules()) == info["linear_modules"]
     with torch.no_grad():
         assert torch.isfinite(model(input_ids=torch.tensor([[1, 2, 3]])).logits).all()
+
+
+def test_int4_embedding_and_its_tied_head_reload_and_shrink_the_model(tmp_path, tiny_gpt_dir, austen_text):
+    """embedding_bits: 4 — the tied vocabulary embedding becomes Int4Embedding (nibbles + bf16 scales/zeros, groups of
+    16 along the hidden axis), the head multiplies by its dequantized matrix (no second copy); lookups equal the
+    dequantized rows; the folder reloads to the same logits; the model is smaller than with the int8 embedding and
+    still generates."""
+    from transformers import LlamaForCausalLM
+
+    from trainopt.compress import weight_only
+    from trainopt.compress.weight_only import Int4Embedding, Int4TiedHead
+
+    report, model_dir = _tiny_llama_int4_run(tmp_path, tiny_gpt_dir, austen_text, embedding_bits=4,
+                                             embedding_group_size=16, int4_qparams="hqq")
+    fl, q = report["stages"]
+    info = q["quantization"]
+    assert info["embedding_bits"] == 4 and info["int4_embedding_modules"] == ["model.embed_tokens"]
+    assert q["quality"]["perplexity"] == pytest.approx(fl["quality"]["perplexity"], rel=0.05)
+    model, tok, _ = load_saved(tmp_path / "run" / q["checkpoint"])
+    emb, head = model.model.embed_tokens, model.lm_head
+    assert isinstance(emb, Int4Embedding) and isinstance(head, Int4TiedHead) and head.embedding is emb
+    assert emb.qweight.shape == (1024, 32) and emb.scale_and_zero.shape == (1024, 4, 2)
+    ids = torch.tensor([[5, 17, 1023]])
+    assert torch.equal(emb(ids)[0], emb.dequantize()[ids[0]])
+    float_model = LlamaForCausalLM.from_pretrained(model_dir)
+    err = (emb.dequantize().float() - float_model.model.embed_tokens.weight).abs()
+    assert err.max() < float_model.model.embed_tokens.weight.abs().max() * 0.2  # an int4 grid of 16 values
+    int8 = LlamaForCausalLM.from_pretrained(model_dir)
+    weight_only.apply(int8, "weight_only_int4", 32, True, [], torch.device("cpu"))
+    assert weight_only.weight_bytes(model) < 0.85 * weight_only.weight_bytes(int8)
+    fresh = LlamaForCausalLM.from_pretrained(model_dir)
+    weight_only.apply(fresh, "weight_only_int4", 32, True, [], torch.device("cpu"), "hqq", 4, 16)
+    prompt = tok("It is a truth universally acknowledged", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(fresh(input_ids=prompt).logits, model(input_ids=prompt).logits)
+        out = model.generate(input_ids=prompt, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    assert out.shape[1] == prompt.shape[1] + 4

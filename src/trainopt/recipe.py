@@ -213,6 +213,10 @@ class QuantizeStage(StageBase):
     # moves them to cut the rounding error (slower to quantize; the same kernel and bytes)
     int4_qparams: Literal["minmax", "hqq"] = "minmax"
     embeddings: bool = True
+    # weight_only_int4: vocabulary embeddings (and a head tied to them) in int8 per row, or in int4 in groups of
+    # embedding_group_size along the hidden axis (smaller; costs more quality: see docs/methods/quantize.md)
+    embedding_bits: Literal[8, 4] = 8
+    embedding_group_size: Literal[16, 32, 64, 128] = 32
     skip: list[str] = []
     smooth: SmoothSpec | None = None
     qat: TrainSettings | None = None
@@ -223,6 +227,8 @@ class QuantizeStage(StageBase):
             raise ValueError("smooth and qat apply to method: dynamic_int8; remove them for weight-only methods")
         if self.method != "weight_only_int4" and self.int4_qparams != "minmax":
             raise ValueError("int4_qparams applies to method: weight_only_int4; remove it for other methods")
+        if self.method != "weight_only_int4" and self.embedding_bits != 8:
+            raise ValueError("embedding_bits: 4 applies to method: weight_only_int4; remove it for other methods")
         return self
 
 

@@ -203,7 +203,7 @@ def quantize_stage(model, data, stage: QuantizeStage, ctx: RunContext, stage_dir
         from . import weight_only
 
         info = weight_only.apply(model, stage.method, stage.group_size, stage.embeddings, stage.skip, ctx.device,
-                                 stage.int4_qparams)
+                                 stage.int4_qparams, stage.embedding_bits, stage.embedding_group_size)
         return model, {"effect": "compressed", "measure_device": ctx.device.type, "quantization": {
             **info, "weights": f"{stage.method[12:]} weight-only (torchao)", "activations": "floating point",
             "weight_bytes_in_memory": weight_only.weight_bytes(model)},

@@ -5,8 +5,9 @@ The weights are stored as integers with scales and dequantized inside the matmul
 - weight_only_int4: every nn.Linear → `Int4Linear` below: int4 in groups of `group_size` along the input
   (asymmetric, torchao's tinygemm quantization primitives), bf16 activations, PyTorch's own int4 matmul
   (`aten._weight_int4pack_mm`, the tinygemm kernel, on CUDA; its CPU counterpart on CPU).
-- Vocabulary-sized embeddings (`embeddings: true`) → torchao `IntxWeightOnlyConfig` (int8 per row) for both methods.
-  A tied LM head stays tied: it multiplies by the same int8 matrix (one copy in memory, as in the float model).
+- Vocabulary-sized embeddings (`embeddings: true`) → torchao `IntxWeightOnlyConfig` (int8 per row) for both methods,
+  or, with `embedding_bits: 4` (weight_only_int4), `Int4Embedding` below (int4 in groups along the hidden axis).
+  A tied LM head stays tied: it multiplies by the same int8 / int4 matrix (one copy in memory, as in the float model).
 Saved form: torchao's safetensors support (`flatten_tensor_state_dict`: the integer data, scales and zero points as
 plain tensors + the tensor-subclass description in the safetensors metadata); Int4Linear saves its int4 values two
 per byte in plain row order (not the device's tile layout) with its bf16 scales and zeros. `trainopt.models.load_saved`
@@ -31,6 +32,43 @@ def check(stage, index: int, device: torch.device) -> None:
     except ImportError:
         raise RecipeError(f"stages.{index}.method", f"{stage.method} needs torchao, which is not installed",
                           "pip install torchao (or use method: dynamic_int8)") from None
+
+
+def quantize_int4(w: torch.Tensor, group_size: int, qparams: str = "minmax"):
+    """int4 values q (0..15, int32, [n, k]) and per-group scale and zero ([n, k / group_size] each, bf16) of a 2-D
+    weight, groups along its second axis, in tinygemm's convention w ≈ (q − 8)·scale + zero. `qparams`: each group's
+    scale and zero from its min and max ("minmax"), or chosen by HQQ's half-quadratic solver, which moves them to cut
+    the rounding error of the group's weights ("hqq"). Both are torchao's."""
+    from torchao.quantization.quant_primitives import (
+        MappingType,
+        _choose_qparams_affine_tinygemm,
+        _choose_qparams_and_quantize_affine_hqq,
+        _quantize_affine_tinygemm,
+    )
+
+    n, k = w.shape
+    block = (1, group_size)
+    if qparams == "hqq":  # raw_output=False: scale and zero already in tinygemm's convention (as torchao uses it)
+        q, scale, zero, _ = _choose_qparams_and_quantize_affine_hqq(
+            w, nbits=4, group_size=group_size, axis=1, compute_dtype=torch.bfloat16, device=w.device, raw_output=False)
+        q = q.reshape(n, k).to(torch.int32)
+    else:
+        scale, zero = _choose_qparams_affine_tinygemm(w, MappingType.ASYMMETRIC, block, torch.int32, 0, 15, 1e-6,
+                                                      torch.bfloat16, torch.bfloat16)
+        q = _quantize_affine_tinygemm(w, block, scale, zero, torch.int32, 0, 15)
+    return q, scale.reshape(n, -1).to(torch.bfloat16), zero.reshape(n, -1).to(torch.bfloat16)
+
+
+def nibbles(q: torch.Tensor) -> torch.Tensor:
+    """int4 values [n, k] → two per byte, the first in the high nibble ([n, k / 2] uint8)."""
+    q = q.to(torch.int32)
+    return (q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8)
+
+
+def unnibble(packed: torch.Tensor) -> torch.Tensor:
+    """The inverse of `nibbles` (any leading shape): [..., k / 2] uint8 → [..., k] int32 in 0..15."""
+    p = packed.to(torch.int32)
+    return torch.stack([p >> 4, p & 15], dim=-1).flatten(-2)
 
 
 class Int4Linear(torch.nn.Module):
@@ -64,31 +102,14 @@ class Int4Linear(torch.nn.Module):
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear, group_size: int, qparams: str = "minmax") -> Int4Linear:
-        """`qparams`: each group's scale and zero from its min and max ("minmax"), or chosen by HQQ's half-quadratic
-        solver, which moves them to minimise the rounding error of the group's weights ("hqq"; torchao's)."""
-        from torchao.quantization.quant_primitives import (
-            MappingType,
-            _choose_qparams_affine_tinygemm,
-            _choose_qparams_and_quantize_affine_hqq,
-            _quantize_affine_tinygemm,
-        )
+        """`qparams`: see `quantize_int4`."""
         from torchao.quantization.utils import pack_tinygemm_scales_and_zeros
 
         w = linear.weight.detach()
         n, k = w.shape
-        block = (1, group_size)
-        if qparams == "hqq":  # raw_output=False: scale and zero already in tinygemm's convention (as torchao uses it)
-            q, scale, zero, _ = _choose_qparams_and_quantize_affine_hqq(
-                w, nbits=4, group_size=group_size, axis=1, compute_dtype=torch.bfloat16, device=w.device,
-                raw_output=False)
-            q = q.reshape(n, k).to(torch.int32)
-        else:
-            scale, zero = _choose_qparams_affine_tinygemm(w, MappingType.ASYMMETRIC, block, torch.int32, 0, 15, 1e-6,
-                                                          torch.bfloat16, torch.bfloat16)
-            q = _quantize_affine_tinygemm(w, block, scale, zero, torch.int32, 0, 15)
+        q, scale, zero = quantize_int4(w, group_size, qparams)
         layer = cls(k, n, group_size, linear.bias, w.device)
-        layer.scale_and_zero = pack_tinygemm_scales_and_zeros(scale.reshape(n, -1), zero.reshape(n, -1),
-                                                              torch.bfloat16).to(w.device)
+        layer.scale_and_zero = pack_tinygemm_scales_and_zeros(scale, zero, torch.bfloat16).to(w.device)
         layer.qdata = layer._pack(q)
         return layer
 
@@ -122,7 +143,7 @@ class Int4Linear(torch.nn.Module):
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         q = self.int_values()  # device-independent form: two values per byte, plain row order
-        destination[prefix + "qweight"] = (q[:, ::2] << 4 | q[:, 1::2]).cpu()
+        destination[prefix + "qweight"] = nibbles(q).cpu()
         destination[prefix + "scale_and_zero"] = self.scale_and_zero if keep_vars else self.scale_and_zero.detach()
         if self.bias is not None:
             destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()
@@ -138,8 +159,7 @@ class Int4Linear(torch.nn.Module):
                                    and k[len(prefix):] not in names)
         if missing:
             return
-        packed = state_dict[prefix + "qweight"].to(torch.int32)
-        q = torch.stack([packed >> 4, packed & 15], dim=-1).reshape(self.out_features, self.in_features)
+        q = unnibble(state_dict[prefix + "qweight"]).reshape(self.out_features, self.in_features)
         self.scale_and_zero = state_dict[prefix + "scale_and_zero"].to(device, torch.bfloat16)
         self.qdata = self._pack(q)
         if self.bias is not None:
@@ -147,6 +167,70 @@ class Int4Linear(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int4 group_size={self.group_size}"
+
+
+class Int4Embedding(torch.nn.Module):
+    """A vocabulary embedding in int4: groups of `group_size` along the hidden axis, w ≈ (q − 8)·scale + zero (the
+    same convention and quantizers as Int4Linear), stored as plain nibbles [rows, dim / 2] + bf16 scales and zeros
+    [rows, dim / group_size, 2]. A lookup gathers its rows and dequantizes them (any device). Written here because
+    torchao's int4 embedding (`IntxWeightOnlyConfig`) keeps one int4 value per byte, which saves nothing over int8."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, group_size: int, padding_idx: int | None,
+                 device: torch.device):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim, self.group_size = num_embeddings, embedding_dim, group_size
+        self.padding_idx = padding_idx
+        self.register_buffer("qweight", torch.zeros(num_embeddings, embedding_dim // 2, dtype=torch.uint8,
+                                                    device=device))
+        self.register_buffer("scale_and_zero", torch.zeros(num_embeddings, embedding_dim // group_size, 2,
+                                                           dtype=torch.bfloat16, device=device))
+
+    @staticmethod
+    def supports(emb: torch.nn.Embedding, group_size: int) -> bool:
+        return emb.embedding_dim % group_size == 0 and emb.embedding_dim % 2 == 0
+
+    @classmethod
+    def from_embedding(cls, emb: torch.nn.Embedding, group_size: int, qparams: str = "minmax") -> Int4Embedding:
+        w = emb.weight.detach()
+        q, scale, zero = quantize_int4(w, group_size, qparams)
+        layer = cls(emb.num_embeddings, emb.embedding_dim, group_size, emb.padding_idx, w.device)
+        layer.qweight = nibbles(q).to(w.device)
+        layer.scale_and_zero = torch.stack([scale, zero], dim=-1).to(w.device)
+        return layer
+
+    def _dequantize(self, qweight: torch.Tensor, scale_and_zero: torch.Tensor) -> torch.Tensor:
+        q = unnibble(qweight).unflatten(-1, (-1, self.group_size)).to(torch.bfloat16)
+        w = (q - 8) * scale_and_zero[..., 0:1] + scale_and_zero[..., 1:2]
+        return w.flatten(-2)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self._dequantize(self.qweight[ids], self.scale_and_zero[ids])
+
+    def dequantize(self) -> torch.Tensor:
+        """The whole matrix in bf16 (for a tied LM head: a transient, not kept)."""
+        return self._dequantize(self.qweight, self.scale_and_zero)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, int4 group_size={self.group_size}"
+
+
+class Int4TiedHead(torch.nn.Module):
+    """An LM head tied to an Int4Embedding: logits = x · Wᵀ with W the embedding's dequantized matrix, computed per
+    call (a transient bf16 copy; the stored weights stay int4, one copy as in the float model). The embedding is held
+    by reference, not as a submodule, so the state dict keeps it once."""
+
+    def __init__(self, embedding: Int4Embedding, bias: torch.Tensor | None):
+        super().__init__()
+        self.__dict__["embedding"] = embedding  # not registered: the model owns it as its input embedding
+        self.bias = None if bias is None else torch.nn.Parameter(bias.detach().to(torch.bfloat16),
+                                                                 requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.nn.functional.linear(x.to(torch.bfloat16), self.embedding.dequantize(), self.bias)
+        return y.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"tied to an int4 embedding of {self.embedding.num_embeddings} rows"
 
 
 def _configs(method: str):
@@ -158,8 +242,11 @@ def _configs(method: str):
 
 
 def apply(model: torch.nn.Module, method: str, group_size: int, embeddings: bool, skip: list[str],
-          device: torch.device, int4_qparams: str = "minmax") -> dict:
-    """Quantize the model in place on `device`; returns what was quantized (saved in trainopt.json)."""
+          device: torch.device, int4_qparams: str = "minmax", embedding_bits: int = 8,
+          embedding_group_size: int = 32) -> dict:
+    """Quantize the model in place on `device`; returns what was quantized (saved in trainopt.json).
+    `embedding_bits` 4 (weight_only_int4 only): vocabulary embeddings → Int4Embedding in groups of
+    `embedding_group_size` (a tied head → Int4TiedHead on it); 8: torchao's int8 per row."""
     from torchao.quantization import quantize_
 
     from .blocks import set_module
@@ -188,9 +275,18 @@ def apply(model: torch.nn.Module, method: str, group_size: int, embeddings: bool
         linear = [n for n, m in candidates if Int4Linear.supports(m, group_size)]
     else:
         linear = [n for n, _ in candidates]
-    if embedding:
-        quantize_(model, embedding_cfg, filter_fn=is_embedding)
-        if tied_head is not None:
+    int4_embedding = [n for n in embedding if method == "weight_only_int4" and embedding_bits == 4
+                      and Int4Embedding.supports(model.get_submodule(n), embedding_group_size)]
+    for name in int4_embedding:
+        module = model.get_submodule(name)
+        set_module(model, name, Int4Embedding.from_embedding(module, embedding_group_size, int4_qparams))
+        if tied_head is not None and module is inputs:
+            head_name = next(n for n, m in model.named_modules() if m is tied_head)
+            set_module(model, head_name, Int4TiedHead(model.get_submodule(name), tied_head.bias))
+    int8_embedding = set(embedding) - set(int4_embedding)
+    if int8_embedding:
+        quantize_(model, embedding_cfg, filter_fn=lambda m, fqn: fqn in int8_embedding)
+        if tied_head is not None and not int4_embedding:
             tied_head.weight = inputs.weight
     if method == "weight_only_int4":
         for name in linear:
@@ -203,11 +299,15 @@ def apply(model: torch.nn.Module, method: str, group_size: int, embeddings: bool
             "embeddings_quantized": bool(embedding), "skip": skip, "linear_modules": len(linear),
             "linear_modules_kept_float": len(candidates) - len(linear), "embedding_modules": embedding,
             "tied_head_shares_embedding": tied_head is not None,
+            "embedding_bits": 4 if int4_embedding else 8 if embedding else None,
+            "embedding_group_size": embedding_group_size if int4_embedding else None,
+            "int4_embedding_modules": int4_embedding,
             "dtype": "bfloat16" if method == "weight_only_int4" else "float32"}
 
 
 def is_quantized(model: torch.nn.Module) -> bool:
-    return any(_is_ao(p) for p in model.parameters()) or any(isinstance(m, Int4Linear) for m in model.modules())
+    return any(_is_ao(p) for p in model.parameters()) or \
+        any(isinstance(m, (Int4Linear, Int4Embedding)) for m in model.modules())
 
 
 def _is_ao(t) -> bool:
@@ -254,7 +354,8 @@ def load(model: torch.nn.Module, path, info: dict, device: torch.device) -> torc
     from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_state_dict
 
     apply(model, info["method"], info.get("group_size") or 128, info.get("embeddings_quantized", False),
-          info.get("skip", []), device)
+          info.get("skip", []), device, embedding_bits=info.get("embedding_bits") or 8,
+          embedding_group_size=info.get("embedding_group_size") or 32)
     with safe_open(str(path), "pt") as f:
         metadata = f.metadata()
     state, _ = unflatten_tensor_state_dict(load_file(str(path), device=str(device)), metadata)
