@@ -6,6 +6,9 @@ BERT-base's FFN shape (and the whole dense model) eagerly and replayed from a gr
 settings and under each named alternative, each in a fresh process (the settings must precede CUDA's start):
 
     python benchmarks/graph_gemm_probe.py
+
+Measured (session 6, H200, torch 2.11): the GEMM alone is as fast replayed as eager under every setting, the
+model is not (34.8 vs 13.4 ms) — so the last setting pins each attention backend in turn (not yet run).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ SETTINGS = {
     "CUBLAS_WORKSPACE_CONFIG=:4096:8": {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"},
     "TORCH_CUBLASLT_UNIFIED_WORKSPACE=1": {"TORCH_CUBLASLT_UNIFIED_WORKSPACE": "1"},
     "blas=cublas (not cublasLt)": {"PROBE_BLAS": "cublas"},
+    "default, each SDPA backend pinned": {"PROBE_SDPA_BACKENDS": "1"},
 }
 
 
@@ -72,6 +76,17 @@ def child() -> None:
     with torch.inference_mode():
         out["bert_base_256x128_eager_ms"] = round(timed(lambda: model(input_ids=ids), 10), 3)
         out["bert_base_256x128_graph_ms"] = round(timed(graphed(lambda: model(input_ids=ids)), 10), 3)
+        if os.environ.get("PROBE_SDPA_BACKENDS"):  # the attention kernel pinned, eager and captured alike
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            for name in ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH"):
+                try:
+                    with sdpa_kernel([getattr(SDPBackend, name)]):
+                        out[f"bert_{name.lower()}_eager_ms"] = round(timed(lambda: model(input_ids=ids), 10), 3)
+                        out[f"bert_{name.lower()}_graph_ms"] = round(
+                            timed(graphed(lambda: model(input_ids=ids)), 10), 3)
+                except RuntimeError as e:
+                    out[f"bert_{name.lower()}"] = f"failed: {str(e).splitlines()[0][:120]}"
     print(json.dumps(out))
 
 

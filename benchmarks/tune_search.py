@@ -12,7 +12,7 @@ Studies (`--studies`):
   random              random sampler, no pruning, `--trials` trials
   tpe_median          TPE + median pruner (the recipe's settings), `--trials` finished trials
   tpe_median_budget   TPE + median pruner whose first 2 evaluations are never pruned, stopped by a compute budget of
-                      `--budget` trial-steps (default: half of random search's `--trials` × 125 steps)
+                      `--budget` trial-steps (default: half of random search's `--trials` × one trial's steps)
   tpe_pct_budget      TPE + percentile pruner (prunes below the 25th percentile), same budget
 
   python benchmarks/tune_search.py [--seeds 0 1 2] [--studies random,tpe_median_budget] [--jobs N] [--model DIR]
@@ -33,7 +33,24 @@ import sys
 import time
 from pathlib import Path
 
-STEPS_PER_TRIAL = 125  # tune-quickstart: 2,000 reviews, batch 16, one epoch
+
+
+def steps_per_trial(overrides: list[str]) -> int:
+    """Optimizer steps of one full trial of tune-quickstart (with --set overrides): its train stage's max_steps, or
+    epochs × ⌈examples / (batch × accumulation)⌉ with the recipe's max_train_examples (2,000 reviews, batch 16, one
+    epoch: 125)."""
+    import math
+
+    from trainopt.recipe import load_recipe
+
+    recipe = load_recipe("tune-quickstart", overrides)
+    stage = next(s for s in recipe.stages if s.kind == "train")
+    if stage.max_steps:
+        return stage.max_steps
+    n = recipe.data.max_train_examples
+    if n is None:
+        raise SystemExit("tune_search: the recipe has no data.max_train_examples; pass --budget explicitly")
+    return math.ceil(stage.epochs * math.ceil(n / (stage.batch_size * stage.grad_accum)))
 
 
 def study_overrides(label: str, trials: int, budget: int) -> list[str]:
@@ -103,7 +120,7 @@ def main() -> None:
     ap.add_argument("--studies", default="random,tpe_median_budget")
     ap.add_argument("--trials", type=int, default=24)
     ap.add_argument("--budget", type=int, default=None, help="TPE compute budget in trial-steps "
-                    "(default: half of --trials × 125)")
+                    "(default: half of --trials × one trial's steps, from the recipe)")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--model", default=None)
     ap.add_argument("--out", default="runs/bench-tune")
@@ -111,7 +128,7 @@ def main() -> None:
     ap.add_argument("--one", nargs=2, metavar=("STUDY", "SEED"), help=argparse.SUPPRESS)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args()
-    args.budget = args.budget or args.trials * STEPS_PER_TRIAL // 2
+    args.budget = args.budget or args.trials * steps_per_trial(args.overrides) // 2
     if args.one:
         run_one(args.one[0], int(args.one[1]), args)
         return
