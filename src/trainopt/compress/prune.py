@@ -346,16 +346,30 @@ def time_sparse_kernels(model, modules, ctx: RunContext, search_alg: bool = True
                 converted += 1
             except (RuntimeError, ValueError) as e:
                 errors.append(f"{name}: {str(e).splitlines()[0][:120]}")
+    reverted = None
     try:
         sparse = _timings(work, inputs, ctx.device, m)
     except (RuntimeError, ValueError) as e:
-        return {"measured": False, "reason": f"sparse forward failed: {str(e).splitlines()[0][:200]}",
-                "converted": converted}
+        if not any(algs.values()):
+            return {"measured": False, "reason": f"sparse forward failed: {str(e).splitlines()[0][:200]}",
+                    "converted": converted}
+        # torch 2.11 + cuSPARSELt 0.8 refused searched ids at other row counts than the searched one ("invalid
+        # value" setting CUSPARSELT_MATMUL_ALG_CONFIG_ID): time again on the default algorithm, and say so
+        reverted = str(e).splitlines()[0][:200]
+        for name, mod in work.named_modules():
+            if name in algs:
+                mod.weight.alg_id_cusparselt = 0
+        algs = {}
+        try:
+            sparse = _timings(work, inputs, ctx.device, m)
+        except (RuntimeError, ValueError) as e2:
+            return {"measured": False, "reason": f"sparse forward failed: {str(e2).splitlines()[0][:200]}",
+                    "converted": converted}
     out = {"measured": True, "dtype": "bfloat16", "converted_linears": converted, "conversion_errors": errors[:5]}
     if search_alg:  # how many layers got a non-default cuSPARSELt algorithm (None: no search in this PyTorch)
         found = [a for a in algs.values() if a is not None]
         out["cusparselt_alg_search"] = {"searched": len(found), "non_default": sum(a != 0 for a in found),
-                                        "for_rows": tokens}
+                                        "for_rows": tokens, "reverted_to_default": reverted}
     for key in dense:
         if key in sparse and "latency_ms_b" in key:
             mode = "graph_" if key.startswith("graph_") else ""

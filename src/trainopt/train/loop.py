@@ -152,7 +152,7 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
         core = copy.deepcopy(core)
         model.to("cpu")
         work = trainable = distributed.shard_model(core, core.model if as_module else core, autocast_dtype,
-                                                               stage.fsdp_reshard)
+                                                   stage.fsdp_reshard)
         forward_model = work
     else:
         forward_model = distributed.wrap(dd, core, device, stage.ddp_bucket_mb, stage.ddp_comm)  # DDP on several ranks, the model itself on one
@@ -161,8 +161,7 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
     compiled = "model" if stage.compile else None  # what torch.compile covers (in the training summary)
     if stage.compile and fsdp:  # per block, so that FSDP2's hooks run between compiled blocks; the loss on its own
         compiled = f"{distributed.compile_blocks(core.model if as_module else core, compile_mode)} blocks"
-        if as_module:
-            core.compile_loss(compile_mode)
+        if as_module and core.compile_loss(compile_mode):
             compiled += " + loss"
     elif stage.compile:  # compiled lazily: the first step pays the compile time (`first_step_s` in the summary)
         forward_model = torch.compile(forward_model, mode=compile_mode)
@@ -408,7 +407,8 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
         "mfu": None if (peak_all is None or fpt is None or wall <= 0) else float(
             f"{state.tokens_seen * fpt / wall / peak_all:.4g}"),  # significant digits: a tiny MFU is not 0
         "micro_batch": stage.batch_size, "grad_accum": stage.grad_accum, "auto_micro_batch": auto_choice,
-        "world_size": dd.world, "compiled": compiled, "first_step_s": None if first_step_s is None else round(first_step_s, 3),
+        "world_size": dd.world, "compiled": compiled,
+        "first_step_s": None if first_step_s is None else round(first_step_s, 3),
         "precision": precision, "peak_flops": peak, "flops_per_token": fpt,
         "peak_mem_bytes": measure.peak_memory_bytes(device),
     }

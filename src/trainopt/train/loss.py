@@ -28,11 +28,15 @@ class TrainLoss(torch.nn.Module):
         self.opaque_head = opaque_head
         self._lm_loss_sum, self._classification_loss_sum = lm_loss_sum, classification_loss_sum
 
-    def compile_loss(self, mode: str | None = None) -> None:
+    def compile_loss(self, mode: str | None = None) -> bool:
         """Compile the loss on its own (the logits' upcast and log-softmax fused), for when the model is compiled
-        block by block (FSDP2) rather than together with its loss."""
+        block by block (FSDP2) rather than together with its loss. False where nothing is compiled: the chunked and
+        Liger heads run as they are."""
+        if self.task == "causal_lm" and self.lm_loss != "full":
+            return False
         self._lm_loss_sum = torch.compile(lm_loss_sum, mode=mode)
         self._classification_loss_sum = torch.compile(classification_loss_sum, mode=mode)
+        return True
 
     @property
     def config(self):  # evaluation reads the model's config (e.g. num_labels) through this wrapper under FSDP
