@@ -157,6 +157,21 @@ def test_bucketed_batches_are_a_deterministic_partition():
     assert split.count(a[0]) == (len(a[0]), int(batch["attention_mask"].sum()))  # counted without collating
 
 
+def test_pad_to_multiple_of_rounds_batch_widths_up_to_the_truncation_length():
+    split = ClassificationSplit([[1] * n for n in (3, 17, 35, 40)], [0] * 4, pad_id=0, pad_multiple=16, max_width=40)
+    assert split.collate([0])["input_ids"].shape == (1, 16)
+    assert split.collate([0, 1])["input_ids"].shape == (2, 32)
+    batch = split.collate([2])  # 35 → 48, capped at the truncation length
+    assert batch["input_ids"].shape == (1, 40) and int(batch["attention_mask"].sum()) == 35
+    assert split.count([0, 1]) == (2, 20)  # real tokens, padding not counted
+    plain = ClassificationSplit(split.input_ids, split.labels, pad_id=0)
+    assert plain.collate([0, 1])["input_ids"].shape == (2, 17)
+    lengths = [5 + (i * 7919) % 60 for i in range(500)]
+    bucketed = ClassificationSplit([[1] * n for n in lengths], [0] * 500, pad_id=0, pad_multiple=16, max_width=64)
+    widths = {bucketed.collate(b)["input_ids"].shape[1] for b in bucketed.batches(16, seed=0)}
+    assert widths <= {16, 32, 48, 64}  # few shapes: one static compiled graph each
+
+
 def test_builtin_fine_foods():
     need_builtin("fine_foods")
     t = load_texts(recipe_for("builtin:fine_foods", text_column="review", label_column="score"))

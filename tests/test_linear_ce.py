@@ -106,3 +106,45 @@ def test_lm_loss_inside_a_distill_stage_is_refused(tmp_path, tiny_gpt_dir, auste
     with pytest.raises(RecipeError) as info:
         validate(yaml.safe_load(yaml.safe_dump(raw)))
     assert info.value.key == "stages.0.train.lm_loss"
+
+
+def test_static_compile_passes_dynamic_false_and_allows_a_graph_per_width(tmp_path, tiny_bert_dir, reviews_dir,
+                                                                          monkeypatch):
+    """compile_dynamic: static → torch.compile(dynamic=False), and dynamo's recompile limit covers one graph per
+    padded batch width (max_length 32 / pad_to_multiple_of 8 = 4 widths); auto → dynamic=None (torch's default)."""
+    import torch
+
+    from trainopt import run
+
+    from .conftest import classification_recipe
+
+    calls = []
+
+    def fake_compile(module, **kwargs):  # record and run eagerly (compiling on CPU is slow and not under test)
+        calls.append(kwargs)
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
+    for mode, expected in (("static", False), ("auto", None)):
+        raw = classification_recipe(tiny_bert_dir, reviews_dir, compile=True, compile_dynamic=mode, max_steps=2,
+                                    checkpoint_every=0)
+        raw["data"]["pad_to_multiple_of"] = 8
+        raw["run"]["device"] = "cpu"
+        raw["measure"]["latency"] = False
+        run(raw, out=tmp_path / mode)
+        assert calls[-1]["dynamic"] is expected
+    assert torch._dynamo.config.recompile_limit >= 32 // 8 + 8
+
+
+def test_pad_to_multiple_of_is_refused_for_causal_lm(tmp_path, tiny_gpt_dir, austen_text):
+    from trainopt.errors import RecipeError
+    from trainopt.runner import validate
+
+    book = tmp_path / "book.txt"
+    book.write_text(austen_text)
+    raw = {"task": "causal_lm", "model": {"path": str(tiny_gpt_dir)},
+           "data": {"source": str(book), "pad_to_multiple_of": 8}, "stages": [{"kind": "train"}]}
+    with pytest.raises(RecipeError) as info:
+        validate(raw)
+    assert info.value.key == "data.pad_to_multiple_of"

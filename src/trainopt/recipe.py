@@ -85,6 +85,9 @@ class DataSpec(Strict):
     max_length: int = Field(128, ge=8, le=32768)
     block_size: int = Field(256, ge=8, le=32768)
     bucket: bool = True
+    # classification: pad each batch to a multiple of this many tokens (not just to its longest row): with `bucket`,
+    # few distinct batch shapes, so a compiled model (compile_dynamic: static) keeps one static graph per shape
+    pad_to_multiple_of: int | None = Field(None, ge=1, le=4096)
     encoding_errors: Literal["replace", "strict"] = "replace"
 
 
@@ -170,6 +173,9 @@ class TrainSettings(Strict):
     # Acceleration switches (docs/methods/acceleration.md; `trainopt bench` measures each one on and off):
     compile: bool = False  # torch.compile the training forward/backward (inductor, CPU and CUDA)
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    # torch.compile's shapes: auto (static first, dynamic once a second shape appears), static (one graph per batch
+    # shape: fastest kernels when shapes are few, e.g. with data.pad_to_multiple_of), dynamic (one shape-generic graph)
+    compile_dynamic: Literal["auto", "static", "dynamic"] = "auto"
     activation_checkpointing: bool = False  # recompute activations in backward: less memory, more compute
     auto_micro_batch: bool = False  # largest micro-batch that fits; grad_accum adjusted to keep the global batch
     attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"  # attention kernel (auto: as loaded)

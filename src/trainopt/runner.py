@@ -93,6 +93,9 @@ def check_compat(recipe: Recipe, device: torch.device) -> None:
         if settings.label_smoothing and recipe.task != "classification":
             raise RecipeError(f"{key}.label_smoothing", "label smoothing applies to classification only",
                               "remove it or set it to 0")
+    if recipe.task == "causal_lm" and recipe.data.pad_to_multiple_of is not None:
+        raise RecipeError("data.pad_to_multiple_of", "causal_lm data comes in fixed blocks of block_size tokens; "
+                          "there is no padding to round", "remove it (or set task: classification)")
     if recipe.task == "causal_lm" and (recipe.data.labels or recipe.data.label_column):
         raise RecipeError("data.label_column" if recipe.data.label_column else "data.labels",
                           "causal_lm data has no labels", "remove it, or set task: classification")

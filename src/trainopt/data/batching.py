@@ -18,11 +18,14 @@ def _generator(seed: int, epoch: int) -> torch.Generator:
 
 
 class ClassificationSplit:
-    def __init__(self, input_ids: list[list[int]], labels: list[int], pad_id: int):
+    def __init__(self, input_ids: list[list[int]], labels: list[int], pad_id: int, pad_multiple: int | None = None,
+                 max_width: int | None = None):
         self.input_ids = input_ids
         self.labels = labels
         self.pad_id = pad_id
         self.truncated = 0
+        # batches padded to a multiple of pad_multiple tokens (never past max_width, the truncation length)
+        self.pad_multiple, self.max_width = pad_multiple, max_width
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -54,6 +57,9 @@ class ClassificationSplit:
     def collate(self, idx: list[int]) -> dict[str, torch.Tensor]:
         seqs = [self.input_ids[i] for i in idx]
         width = max(len(s) for s in seqs)
+        if self.pad_multiple:
+            rounded = -(-width // self.pad_multiple) * self.pad_multiple
+            width = min(rounded, max(width, self.max_width or rounded))
         ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
         for r, s in enumerate(seqs):

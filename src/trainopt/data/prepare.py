@@ -251,7 +251,8 @@ def tokenize(texts: TextData, tokenizer, recipe: Recipe) -> DataBundle:
                 return None
             ids = tokenizer(xs, truncation=True, max_length=spec.max_length)["input_ids"]
             truncated = sum(len(f) > spec.max_length for f in tokenizer(xs, truncation=False)["input_ids"])
-            split = ClassificationSplit(ids, [label_to_id[y] for y in ys], pad_id=_pad_id(tokenizer))
+            split = ClassificationSplit(ids, [label_to_id[y] for y in ys], pad_id=_pad_id(tokenizer),
+                                        pad_multiple=spec.pad_to_multiple_of, max_width=spec.max_length)
             split.truncated = truncated
             return split
 

@@ -132,7 +132,7 @@ def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in model.modules() if any(c.__name__ in names for c in type(m).__mro__)]
 
 
-def compile_blocks(model: torch.nn.Module, mode: str | None) -> int:
+def compile_blocks(model: torch.nn.Module, mode: str | None, dynamic: bool | None = None) -> int:
     """torch.compile each transformer block's forward (torchtitan's way under FSDP): FSDP2's per-block hooks (all-gather
     before, reshard and reduce-scatter after) then run around compiled code instead of breaking one whole-model graph
     into pieces, and the module tree and state-dict keys stay as they are. Returns the number of blocks compiled."""
@@ -142,7 +142,7 @@ def compile_blocks(model: torch.nn.Module, mode: str | None) -> int:
     limit = 2 * len(blocks) + 8
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
     for block in blocks:
-        block.forward = torch.compile(block.forward, mode=mode)
+        block.forward = torch.compile(block.forward, mode=mode, dynamic=dynamic)
     return len(blocks)
 
 

@@ -158,13 +158,18 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
         forward_model = distributed.wrap(dd, core, device, stage.ddp_bucket_mb, stage.ddp_comm)  # DDP on several ranks, the model itself on one
     optimizer = build_optimizer(trainable, stage.optimizer, fused=device.type == "cuda")  # after sharding
     compile_mode = None if stage.compile_mode == "default" else stage.compile_mode
+    dynamic = {"auto": None, "static": False, "dynamic": True}[stage.compile_dynamic]
+    if stage.compile and dynamic is False and task == "classification":  # one graph per batch width: allow them all
+        spec = ctx.recipe.data
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit,
+                                                   -(-spec.max_length // (spec.pad_to_multiple_of or 1)) + 8)
     compiled = "model" if stage.compile else None  # what torch.compile covers (in the training summary)
     if stage.compile and fsdp:  # per block, so that FSDP2's hooks run between compiled blocks; the loss on its own
-        compiled = f"{distributed.compile_blocks(core.model if as_module else core, compile_mode)} blocks"
-        if as_module and core.compile_loss(compile_mode):
+        compiled = f"{distributed.compile_blocks(core.model if as_module else core, compile_mode, dynamic)} blocks"
+        if as_module and core.compile_loss(compile_mode, dynamic):
             compiled += " + loss"
     elif stage.compile:  # compiled lazily: the first step pays the compile time (`first_step_s` in the summary)
-        forward_model = torch.compile(forward_model, mode=compile_mode)
+        forward_model = torch.compile(forward_model, mode=compile_mode, dynamic=dynamic)
     scheduler = build_scheduler(optimizer, stage.schedule, total_steps)
     state = TrainState()
     ckpt_root = stage_dir / "checkpoints"

@@ -28,14 +28,14 @@ class TrainLoss(torch.nn.Module):
         self.opaque_head = opaque_head
         self._lm_loss_sum, self._classification_loss_sum = lm_loss_sum, classification_loss_sum
 
-    def compile_loss(self, mode: str | None = None) -> bool:
+    def compile_loss(self, mode: str | None = None, dynamic: bool | None = None) -> bool:
         """Compile the loss on its own (the logits' upcast and log-softmax fused), for when the model is compiled
         block by block (FSDP2) rather than together with its loss. False where nothing is compiled: the chunked and
         Liger heads run as they are."""
         if self.task == "causal_lm" and self.lm_loss != "full":
             return False
-        self._lm_loss_sum = torch.compile(lm_loss_sum, mode=mode)
-        self._classification_loss_sum = torch.compile(classification_loss_sum, mode=mode)
+        self._lm_loss_sum = torch.compile(lm_loss_sum, mode=mode, dynamic=dynamic)
+        self._classification_loss_sum = torch.compile(classification_loss_sum, mode=mode, dynamic=dynamic)
         return True
 
     @property
