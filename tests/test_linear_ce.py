@@ -33,6 +33,27 @@ def test_chunked_loss_and_gradients_equal_the_plain_ones(autocast):
         assert chunked_linear_cross_entropy(x, w, b, t, chunk=64).item() == pytest.approx(ref.item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("autocast", [False, True])
+def test_vocabulary_padding_changes_nothing_but_the_matmul_shapes(autocast):
+    """vocab_multiple=64: the head's matmuls run on 101 → 128 rows (zeros, logits masked); loss and gradients equal
+    the unpadded chunked ones (fp32: to rounding; bf16: within the bf16 tolerance), gradient shapes unchanged."""
+    torch.manual_seed(0)
+    x = torch.randn(300, 32, requires_grad=True)
+    w = torch.randn(101, 32, requires_grad=True)
+    b = torch.randn(101, requires_grad=True)
+    t = torch.randint(0, 101, (300,))
+    t[::7] = -100
+    out = {}
+    for multiple in (1, 64):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = chunked_linear_cross_entropy(x, w, b, t, chunk=64, vocab_multiple=multiple)
+        out[multiple] = (loss, torch.autograd.grad(loss, [x, w, b]))
+    tol = 1e-2 if autocast else 1e-5
+    assert out[64][0].item() == pytest.approx(out[1][0].item(), rel=tol)
+    for g, r in zip(out[64][1], out[1][1]):
+        assert g.shape == r.shape and g.dtype == r.dtype and (g - r).abs().max() <= tol * r.abs().max()
+
+
 def test_train_loss_module_equals_the_plain_loss(tiny_gpt_dir):
     from transformers import AutoModelForCausalLM
 
@@ -50,6 +71,12 @@ def test_train_loss_module_equals_the_plain_loss(tiny_gpt_dir):
     fused = TrainLoss(model, "causal_lm", lm_loss="chunked", chunk=16)(input_ids=ids, attention_mask=mask, labels=labels)
     fused.backward()
     assert fused.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert torch.allclose(model.transformer.wte.weight.grad, ref_grad, atol=1e-6)
+    model.zero_grad()  # the same with the vocabulary padded to a multiple of 64 inside the head
+    padded = TrainLoss(model, "causal_lm", lm_loss="chunked", chunk=16, vocab_multiple=64)(
+        input_ids=ids, attention_mask=mask, labels=labels)
+    padded.backward()
+    assert padded.item() == pytest.approx(ref.item(), rel=1e-5)
     assert torch.allclose(model.transformer.wte.weight.grad, ref_grad, atol=1e-6)
     full = TrainLoss(model, "causal_lm")(input_ids=ids, attention_mask=mask, labels=labels)  # the logits' loss
     assert full.item() == pytest.approx(ref.item(), rel=1e-6)
@@ -81,6 +108,7 @@ def test_train_stage_with_chunked_loss_matches_the_full_loss(tmp_path, tiny_gpt_
     ({"parallel": "fsdp", "ddp_comm": "bf16"}, "stages.0.ddp_comm"),  # DDP's knobs do nothing under FSDP
     ({"parallel": "fsdp", "ddp_bucket_mb": 50}, "stages.0.ddp_bucket_mb"),
     ({"fsdp_reshard": False}, "stages.0.fsdp_reshard"),  # an FSDP knob under DDP / one process
+    ({"lm_loss_vocab_multiple": 64}, "stages.0.lm_loss_vocab_multiple"),  # no chunked head to pad
 ])
 def test_bad_acceleration_settings_name_the_key(tmp_path, tiny_bert_dir, reviews_dir, stage, key):
     from trainopt.errors import RecipeError

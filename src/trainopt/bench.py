@@ -33,6 +33,7 @@ VARIANTS = {  # name → TrainSettings overrides on top of the plain baseline
     "activation_checkpointing": {"activation_checkpointing": True},
     "async_steps": {"optimizer.fused": True, "recovery.enabled": False},
     "chunked_ce": {"lm_loss": "chunked"},
+    "chunked_ce_vocab64": {"lm_loss": "chunked", "lm_loss_vocab_multiple": 64},  # aligned head matmuls
     "liger_ce": {"lm_loss": "liger"},
 }
 PLAIN = {"precision": "fp32", "attention": "eager", "compile": False, "activation_checkpointing": False,
@@ -51,7 +52,7 @@ def available(device: torch.device, task: str = "classification") -> list[str]:
         names.append("fp16")
     names += ["sdpa", "fused_adamw", "async_steps", "compile", "activation_checkpointing"]
     if task == "causal_lm":
-        names.append("chunked_ce")
+        names += ["chunked_ce", "chunked_ce_vocab64"]
         if device.type == "cuda" and importlib.util.find_spec("liger_kernel") is not None:
             names.append("liger_ce")
     return names
@@ -63,7 +64,8 @@ def full_stack(names: list[str]) -> dict:
     which turns instability recovery off (non-finite steps are still skipped)."""
     stack = {}
     for n in names:
-        if n in ("baseline", "fp16", "activation_checkpointing") or (n == "chunked_ce" and "liger_ce" in names):
+        if n in ("baseline", "fp16", "activation_checkpointing") or (n == "chunked_ce" and "liger_ce" in names) \
+                or (n == "chunked_ce_vocab64" and "liger_ce" in names):
             continue
         stack.update(VARIANTS[n])
     return stack

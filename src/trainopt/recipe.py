@@ -181,6 +181,9 @@ class TrainSettings(Strict):
     attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"  # attention kernel (auto: as loaded)
     lm_loss: Literal["full", "chunked", "liger"] = "full"  # causal LM head + loss without the full logits tensor
     lm_loss_chunk: int = Field(4096, ge=16)  # positions per chunk for lm_loss: chunked
+    # lm_loss: chunked — the head's matmuls on the vocabulary zero-padded to a multiple of this (e.g. 64: GPT-2's
+    # 50,257 → 50,304, aligned for matmul kernels); the padded logits are masked, the model is unchanged
+    lm_loss_vocab_multiple: int = Field(1, ge=1, le=1024)
     parallel: Literal["ddp", "fsdp"] = "ddp"  # several processes: replicate (DDP) or shard (FSDP2) the model
     ddp_bucket_mb: float = Field(25.0, gt=0.0)  # DDP: gradient all-reduce bucket size (overlap vs per-call cost)
     ddp_comm: Literal["fp32", "bf16"] = "fp32"  # DDP: gradients all-reduced in fp32, or in bf16 (half the bytes)

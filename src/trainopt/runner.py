@@ -78,6 +78,9 @@ def check_compat(recipe: Recipe, device: torch.device) -> None:
                                   f"remove it (or set {default}) here")
         if settings.lm_loss != "full" and recipe.task != "causal_lm":
             raise RecipeError(f"{key}.lm_loss", "the fused LM loss applies to causal_lm models", "set it to full")
+        if settings.lm_loss_vocab_multiple != 1 and settings.lm_loss != "chunked":
+            raise RecipeError(f"{key}.lm_loss_vocab_multiple", "vocabulary padding applies to lm_loss: chunked",
+                              "set lm_loss: chunked (or remove lm_loss_vocab_multiple)")
         if settings.lm_loss == "liger" and device.type != "cuda":
             raise RecipeError(f"{key}.lm_loss", "liger (Triton) needs a CUDA device", "use chunked on CPU")
         if settings.parallel == "fsdp" and (settings.ddp_comm != "fp32" or settings.ddp_bucket_mb != 25.0):

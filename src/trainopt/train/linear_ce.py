@@ -25,23 +25,33 @@ class _ChunkedLinearCE(torch.autograd.Function):
     forward (softmax − one-hot per chunk) and only scaled in the backward."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, targets, chunk: int, ignore_index: int, want_grad: bool):
+    def forward(ctx, x, weight, bias, targets, chunk: int, ignore_index: int, want_grad: bool,
+                vocab_multiple: int = 1):
         need = ctx.needs_input_grad if want_grad else (False, False, False)
         ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
+        dev = x.device.type  # matmuls in the autocast dtype when autocast is on (as the plain head would run)
+        cd = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else torch.promote_types(x.dtype,
+                                                                                                       weight.dtype)
+        vocab = weight.shape[0]
+        pad = (-vocab) % vocab_multiple
+        if pad:  # zero rows up to an aligned width (e.g. GPT-2's 50,257 → 50,304): the logits' row stride and the
+            # backward's inner dimension become multiples of 64, which matmul kernels prefer; the extra logits are
+            # set to −inf below, so the loss and gradients are those of the real vocabulary
+            weight = torch.nn.functional.pad(weight.to(cd), (0, 0, 0, pad))
+            bias = None if bias is None else torch.nn.functional.pad(bias, (0, pad))
         grad_x = torch.empty_like(x) if need[0] else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need[1] else None
         grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if bias is not None and need[2] \
             else None
         total = torch.zeros((), dtype=torch.float32, device=x.device)
-        dev = x.device.type  # matmuls in the autocast dtype when autocast is on (as the plain head would run)
-        cd = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else torch.promote_types(x.dtype,
-                                                                                                       weight.dtype)
         for start in range(0, x.shape[0], chunk):
             xs, ts = x[start:start + chunk], targets[start:start + chunk]
             logits = xs @ weight.t()
             if bias is not None:
                 logits = logits + bias
             logits = logits.float()
+            if pad:
+                logits[:, vocab:] = float("-inf")
             valid = ts != ignore_index
             safe = torch.where(valid, ts, torch.zeros_like(ts))
             lse = torch.logsumexp(logits, dim=-1)
@@ -59,6 +69,9 @@ class _ChunkedLinearCE(torch.autograd.Function):
                 grad_w += (gm.t() @ xs.to(cd)).float()
             if grad_b is not None:
                 grad_b += g.sum(0)
+        if pad:  # the padding rows' gradients are zero: drop them
+            grad_w = None if grad_w is None else grad_w[:vocab]
+            grad_b = None if grad_b is None else grad_b[:vocab]
         ctx.save_for_backward(grad_x, grad_w, grad_b)
         return total
 
@@ -66,15 +79,16 @@ class _ChunkedLinearCE(torch.autograd.Function):
     def backward(ctx, grad_out):
         grads = tuple(None if g is None else (g * grad_out.to(g.dtype)).to(dt)
                       for g, dt in zip(ctx.saved_tensors, ctx.dtypes))
-        return (*grads, None, None, None, None)
+        return (*grads, None, None, None, None, None)
 
 
 def chunked_linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                                  targets: torch.Tensor, chunk: int = DEFAULT_CHUNK,
-                                 ignore_index: int = -100) -> torch.Tensor:
-    """Σ cross_entropy(x @ weight.T + bias, targets) over the rows of x (N × H) whose target ≠ ignore_index."""
+                                 ignore_index: int = -100, vocab_multiple: int = 1) -> torch.Tensor:
+    """Σ cross_entropy(x @ weight.T + bias, targets) over the rows of x (N × H) whose target ≠ ignore_index.
+    `vocab_multiple` > 1: the matmuls run on the vocabulary zero-padded to a multiple of it (same result)."""
     want_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
-    return _ChunkedLinearCE.apply(x, weight, bias, targets, chunk, ignore_index, want_grad)
+    return _ChunkedLinearCE.apply(x, weight, bias, targets, chunk, ignore_index, want_grad, vocab_multiple)
 
 
 @torch.compiler.disable  # Liger's Triton kernels run as they are; dynamo cannot trace their addmm(out_dtype=…) calls

@@ -115,7 +115,8 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
 
     def wrap_loss(m):
         return TrainLoss(m, task, stage.label_smoothing, stage.lm_loss, stage.lm_loss_chunk,
-                         opaque_head=dd.enabled and stage.compile and not fsdp)
+                         opaque_head=dd.enabled and stage.compile and not fsdp,
+                         vocab_multiple=stage.lm_loss_vocab_multiple)
 
     auto_choice = None
     if stage.auto_micro_batch:  # before anything depends on the micro-batch size (train/microbatch.py)

@@ -19,10 +19,11 @@ from .linear_ce import DEFAULT_CHUNK, chunked_linear_cross_entropy, liger_linear
 
 class TrainLoss(torch.nn.Module):
     def __init__(self, model, task: str, label_smoothing: float = 0.0, lm_loss: str = "full",
-                 chunk: int = DEFAULT_CHUNK, opaque_head: bool = False):
+                 chunk: int = DEFAULT_CHUNK, opaque_head: bool = False, vocab_multiple: int = 1):
         super().__init__()
         self.model, self.task, self.label_smoothing, self.lm_loss, self.chunk = model, task, label_smoothing, \
             lm_loss, chunk
+        self.vocab_multiple = vocab_multiple  # lm_loss: chunked — matmuls on the vocabulary padded to a multiple
         # Under DDP + torch.compile, the chunked head runs outside dynamo: on torch 2.11 + CUDA, inductor failed on
         # the graph that DDP's graph splitting cut around it ("'int' object has no attribute 'meta'").
         self.opaque_head = opaque_head
@@ -60,7 +61,7 @@ class TrainLoss(torch.nn.Module):
         if self.lm_loss == "liger":
             return liger_linear_cross_entropy(hidden, head.weight, head.bias, targets)
         fn = _opaque_chunked if self.opaque_head else chunked_linear_cross_entropy
-        return fn(hidden, head.weight, head.bias, targets, self.chunk)
+        return fn(hidden, head.weight, head.bias, targets, self.chunk, vocab_multiple=self.vocab_multiple)
 
 
 _opaque_chunked = torch.compiler.disable(chunked_linear_cross_entropy)
