@@ -250,6 +250,7 @@ def test_int4_linear_matches_its_integers_and_reloads_exactly():
     q = _quantize_affine_tinygemm(lin.weight.detach(), (1, 32), scale, zero, torch.int32, 0, 15)
     assert torch.equal(layer.int_values().to(torch.int32), q)
     deq = ((q.float() - 8) * scale.float().repeat_interleave(32, 1) + zero.float().repeat_interleave(32, 1))
+    assert (layer.dequantize().float() - deq).abs().max() <= 1e-2 * deq.abs().max()  # bf16 arithmetic
     x = torch.randn(5, 7, 96)
     y = layer(x)
     assert y.shape == (5, 7, 48) and y.dtype == x.dtype
@@ -302,6 +303,7 @@ def test_weight_only_int4_keeps_a_tied_head_on_the_int8_embedding_and_reloads(tm
     info = q["quantization"]
     assert info["linear_modules"] == 2 * 7 and info["tied_head_shares_embedding"] and info["int4_qparams"] == qparams
     assert info["linear_modules_kept_float"] == 0
+    assert q["size"]["params"] == fl["size"]["params"]  # int4 weights still count as parameters (tied: once)
     assert q["quality"]["perplexity"] == pytest.approx(fl["quality"]["perplexity"], rel=0.05)
     model, tok, _ = load_saved(tmp_path / "run" / q["checkpoint"])
     assert sum(isinstance(m, Int4Linear) for m in model.modules()) == 14
@@ -362,6 +364,7 @@ def test_int4_embedding_and_its_tied_head_reload_and_shrink_the_model(tmp_path, 
     fl, q = report["stages"]
     info = q["quantization"]
     assert info["embedding_bits"] == 4 and info["int4_embedding_modules"] == ["model.embed_tokens"]
+    assert q["size"]["params"] == fl["size"]["params"]  # the int4 embedding counted once, the tied head not again
     assert q["quality"]["perplexity"] == pytest.approx(fl["quality"]["perplexity"], rel=0.05)
     model, tok, _ = load_saved(tmp_path / "run" / q["checkpoint"])
     emb, head = model.model.embed_tokens, model.lm_head

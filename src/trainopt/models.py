@@ -269,10 +269,10 @@ def _load_plain(model, tensors: dict) -> None:
 def count_params(model) -> tuple[int, int]:
     """(parameters, non-zero parameters), counting tied weights once and quantized weights as parameters."""
     from .compress.quantize import quantized_weights
-    from .compress.weight_only import dequantized
+    from .compress.weight_only import dequantized, int4_weights
 
     seen, total, nonzero = set(), 0, 0
-    tensors = [dequantized(p.detach()) for p in model.parameters()] + quantized_weights(model)
+    tensors = [dequantized(p.detach()) for p in model.parameters()] + quantized_weights(model) + int4_weights(model)
     for t in tensors:
         if t.data_ptr() in seen:
             continue

@@ -141,6 +141,12 @@ class Int4Linear(torch.nn.Module):
         eye = torch.eye(self.in_features, dtype=torch.bfloat16, device=self.qdata.device)
         return (self._mm(eye, unit).t().float() + 8).round().to(torch.uint8)
 
+    def dequantize(self) -> torch.Tensor:
+        """The weight as the kernel sees it, [out, in] in bf16: (q − 8)·scale + zero per group."""
+        q = self.int_values().to(torch.bfloat16).unflatten(1, (-1, self.group_size))  # [out, groups, g]
+        sz = self.scale_and_zero.transpose(0, 1)  # [out, groups, 2]
+        return ((q - 8) * sz[..., 0:1] + sz[..., 1:2]).flatten(1)
+
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         q = self.int_values()  # device-independent form: two values per byte, plain row order
         destination[prefix + "qweight"] = nibbles(q).cpu()
@@ -303,6 +309,12 @@ def apply(model: torch.nn.Module, method: str, group_size: int, embeddings: bool
             "embedding_group_size": embedding_group_size if int4_embedding else None,
             "int4_embedding_modules": int4_embedding,
             "dtype": "bfloat16" if method == "weight_only_int4" else "float32"}
+
+
+def int4_weights(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The dequantized weights of the int4 modules (buffers, not nn.Parameters), each module once (a tied head has
+    none of its own), so that parameter counts include them."""
+    return [m.dequantize() for m in model.modules() if isinstance(m, (Int4Linear, Int4Embedding))]
 
 
 def is_quantized(model: torch.nn.Module) -> bool:
