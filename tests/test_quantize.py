@@ -385,3 +385,25 @@ def test_int4_embedding_and_its_tied_head_reload_and_shrink_the_model(tmp_path, 
         assert torch.equal(fresh(input_ids=prompt).logits, model(input_ids=prompt).logits)
         out = model.generate(input_ids=prompt, max_new_tokens=4, min_new_tokens=4, do_sample=False)
     assert out.shape[1] == prompt.shape[1] + 4
+
+
+def test_int4_embedding_falls_back_to_int8_when_the_group_does_not_divide_the_width():
+    """embedding_bits: 4 with a group that does not divide the hidden width: that embedding stays int8 (torchao, per
+    row) and the tied head keeps sharing its matrix; the info says which bits the embedding got."""
+    pytest.importorskip("torchao")
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from trainopt.compress import weight_only
+    from trainopt.compress.weight_only import Int4Embedding
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                      tie_word_embeddings=True)
+    model = LlamaForCausalLM(cfg)
+    info = weight_only.apply(model, "weight_only_int4", 32, True, [], torch.device("cpu"), "minmax", 4, 128)
+    assert info["embedding_bits"] == 8 and info["int4_embedding_modules"] == []
+    assert not any(isinstance(m, Int4Embedding) for m in model.modules())
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=torch.tensor([[1, 2, 3]])).logits).all()

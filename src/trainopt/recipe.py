@@ -141,9 +141,9 @@ class RecoverySpec(Strict):
 
 
 class ProfileSpec(Strict):
-    """Profile steps [start, start + steps) of a training stage with torch.profiler (CPU and CUDA activity): a Chrome
-    trace per rank (`profile/trace_rank<R>.json`, open in Perfetto / chrome://tracing) and the costliest ops by self
-    time (`profile/top_ops_rank<R>.txt`), under the stage's folder. Profiling slows the profiled steps down."""
+    """Profile steps [start, start + steps) of a training stage with torch.profiler (CPU and CUDA activity) on rank 0:
+    a Chrome trace (`profile/trace_rank0.json`, open in Perfetto / chrome://tracing) and the costliest ops by self
+    time (`profile/top_ops_rank0.txt`), under the stage's folder. Profiling slows the profiled steps down."""
 
     start: int = Field(5, ge=1)  # first profiled step (after warm-up and compilation)
     steps: int = Field(3, ge=1, le=50)

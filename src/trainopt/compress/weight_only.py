@@ -71,6 +71,12 @@ def unnibble(packed: torch.Tensor) -> torch.Tensor:
     return torch.stack([p >> 4, p & 15], dim=-1).flatten(-2)
 
 
+def dequantize_int4(q: torch.Tensor, scale_and_zero: torch.Tensor, group_size: int) -> torch.Tensor:
+    """(q − 8)·scale + zero in bf16: q [..., k] (0..15), scale_and_zero [..., k / group_size, 2] → [..., k]."""
+    groups = q.to(torch.bfloat16).unflatten(-1, (-1, group_size))
+    return ((groups - 8) * scale_and_zero[..., 0:1] + scale_and_zero[..., 1:2]).flatten(-2)
+
+
 class Int4Linear(torch.nn.Module):
     """A Linear with int4 weights in groups of `group_size` input channels: w ≈ (q − 8)·scale + zero per group (q in
     0..15; tinygemm's convention), bf16 activations, PyTorch's int4 matmul on CUDA and CPU.
@@ -143,9 +149,7 @@ class Int4Linear(torch.nn.Module):
 
     def dequantize(self) -> torch.Tensor:
         """The weight as the kernel sees it, [out, in] in bf16: (q − 8)·scale + zero per group."""
-        q = self.int_values().to(torch.bfloat16).unflatten(1, (-1, self.group_size))  # [out, groups, g]
-        sz = self.scale_and_zero.transpose(0, 1)  # [out, groups, 2]
-        return ((q - 8) * sz[..., 0:1] + sz[..., 1:2]).flatten(1)
+        return dequantize_int4(self.int_values(), self.scale_and_zero.transpose(0, 1), self.group_size)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         q = self.int_values()  # device-independent form: two values per byte, plain row order
@@ -193,7 +197,7 @@ class Int4Embedding(torch.nn.Module):
 
     @staticmethod
     def supports(emb: torch.nn.Embedding, group_size: int) -> bool:
-        return emb.embedding_dim % group_size == 0 and emb.embedding_dim % 2 == 0
+        return emb.embedding_dim % group_size == 0  # group sizes are even: whole bytes per row
 
     @classmethod
     def from_embedding(cls, emb: torch.nn.Embedding, group_size: int, qparams: str = "minmax") -> Int4Embedding:
@@ -204,17 +208,12 @@ class Int4Embedding(torch.nn.Module):
         layer.scale_and_zero = torch.stack([scale, zero], dim=-1).to(w.device)
         return layer
 
-    def _dequantize(self, qweight: torch.Tensor, scale_and_zero: torch.Tensor) -> torch.Tensor:
-        q = unnibble(qweight).unflatten(-1, (-1, self.group_size)).to(torch.bfloat16)
-        w = (q - 8) * scale_and_zero[..., 0:1] + scale_and_zero[..., 1:2]
-        return w.flatten(-2)
-
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self._dequantize(self.qweight[ids], self.scale_and_zero[ids])
+        return dequantize_int4(unnibble(self.qweight[ids]), self.scale_and_zero[ids], self.group_size)
 
     def dequantize(self) -> torch.Tensor:
         """The whole matrix in bf16 (for a tied LM head: a transient, not kept)."""
-        return self._dequantize(self.qweight, self.scale_and_zero)
+        return dequantize_int4(unnibble(self.qweight), self.scale_and_zero, self.group_size)
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, int4 group_size={self.group_size}"
@@ -283,16 +282,18 @@ def apply(model: torch.nn.Module, method: str, group_size: int, embeddings: bool
         linear = [n for n, _ in candidates]
     int4_embedding = [n for n in embedding if method == "weight_only_int4" and embedding_bits == 4
                       and Int4Embedding.supports(model.get_submodule(n), embedding_group_size)]
+    head_on_int4 = False  # a tied head follows its embedding: onto the int4 one, or sharing the int8 matrix
     for name in int4_embedding:
         module = model.get_submodule(name)
         set_module(model, name, Int4Embedding.from_embedding(module, embedding_group_size, int4_qparams))
         if tied_head is not None and module is inputs:
             head_name = next(n for n, m in model.named_modules() if m is tied_head)
             set_module(model, head_name, Int4TiedHead(model.get_submodule(name), tied_head.bias))
+            head_on_int4 = True
     int8_embedding = set(embedding) - set(int4_embedding)
     if int8_embedding:
         quantize_(model, embedding_cfg, filter_fn=lambda m, fqn: fqn in int8_embedding)
-        if tied_head is not None and not int4_embedding:
+        if tied_head is not None and not head_on_int4:
             tied_head.weight = inputs.weight
     if method == "weight_only_int4":
         for name in linear:

@@ -2,8 +2,8 @@
 
 The loop calls `before(step)` at the start of every optimizer step and `after(step)` at its end; the profiler runs
 over steps [start, start + steps) only, so warm-up and compilation stay out. On the last profiled step it writes,
-under the stage folder's `profile/`, a Chrome trace per rank and a table of the ops with the most self time (CUDA
-time first where there is a GPU). torch.profiler does the measuring; this only scopes it to the chosen steps.
+under the stage folder's `profile/`, rank 0's Chrome trace and a table of the ops with the most self time (CUDA
+time first where there is a GPU; the loop profiles rank 0 only, which alone writes the run directory). torch.profiler does the measuring; this only scopes it to the chosen steps.
 """
 
 from __future__ import annotations
@@ -37,15 +37,14 @@ class StepProfiler:
         self.prof.__exit__(None, None, None)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.prof.export_chrome_trace(str(self.out_dir / f"trace_rank{self.rank}.json"))
-        key = "self_cuda_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
-        table = self.prof.key_averages().table(sort_by=key, row_limit=self.spec.top)
-        head = (f"steps {self.spec.start}..{self.spec.start + self.spec.steps - 1}, rank {self.rank}, sorted by "
-                f"{key}\n")
-        (self.out_dir / f"top_ops_rank{self.rank}.txt").write_text(head + table)
-        if self.device.type == "cuda":  # the host's view too: where the CPU time went (launch/dispatch overhead)
-            cpu = self.prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=self.spec.top)
-            (self.out_dir / f"top_cpu_ops_rank{self.rank}.txt").write_text(head.replace(key, "self_cpu_time_total")
-                                                                           + cpu)
+        averages = self.prof.key_averages()
+        keys = ["self_cuda_time_total", "self_cpu_time_total"] if self.device.type == "cuda" else \
+            ["self_cpu_time_total"]  # on a GPU the host's view too: where the CPU time went (launch/dispatch)
+        for key, name in zip(keys, ("top_ops", "top_cpu_ops")):
+            head = (f"steps {self.spec.start}..{self.spec.start + self.spec.steps - 1}, rank {self.rank}, sorted by "
+                    f"{key}\n")
+            table = averages.table(sort_by=key, row_limit=self.spec.top)
+            (self.out_dir / f"{name}_rank{self.rank}.txt").write_text(head + table)
         self.prof, self.done = None, True
 
     def close(self) -> None:
