@@ -42,6 +42,13 @@ VARIANTS = {  # name → trainopt settings on top of the plain ones ("data.bucke
     # classification: length buckets padded to multiples of 16 tokens (7 widths on the reviews), one static compiled
     # graph per width — bucketing's padding savings without dynamic-shape kernels
     "async_bucket16_static": {**ASYNC, "data.pad_to_multiple_of": 16, "compile_dynamic": "static"},
+    # CUDA graphs (compile mode reduce-overhead) on static shapes: every batch padded to 128, or 4 bucket widths
+    "async_pad128_graphs": {**ASYNC, "data.bucket": False, "data.pad_to_multiple_of": "max_length",
+                            "compile_dynamic": "static", "compile_mode": "reduce-overhead"},
+    "async_bucket32_graphs": {**ASYNC, "data.pad_to_multiple_of": 32, "compile_dynamic": "static",
+                              "compile_mode": "reduce-overhead"},
+    # the padded run with torch.profiler over steps 20-22 (stage/profile/: a trace and the costliest ops)
+    "async_padded_profile": {**ASYNC, "data.bucket": False, "profile": {"start": 20, "steps": 3}},
     "chunked_ce": {**ASYNC, "lm_loss": "chunked"},
     "liger_ce": {**ASYNC, "lm_loss": "liger"},
     "liger_ce_x2_batch": {**ASYNC, "lm_loss": "liger", "batch_size": "x2"},
@@ -178,16 +185,8 @@ def main() -> None:
                                                                "compile_mode")}
             if over.get("lm_loss") == "liger":
                 continue
-        bucket = over.pop("data.bucket", recipe.data.bucket)
-        multiple = over.pop("data.pad_to_multiple_of", None)
-        rec = recipe.model_copy(update={"data": recipe.data.model_copy(update={"bucket": bucket,
-                                                                               "pad_to_multiple_of": multiple})})
-        if recipe.task == "classification":  # the splits were tokenized once: set this variant's padding on them
-            for split in (data.train, data.validation):
-                if split is not None:
-                    split.pad_multiple, split.max_width = multiple, recipe.data.max_length
-        row = run_variant(rec, stage, data, tokenizer, device, name, over, args.steps, args.warmup, out / name)
-        rows.append({**row, "bucket": bucket, "pad_to_multiple_of": multiple})
+        rows.append(run_variant(recipe, stage, data, tokenizer, device, name, over, args.steps, args.warmup,
+                                out / name))
     ref = rows[0].get("tokens_per_s")
     for r in rows:
         if r.get("tokens_per_s"):

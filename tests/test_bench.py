@@ -101,3 +101,28 @@ def test_bad_acceleration_keys(tiny_bert_dir, reviews_dir, key, value):
     with pytest.raises(RecipeError) as e:
         load_recipe(classification_recipe(tiny_bert_dir, reviews_dir, **{key: value}))
     assert e.value.key == f"stages.0.{key}"
+
+
+def test_a_variant_can_pad_every_batch_to_the_truncation_length(tmp_path, tiny_bert_dir, reviews_dir, monkeypatch):
+    """The batching keys of a variant (CUDA graphs' one static shape) reach the collated batches, are recorded in its
+    row, and are undone for the next variant: the shared tokenized splits go back to their own padding."""
+    from trainopt import bench as bench_mod
+    from trainopt.data import tokenize
+    from trainopt.models import load_tokenizer
+    from trainopt.runner import validate
+
+    recipe, device, texts = validate(classification_recipe(tiny_bert_dir, reviews_dir))
+    tokenizer = load_tokenizer(recipe, texts.train)
+    data = tokenize(texts, tokenizer, recipe)
+    widths = []
+    collate = type(data.train).collate
+    monkeypatch.setattr(type(data.train), "collate", lambda self, idx: widths.append(
+        (b := collate(self, idx))["input_ids"].shape[1]) or b)
+    before = (data.train.pad_multiple, data.train.max_width)
+    row = bench_mod.run_variant(recipe, recipe.stages[0], data, tokenizer, device, "static",
+                                {"data.bucket": False, "data.pad_to_multiple_of": "max_length"}, 3, 1, tmp_path / "v")
+    assert row["tokens_per_s"] > 0 and row["pad_to_multiple_of"] == recipe.data.max_length and row["bucket"] is False
+    assert widths and set(widths) == {recipe.data.max_length}
+    assert (data.train.pad_multiple, data.train.max_width) == before
+    assert "cuda_graphs" not in bench_mod.available(torch.device("cpu"))  # CUDA only
+    assert "cuda_graphs" in bench_mod.available(torch.device("cuda"))

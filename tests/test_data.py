@@ -186,3 +186,20 @@ def test_builtin_austen_holds_out_persuasion():
     t = load_texts(load_recipe("lm-scratch"))
     assert len(t.train) == 5 and len(t.test) == 1
     assert "Anne Elliot" in t.test[0] and "Anne Elliot" not in " ".join(t.train)
+
+
+def test_bucketed_batches_are_full_but_the_last_and_cover_every_item_once():
+    """Length buckets carry a window's leftovers into the next window: one batch shape per width (static compiles)."""
+    import random
+
+    from trainopt.data.batching import BUCKET_WINDOW, ClassificationSplit
+
+    rng = random.Random(0)
+    n, bs = 3 * 8 * BUCKET_WINDOW + 5, 8  # three windows and a remainder
+    split = ClassificationSplit([[1] * rng.randint(1, 40) for _ in range(n)], [0] * n, pad_id=0)
+    batches = split.batches(bs, seed=3, epoch=1)
+    assert sorted(i for b in batches for i in b) == list(range(n))
+    assert [len(b) for b in batches].count(bs) == len(batches) - 1 and n % bs in [len(b) for b in batches]
+    widths = [max(len(split.input_ids[i]) for i in b) for b in batches]
+    spreads = [max(len(split.input_ids[i]) for i in b) - min(len(split.input_ids[i]) for i in b) for b in batches]
+    assert sum(spreads) / len(spreads) < 6 and len(set(widths)) > 10  # still grouped by length, and shuffled

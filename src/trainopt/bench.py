@@ -35,7 +35,12 @@ VARIANTS = {  # name → TrainSettings overrides on top of the plain baseline
     "chunked_ce": {"lm_loss": "chunked"},
     "chunked_ce_vocab64": {"lm_loss": "chunked", "lm_loss_vocab_multiple": 64},  # aligned head matmuls
     "liger_ce": {"lm_loss": "liger"},
+    # CUDA graphs need one shape per graph: a static compile, and (classification) every batch padded to the
+    # truncation length. Pays off where the host, not the GPU, sets the pace (short sequences, small models).
+    "cuda_graphs": {"compile": True, "compile_mode": "reduce-overhead", "compile_dynamic": "static",
+                    "data.bucket": False, "data.pad_to_multiple_of": "max_length"},
 }
+DATA_KEYS = ("data.bucket", "data.pad_to_multiple_of")  # variant keys that set the batching, not the stage
 PLAIN = {"precision": "fp32", "attention": "eager", "compile": False, "activation_checkpointing": False,
          "optimizer.fused": False, "lm_loss": "full", "recovery.enabled": True}
 
@@ -51,6 +56,8 @@ def available(device: torch.device, task: str = "classification") -> list[str]:
     if device.type == "cuda":
         names.append("fp16")
     names += ["sdpa", "fused_adamw", "async_steps", "compile", "activation_checkpointing"]
+    if device.type == "cuda":
+        names.append("cuda_graphs")
     if task == "causal_lm":
         names += ["chunked_ce", "chunked_ce_vocab64"]
         if device.type == "cuda" and importlib.util.find_spec("liger_kernel") is not None:
@@ -60,11 +67,12 @@ def available(device: torch.device, task: str = "classification") -> list[str]:
 
 def full_stack(names: list[str]) -> dict:
     """Every speed technique together (not fp16, an alternative to bf16; not activation checkpointing, which trades
-    speed for memory; of the fused LM losses, Liger's where present, else the chunked one). It includes async_steps,
+    speed for memory; CUDA graphs, which change the batches' padding; of the fused LM losses, Liger's where present,
+    else the chunked one). It includes async_steps,
     which turns instability recovery off (non-finite steps are still skipped)."""
     stack = {}
     for n in names:
-        if n in ("baseline", "fp16", "activation_checkpointing") or (n == "chunked_ce" and "liger_ce" in names) \
+        if n in ("baseline", "fp16", "activation_checkpointing", "cuda_graphs") or (n == "chunked_ce" and "liger_ce" in names) \
                 or (n == "chunked_ce_vocab64" and "liger_ce" in names):
             continue
         stack.update(VARIANTS[n])
@@ -131,7 +139,32 @@ def bench(recipe=None, overrides: list[str] | None = None, steps: int = 20, warm
 
 def run_variant(recipe, stage, data, tokenizer, device, name: str, over: dict, steps: int, warmup: int,
                 run_dir: Path) -> dict:
-    """Train `stage` with the plain settings + `over` for `steps` steps from the recipe's initial weights; one row."""
+    """Train `stage` with the plain settings + `over` for `steps` steps from the recipe's initial weights; one row.
+    `over` may also set the batching (`data.bucket`, `data.pad_to_multiple_of`; "max_length" pads every batch to the
+    truncation length): applied to this variant's recipe and tokenized splits, restored afterwards."""
+    over = dict(over)
+    data_over = {k: over.pop(k) for k in DATA_KEYS if k in over}
+    if not data_over:
+        return _run_variant(recipe, stage, data, tokenizer, device, name, over, steps, warmup, run_dir)
+    spec = recipe.data
+    bucket = data_over.get("data.bucket", spec.bucket)
+    multiple = data_over.get("data.pad_to_multiple_of", spec.pad_to_multiple_of)
+    multiple = spec.max_length if multiple == "max_length" else multiple
+    rec = recipe.model_copy(update={"data": spec.model_copy(update={"bucket": bucket, "pad_to_multiple_of": multiple})})
+    splits = [s for s in (data.train, data.validation) if s is not None and hasattr(s, "pad_multiple")]
+    saved = [(s.pad_multiple, s.max_width) for s in splits]
+    for s in splits:  # classification splits were tokenized once: this variant's padding on them
+        s.pad_multiple, s.max_width = multiple, spec.max_length
+    try:
+        row = _run_variant(rec, stage, data, tokenizer, device, name, over, steps, warmup, run_dir)
+    finally:
+        for s, (m, w) in zip(splits, saved):
+            s.pad_multiple, s.max_width = m, w
+    return {**row, "bucket": bucket, "pad_to_multiple_of": multiple}
+
+
+def _run_variant(recipe, stage, data, tokenizer, device, name: str, over: dict, steps: int, warmup: int,
+                 run_dir: Path) -> dict:
     from .models import load_model
     from .stages import RunContext
     from .train.loop import set_determinism, train

@@ -47,10 +47,14 @@ class ClassificationSplit:
         if not bucket:
             return [order[i: i + batch_size] for i in range(0, n, batch_size)]
         window = batch_size * BUCKET_WINDOW
-        batches = []
+        batches, carry = [], []
         for w in range(0, n, window):
-            chunk = sorted(order[w: w + window], key=lambda i: len(self.input_ids[i]))
-            batches.extend(chunk[i: i + batch_size] for i in range(0, len(chunk), batch_size))
+            # A window's leftovers (fewer than a batch) join the next window, so that only the epoch's last batch
+            # can be short: one batch shape per width, which a static-shape compile (one graph per shape) needs.
+            chunk = sorted(carry + order[w: w + window], key=lambda i: len(self.input_ids[i]))
+            full = len(chunk) if w + window >= n else len(chunk) // batch_size * batch_size
+            batches.extend(chunk[i: i + batch_size] for i in range(0, full, batch_size))
+            carry = chunk[full:]
         perm = torch.randperm(len(batches), generator=g).tolist()
         return [batches[i] for i in perm]
 

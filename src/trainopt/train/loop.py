@@ -160,6 +160,11 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
     optimizer = build_optimizer(trainable, stage.optimizer, fused=device.type == "cuda")  # after sharding
     compile_mode = None if stage.compile_mode == "default" else stage.compile_mode
     dynamic = {"auto": None, "static": False, "dynamic": True}[stage.compile_dynamic]
+    graphs = stage.compile and device.type == "cuda" and stage.compile_mode.startswith("reduce-overhead")
+    if graphs and task == "classification" and (dynamic is not False or not ctx.recipe.data.pad_to_multiple_of):
+        console.print(f"[yellow]{stage.name}: CUDA graphs record one graph per batch shape; for one shape set "
+                      f"data.pad_to_multiple_of: {ctx.recipe.data.max_length}, data.bucket: false and "
+                      "compile_dynamic: static (docs/methods/acceleration.md)[/yellow]")
     if stage.compile and dynamic is False and task == "classification":  # one graph per batch width: allow them all
         spec = ctx.recipe.data
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit,
@@ -250,6 +255,8 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
             loss_total = torch.zeros((), device=device)
             fault = next((k for k, at in faults.items() if at and state.step + 1 == at), None)
             for i, (batch, weight) in enumerate(micro):
+                if graphs:  # CUDA-graph trees: a new iteration, so the previous replay's outputs may be reused
+                    torch.compiler.cudagraph_mark_step_begin()
                 # Pinned host memory makes the copy truly asynchronous: the host keeps queueing work instead of
                 # waiting for the GPU to drain before every micro-batch's copy (pageable copies are staged
                 # synchronously).
