@@ -56,6 +56,10 @@ VARIANTS = {  # name → trainopt settings on top of the plain ones ("data.bucke
     "chunked_ce_x4_batch": {**ASYNC, "lm_loss": "chunked", "batch_size": "x4"},
     # the same with the head's matmuls on the vocabulary padded to a multiple of 64 (50,257 → 50,304)
     "chunked_ce_x4_batch_vocab64": {**ASYNC, "lm_loss": "chunked", "batch_size": "x4", "lm_loss_vocab_multiple": 64},
+    "chunked_ce_x4_batch_vocab64_fp8": {**ASYNC, "lm_loss": "chunked", "batch_size": "x4", "lm_loss_vocab_multiple": 64,
+                                        "fp8": "tensorwise"},
+    "chunked_ce_x4_batch_vocab64_fp8_rowwise": {**ASYNC, "lm_loss": "chunked", "batch_size": "x4",
+                                                "lm_loss_vocab_multiple": 64, "fp8": "rowwise"},
     "cuda_graphs": {**ASYNC, "compile_mode": "reduce-overhead"},
     "autotune": {**ASYNC, "compile_mode": "max-autotune-no-cudagraphs"},
 }

@@ -35,6 +35,7 @@ VARIANTS = {  # name → TrainSettings overrides on top of the plain baseline
     "chunked_ce": {"lm_loss": "chunked"},
     "chunked_ce_vocab64": {"lm_loss": "chunked", "lm_loss_vocab_multiple": 64},  # aligned head matmuls
     "liger_ce": {"lm_loss": "liger"},
+    "fp8": {"fp8": "tensorwise"},  # torchao's fp8 matmuls (CUDA 8.9+); the loss column shows what they cost
     # CUDA graphs need one shape per graph: a static compile, and (classification) every batch padded to the
     # truncation length. Pays off where the host, not the GPU, sets the pace (short sequences, small models).
     "cuda_graphs": {"compile": True, "compile_mode": "reduce-overhead", "compile_dynamic": "static",
@@ -58,6 +59,10 @@ def available(device: torch.device, task: str = "classification") -> list[str]:
     names += ["sdpa", "fused_adamw", "async_steps", "compile", "activation_checkpointing"]
     if device.type == "cuda":
         names.append("cuda_graphs")
+        from .train.fp8 import why_unsupported
+
+        if why_unsupported(device) is None:
+            names.append("fp8")
     if task == "causal_lm":
         names += ["chunked_ce", "chunked_ce_vocab64"]
         if device.type == "cuda" and importlib.util.find_spec("liger_kernel") is not None:
@@ -67,12 +72,13 @@ def available(device: torch.device, task: str = "classification") -> list[str]:
 
 def full_stack(names: list[str]) -> dict:
     """Every speed technique together (not fp16, an alternative to bf16; not activation checkpointing, which trades
-    speed for memory; CUDA graphs, which change the batches' padding; of the fused LM losses, Liger's where present,
+    speed for memory; CUDA graphs, which change the batches' padding; fp8, which changes the numerics — each measured
+    on its own; of the fused LM losses, Liger's where present,
     else the chunked one). It includes async_steps,
     which turns instability recovery off (non-finite steps are still skipped)."""
     stack = {}
     for n in names:
-        if n in ("baseline", "fp16", "activation_checkpointing", "cuda_graphs") or (n == "chunked_ce" and "liger_ce" in names) \
+        if n in ("baseline", "fp16", "activation_checkpointing", "cuda_graphs", "fp8") or (n == "chunked_ce" and "liger_ce" in names) \
                 or (n == "chunked_ce_vocab64" and "liger_ce" in names):
             continue
         stack.update(VARIANTS[n])

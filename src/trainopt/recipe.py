@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import RecipeError
 
@@ -184,6 +184,15 @@ class TrainSettings(Strict):
     # lm_loss: chunked — the head's matmuls on the vocabulary zero-padded to a multiple of this (e.g. 64: GPT-2's
     # 50,257 → 50,304, aligned for matmul kernels); the padded logits are masked, the model is unchanged
     lm_loss_vocab_multiple: int = Field(1, ge=1, le=1024)
+    # fp8 matmuls in training through torchao (train/fp8.py): tensorwise | rowwise | rowwise_with_gw_hp scaling;
+    # CUDA compute capability 8.9+ for speed (the CPU runs them slowly); the model saves in its own dtype and class
+    fp8: Literal["off", "tensorwise", "rowwise", "rowwise_with_gw_hp"] = "off"
+
+    @field_validator("fp8", mode="before")
+    @classmethod
+    def _fp8_bool(cls, v):  # YAML reads `fp8: off` as false (and `on` as true): accept both spellings
+        return {False: "off", True: "tensorwise"}.get(v, v) if isinstance(v, bool) else v
+
     parallel: Literal["ddp", "fsdp"] = "ddp"  # several processes: replicate (DDP) or shard (FSDP2) the model
     ddp_bucket_mb: float = Field(25.0, gt=0.0)  # DDP: gradient all-reduce bucket size (overlap vs per-call cost)
     ddp_comm: Literal["fp32", "bf16"] = "fp32"  # DDP: gradients all-reduced in fp32, or in bf16 (half the bytes)

@@ -144,7 +144,7 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
     trainable = model if extra is None else torch.nn.ModuleDict({"model": model, "extra": extra})
     trainable.to(device)
     trainable.train()
-    accelerate(model, stage)
+    fp8_info = accelerate(model, stage)
     core = wrap_loss(model) if as_module else model
     work = model  # the module trained, evaluated and checkpointed: the model, or its FSDP2-sharded copy
     if fsdp:  # the unsharded model waits on the CPU and receives the trained weights at the end
@@ -407,6 +407,10 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
     if stage.keep_best and state.best_step is not None and best_file.is_file() and state.best_step != state.step:
         st_load_model(trainable, str(best_file), device=str(device))
         console.print(f"restored the best weights (step {state.best_step}, val {metric} {state.best_metric})")
+    if fp8_info:  # the model goes back to its own modules (and state dict layout) for saving and later stages
+        from . import fp8
+
+        fp8.disable(model)
     wall = stage_start_train_seconds + (time.perf_counter() - session_start)
     return {
         "steps": state.step, "total_steps": total_steps, "train_examples": len(split), "epochs_done": round(state.step / steps_per_epoch, 3),
@@ -420,15 +424,16 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
         "mfu": None if (peak_all is None or fpt is None or wall <= 0) else float(
             f"{state.tokens_seen * fpt / wall / peak_all:.4g}"),  # significant digits: a tiny MFU is not 0
         "micro_batch": stage.batch_size, "grad_accum": stage.grad_accum, "auto_micro_batch": auto_choice,
-        "world_size": dd.world, "compiled": compiled,
+        "world_size": dd.world, "compiled": compiled, "fp8": fp8_info,
         "first_step_s": None if first_step_s is None else round(first_step_s, 3),
         "precision": precision, "peak_flops": peak, "flops_per_token": fpt,
         "peak_mem_bytes": measure.peak_memory_bytes(device),
     }
 
 
-def accelerate(model, stage) -> None:
-    """The model-side acceleration switches: the attention kernel and activation checkpointing."""
+def accelerate(model, stage) -> dict | None:
+    """The model-side acceleration switches: the attention kernel, activation checkpointing and fp8 matmuls (what
+    fp8 converted, or None)."""
     from ..errors import RecipeError
 
     if stage.attention != "auto":
@@ -442,6 +447,20 @@ def accelerate(model, stage) -> None:
             raise RecipeError(f"stages.{stage.name}.activation_checkpointing",
                               f"{type(model).__name__} does not support activation checkpointing", "set it to false")
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if stage.fp8 == "off":
+        return None
+    from . import fp8
+
+    why = fp8.why_unsupported(next(model.parameters()).device)
+    if why:
+        raise RecipeError(f"stages.{stage.name}.fp8", why, "set fp8: off")
+    info = fp8.enable(model, stage.fp8)
+    if not info["fp8_linears"]:
+        fp8.disable(model)
+        raise RecipeError(f"stages.{stage.name}.fp8", "no Linear of this model qualifies (widths must be multiples "
+                          "of 16; the output head stays in high precision)", "set fp8: off")
+    console.print(f"fp8 ({stage.fp8}): {info['fp8_linears']} Linears")
+    return info
 
 
 class SpikeGuard:

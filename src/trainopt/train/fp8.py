@@ -1,0 +1,120 @@
+"""fp8 training matmuls through torchao (`fp8:` key of a training block).
+
+torchao's `convert_to_float8_training` swaps `nn.Linear` modules for `Float8Linear`: the forward and both backward
+matmuls run in fp8 (e4m3 inputs/weights, e5m2 gradients) with dynamic scales — per tensor (`tensorwise`) or per row
+(`rowwise`, `rowwise_with_gw_hp` keeps the weight-gradient matmul in high precision). Weights and optimizer state
+stay in their own dtype; only the matmul inputs are cast. On CUDA the fp8 kernels need compute capability 8.9+
+(Ada, Hopper); PyTorch also runs them on the CPU (slowly: for tests and checks, not speed).
+
+Two things here are ours, because no library does them for a transformers model:
+- GPT-2's projections are `transformers.pytorch_utils.Conv1D` (a weight stored as (in, out)), which torchao does
+  not swap. They become `nn.Linear` (weight transposed) for training and go back to `Conv1D` afterwards, so that the
+  saved model has its own class and state dict.
+- After training every `Float8Linear` goes back to a plain `nn.Linear` (same parameters): the trained model saves,
+  quantizes and reloads like any other.
+
+Left in high precision: the output head (the vocabulary projection or a classifier: small or precision-sensitive,
+torchtitan leaves it out too) and any Linear whose widths are not multiples of 16 (fp8 kernels need them).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+RECIPES = ("tensorwise", "rowwise", "rowwise_with_gw_hp")
+
+
+def why_unsupported(device: torch.device) -> str | None:
+    """None where fp8 training runs here; else the reason."""
+    try:
+        import torchao.float8  # noqa: F401
+    except ImportError:
+        return "torchao is not installed (pip install torchao)"
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return "CUDA is not available here"
+        major, minor = torch.cuda.get_device_capability(device)
+        if (major, minor) < (8, 9):
+            return f"fp8 matmuls need compute capability 8.9+ (Ada/Hopper); this GPU is {major}.{minor}"
+    return None
+
+
+def _children(model: nn.Module):
+    for parent_name, parent in list(model.named_modules()):
+        for name, child in list(parent.named_children()):
+            yield f"{parent_name}.{name}" if parent_name else name, parent, name, child
+
+
+def _head_ids(model: nn.Module) -> set[int]:
+    heads = set()
+    get = getattr(model, "get_output_embeddings", None)
+    out = get() if callable(get) else None
+    if out is not None:
+        heads.add(id(out))
+    for attr in ("classifier", "score", "qa_outputs"):
+        mod = getattr(model, attr, None)
+        if isinstance(mod, nn.Module):
+            heads.update(id(m) for m in mod.modules())
+    return heads
+
+
+def enable(model: nn.Module, recipe: str) -> dict:
+    """Swap the model's eligible projections for fp8 training, in place; returns what was converted."""
+    from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+    from transformers.pytorch_utils import Conv1D
+
+    conv = []
+    for full, parent, name, child in _children(model):
+        if isinstance(child, Conv1D):
+            nx, nf = child.weight.shape
+            lin = nn.Linear(nx, nf, bias=child.bias is not None, device=child.weight.device, dtype=child.weight.dtype)
+            with torch.no_grad():
+                lin.weight.copy_(child.weight.t())
+                if child.bias is not None:
+                    lin.bias.copy_(child.bias)
+            setattr(parent, name, lin)
+            conv.append(full)
+    heads = _head_ids(model)
+    converted = []
+
+    def keep(mod: nn.Module, fqn: str) -> bool:
+        # exactly nn.Linear: not QAT's or int4's Linear subclasses
+        ok = (type(mod) is nn.Linear and id(mod) not in heads and mod.in_features % 16 == 0
+              and mod.out_features % 16 == 0)
+        if ok:
+            converted.append(fqn)
+        return ok
+
+    convert_to_float8_training(model, module_filter_fn=keep, config=Float8LinearConfig.from_recipe_name(recipe))
+    model._trainopt_fp8_conv1d = set(conv)  # swapped back to Conv1D by disable() (torchao replaces the modules)
+    return {"recipe": recipe, "fp8_linears": len(converted), "conv1d_swapped": len(conv)}
+
+
+def disable(model: nn.Module) -> int:
+    """Undo enable(): Float8Linear → nn.Linear, and the swapped Conv1D back; returns the modules restored."""
+    from torchao.float8.float8_linear import Float8Linear
+    from transformers.pytorch_utils import Conv1D
+
+    restored, conv = 0, getattr(model, "_trainopt_fp8_conv1d", set())
+    for full, parent, name, child in _children(model):
+        if not isinstance(child, nn.Linear):
+            continue
+        was_conv = full in conv
+        if not (was_conv or isinstance(child, Float8Linear)):
+            continue
+        w, b = child.weight, child.bias
+        if was_conv:
+            new = Conv1D(child.out_features, child.in_features)
+            new.weight = nn.Parameter(w.detach().t().contiguous(), requires_grad=w.requires_grad)
+        else:
+            new = nn.Linear(child.in_features, child.out_features, bias=b is not None, device="meta")
+            new.weight = w
+        if b is not None:
+            new.bias = b
+        new.train(child.training)
+        setattr(parent, name, new)
+        restored += 1
+    if hasattr(model, "_trainopt_fp8_conv1d"):
+        del model._trainopt_fp8_conv1d
+    return restored

@@ -1,0 +1,117 @@
+"""fp8 training matmuls (train/fp8.py): the module swap round trip and a short training run (tiny models, CPU)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("torchao")
+
+
+def _tiny_gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=64,
+                                      bos_token_id=0, eos_token_id=0)).eval()
+
+
+@pytest.mark.parametrize("recipe", ["tensorwise", "rowwise"])
+def test_enable_swaps_conv1d_projections_and_disable_restores_the_model_exactly(recipe):
+    from torchao.float8.float8_linear import Float8Linear
+    from transformers.pytorch_utils import Conv1D
+
+    from trainopt.train import fp8
+
+    m = _tiny_gpt2()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    x = torch.randint(0, 100, (2, 16))
+    ref = m(x).logits
+    info = fp8.enable(m, recipe)
+    assert info == {"recipe": recipe, "fp8_linears": 8, "conv1d_swapped": 8}  # c_attn, c_proj, c_fc, c_proj × 2
+    assert isinstance(m.transformer.h[0].mlp.c_fc, Float8Linear)
+    assert type(m.lm_head) is torch.nn.Linear  # the output head stays in high precision
+    out = m(x).logits
+    assert 0 < ((out - ref).norm() / ref.norm()).item() < 0.05  # fp8 rounding: close, not equal
+    out.sum().backward()
+    assert m.transformer.h[0].mlp.c_fc.weight.grad is not None
+    assert fp8.disable(m) == 8
+    assert isinstance(m.transformer.h[1].attn.c_attn, Conv1D) and not hasattr(m, "_trainopt_fp8_conv1d")
+    after = m.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert torch.equal(m(x).logits, ref)
+
+
+def test_a_linear_encoder_keeps_its_classifier_and_odd_widths_in_high_precision():
+    from torchao.float8.float8_linear import Float8Linear
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from trainopt.train import fp8
+
+    torch.manual_seed(0)
+    m = BertForSequenceClassification(BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1,
+                                                 num_attention_heads=2, intermediate_size=40, num_labels=2))
+    info = fp8.enable(m, "tensorwise")
+    # q, k, v, attention output and the pooler are 32 × 32; the FFN (40 wide) and the classifier (2) stay
+    assert info["fp8_linears"] == 5 and info["conv1d_swapped"] == 0
+    assert not isinstance(m.classifier, Float8Linear) and not isinstance(m.bert.encoder.layer[0].intermediate.dense,
+                                                                         Float8Linear)
+    assert fp8.disable(m) == 5 and not any(isinstance(x, Float8Linear) for x in m.modules())
+
+
+def test_training_with_fp8_follows_the_high_precision_loss_and_saves_the_plain_model(tmp_path, tiny_gpt_dir,
+                                                                                    austen_text):
+    from transformers import AutoModelForCausalLM
+    from transformers.pytorch_utils import Conv1D
+
+    from trainopt.runner import run
+
+    book = tmp_path / "book.txt"
+    book.write_text(austen_text)
+
+    def recipe(mode):
+        return {"name": f"fp8-{mode}", "task": "causal_lm", "model": {"path": str(tiny_gpt_dir), "dropout": 0.0},
+                "data": {"source": str(book), "block_size": 32, "max_train_examples": 64},
+                "stages": [{"kind": "train", "name": "pretrain", "batch_size": 8, "max_steps": 8, "log_every": 1,
+                            "checkpoint_every": 0, "optimizer": {"lr": 3e-3}, "fp8": mode}],
+                "measure": {"latency": False}, "run": {"seed": 0, "progress": False}}
+
+    losses, reports = {}, {}
+    for mode in ("off", "tensorwise"):
+        reports[mode] = run(recipe(mode), out=tmp_path / mode)
+        rows = [json.loads(x) for x in (tmp_path / mode / "metrics.jsonl").read_text().splitlines()]
+        losses[mode] = [r["loss"] for r in rows if r.get("stage") == "pretrain" and "loss" in r and "step" in r]
+    assert len(losses["off"]) == len(losses["tensorwise"]) == 8
+    assert losses["tensorwise"][-1] < losses["tensorwise"][0] - 0.3  # it trains
+    for a, b in zip(losses["off"], losses["tensorwise"]):
+        assert abs(a - b) / a < 0.03, (losses["off"], losses["tensorwise"])
+    assert reports["tensorwise"]["stages"][0]["training"]["fp8"]["fp8_linears"] == 8
+    assert reports["off"]["stages"][0]["training"]["fp8"] is None
+    saved = next((tmp_path / "tensorwise").rglob("model.safetensors")).parent
+    model = AutoModelForCausalLM.from_pretrained(saved)
+    assert isinstance(model.transformer.h[0].attn.c_attn, Conv1D)
+
+
+def test_fp8_where_it_cannot_run_is_a_recipe_error(tmp_path, tiny_bert_dir, reviews_dir, monkeypatch):
+    from trainopt.errors import RecipeError
+    from trainopt.runner import run
+    from trainopt.train import fp8
+
+    from .conftest import classification_recipe
+
+    monkeypatch.setattr(fp8, "why_unsupported", lambda device: "fp8 matmuls need compute capability 8.9+")
+    r = classification_recipe(tiny_bert_dir, reviews_dir, max_steps=2, fp8="tensorwise")
+    r["measure"]["latency"] = False
+    with pytest.raises(RecipeError, match="8.9"):
+        run(r, out=tmp_path / "r")
+
+
+def test_yaml_off_and_on_are_read_as_fp8_settings():
+    """YAML turns `fp8: off` into false: the recipe reads it as `off` (and true as the tensorwise default)."""
+    from trainopt.recipe import load_recipe
+
+    assert load_recipe("gpt2-124m").stages[0].fp8 == "off"  # the built-in recipe writes `fp8: off`
+    assert load_recipe("gpt2-124m", ["stages.pretrain.fp8=on"]).stages[0].fp8 == "tensorwise"
+    assert load_recipe("gpt2-124m", ["stages.pretrain.fp8=rowwise"]).stages[0].fp8 == "rowwise"
