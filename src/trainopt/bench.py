@@ -73,13 +73,12 @@ def available(device: torch.device, task: str = "classification") -> list[str]:
 def full_stack(names: list[str]) -> dict:
     """Every speed technique together (not fp16, an alternative to bf16; not activation checkpointing, which trades
     speed for memory; CUDA graphs, which change the batches' padding; fp8, which changes the numerics — each measured
-    on its own; of the fused LM losses, Liger's where present,
-    else the chunked one). It includes async_steps,
-    which turns instability recovery off (non-finite steps are still skipped)."""
+    on its own; of the fused LM losses, Liger's where present, else the chunked one). It includes async_steps, which
+    turns instability recovery off (non-finite steps are still skipped)."""
     stack = {}
+    alone = ("baseline", "fp16", "activation_checkpointing", "cuda_graphs", "fp8")
     for n in names:
-        if n in ("baseline", "fp16", "activation_checkpointing", "cuda_graphs", "fp8") or (n == "chunked_ce" and "liger_ce" in names) \
-                or (n == "chunked_ce_vocab64" and "liger_ce" in names):
+        if n in alone or (n in ("chunked_ce", "chunked_ce_vocab64") and "liger_ce" in names):
             continue
         stack.update(VARIANTS[n])
     return stack
@@ -257,6 +256,14 @@ def env_report() -> dict:
     rec = {"precision": precision, "optimizer.fused": device.type == "cuda", "attention": "sdpa",
            "compile": device.type == "cuda", "nproc": max(gpus, 1),
            "threads": torch.get_num_threads() if device.type == "cpu" else None}
+    if device.type == "cuda":
+        from .train.fp8 import why_unsupported
+
+        # short-sequence classification is host-bound on a fast GPU: CUDA graphs on one padded shape (measured 2.15x
+        # the HF Trainer on BERT-base, docs/methods/acceleration.md); fp8 where the GPU has the kernels (unmeasured)
+        rec["classification"] = {"compile_mode": "reduce-overhead", "compile_dynamic": "static",
+                                 "data.pad_to_multiple_of": "= data.max_length", "data.bucket": False}
+        rec["fp8_available"] = why_unsupported(device) is None
     try:
         import transformers
 
