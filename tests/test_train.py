@@ -272,3 +272,24 @@ def test_auto_micro_batch_backs_off_on_oom_and_keeps_the_global_batch(tmp_path, 
         assert torch.equal(v, results["manual"][1][k]), k
     (event,) = [r for r in read_metrics(tmp_path / "auto") if r.get("event") == "auto_micro_batch"]
     assert event["micro_batch"] == 8
+
+
+def test_the_gpu_finetune_recipe_runs_on_a_cpu_with_one_batch_shape(tmp_path, tiny_bert_dir, reviews_dir, monkeypatch):
+    """finetune-gpu (CUDA graphs on one padded shape) still runs where there is no GPU: compiled, no graphs, and
+    every training batch is padded to max_length."""
+    from trainopt.data.batching import ClassificationSplit
+    from trainopt.recipe import load_recipe
+    from trainopt.runner import run
+
+    widths = set()
+    collate = ClassificationSplit.collate
+    monkeypatch.setattr(ClassificationSplit, "collate",
+                        lambda self, idx: widths.add((b := collate(self, idx))["input_ids"].shape[1]) or b)
+    recipe = load_recipe("finetune-gpu", [f"model.path={tiny_bert_dir}", f"data.source={reviews_dir}",
+                                          "data.text_column=text", "data.label_column=label", "data.max_length=32",
+                                          "data.pad_to_multiple_of=32",
+                                          "stages.finetune.max_steps=3", "stages.finetune.eval_every=null",
+                                          "stages.finetune.batch_size=8", "measure.latency=false",
+                                          "run.progress=false"])
+    t = run(recipe, out=tmp_path / "g")["stages"][0]["training"]
+    assert t["steps"] == 3 and t["compiled"] == "model" and widths == {32}
