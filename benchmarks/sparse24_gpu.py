@@ -142,8 +142,8 @@ def main() -> int:
         except Exception as e:
             e2e = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
         print("end-to-end:", json.dumps(e2e), flush=True)
-    print("\n| model | batch × seq | dense ms eager / graph | 2:4 sparse ms eager / graph | speedup eager / graph "
-          "| rel. err logits |")
+    print("\n| model | batch × seq | dense ms eager / graph / compiled | 2:4 sparse ms eager / graph / compiled | "
+          "speedup eager / graph / compiled | rel. err logits |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r or not r.get("measured"):
@@ -151,13 +151,17 @@ def main() -> int:
             continue
         for b in r["batches"]:
             def cell(side, b=b, r=r):
-                return f"{r[f'{side}_latency_ms_b{b}_p50']:.3f} / {r.get(f'{side}_graph_latency_ms_b{b}_p50', '—')}"
-            print(f"| {r['shape']} | {b} × {r['seq']} | {cell('dense')} | {cell('sparse')} | "
-                  f"{r[f'speedup_b{b}']:.2f}x / {r.get(f'graph_speedup_b{b}', '—')}x | {r['rel_err_logits']:.1e} |"
-                  f" default alg: {r.get(f'default_alg_graph_speedup_b{b}', '—')}x |")
+                return " / ".join(str(r.get(f"{side}_{mode}latency_ms_b{b}_p50", "—"))
+                                  for mode in ("", "graph_", "compiled_"))
+
+            speed = " / ".join(f"{r[k]:.2f}x" if k in r else "—"
+                               for k in (f"speedup_b{b}", f"graph_speedup_b{b}", f"compiled_speedup_b{b}"))
+            print(f"| {r['shape']} | {b} × {r['seq']} | {cell('dense')} | {cell('sparse')} | {speed} | "
+                  f"{r['rel_err_logits']:.1e} | default alg (graph): {r.get(f'default_alg_graph_speedup_b{b}', '—')}x |")
         for side in ("dense", "sparse"):
-            if f"{side}_graph_error" in r:
-                print(f"  ({r['shape']}: {side} graph capture failed: {r[f'{side}_graph_error']})")
+            for err in ("graph_error", "compiled_error"):
+                if f"{side}_{err}" in r:
+                    print(f"  ({r['shape']}: {side} {err.replace('_', ' ')}: {r[f'{side}_{err}']})")
     return 0
 
 

@@ -177,6 +177,31 @@ def measure_latency(model, inputs: dict[int, dict], device: torch.device, warmup
 
 
 @torch.inference_mode()
+def measure_compiled_latency(model, inputs: dict[int, dict], device: torch.device, warmup: int, repeats: int,
+                             max_seconds: float) -> dict:
+    """Each batch size's forward through `torch.compile(mode="reduce-overhead", dynamic=False)`: compiled once per
+    shape and, on CUDA, replayed from CUDA graphs (PyTorch's graph trees). Unlike a hand capture
+    (measure_graphed_latency) the model's host-side decisions are taken at trace time — transformers keeps its padding
+    mask under stream capture, which rules out the fused attention kernels there, but not under compile. On a CPU it
+    times the compiled model without graphs."""
+    model.eval()
+    compiled = torch.compile(model, mode="reduce-overhead", dynamic=False)
+    result = {}
+    for b, batch in sorted(inputs.items()):
+        batch = {k: v.to(device) for k, v in batch.items()}
+
+        def call(batch=batch):
+            torch.compiler.cudagraph_mark_step_begin()
+            compiled(**batch)
+
+        for _ in range(3):  # compile, record the graph, first replays
+            call()
+        times = time_call(call, device, warmup, repeats, max_seconds)
+        result[f"compiled_latency_ms_b{b}_p50"] = round(percentile(times, 0.5), 3)
+    return result
+
+
+@torch.inference_mode()
 def measure_graphed_latency(model, inputs: dict[int, dict], device: torch.device, warmup: int, repeats: int,
                             max_seconds: float, same_stream: bool = True) -> dict:
     """CUDA only: each batch size's forward captured once in a CUDA graph and timed by replaying it, so that

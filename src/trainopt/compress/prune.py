@@ -287,7 +287,8 @@ def apply_plan(model, plan: dict) -> None:
 
 # ----------------------------------------------------------------------------------- 2:4 sparse kernels
 def _timings(model, inputs, device, m) -> dict:
-    """Eager p50 latencies, and CUDA-graph replays where the forward can be captured."""
+    """Eager p50 latencies, CUDA-graph replays where the forward can be captured, and the compiled model replayed
+    from graphs (torch.compile's reduce-overhead mode)."""
     from .. import measure
 
     out = {k: v for k, v in measure.measure_latency(model, inputs, device, m.warmup, m.repeats, m.max_seconds).items()
@@ -296,6 +297,12 @@ def _timings(model, inputs, device, m) -> dict:
         out.update(measure.measure_graphed_latency(model, inputs, device, m.warmup, m.repeats, m.max_seconds))
     except (RuntimeError, ValueError) as e:
         out["graph_error"] = str(e).splitlines()[0][:200]
+    try:
+        out.update(measure.measure_compiled_latency(model, inputs, device, m.warmup, m.repeats, m.max_seconds))
+    except Exception as e:  # noqa: BLE001 — a compiler failure (e.g. a tensor subclass it cannot trace) is a result
+        out["compiled_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    finally:
+        torch._dynamo.reset()  # the next model (dense, then sparse) compiles afresh
     return out
 
 
@@ -321,8 +328,9 @@ def _search_alg(w, rows: int) -> int | None:
 
 
 def time_sparse_kernels(model, modules, ctx: RunContext, search_alg: bool = True) -> dict:
-    """On CUDA: the same 2:4 model dense vs with PyTorch semi-structured sparse weights, both bf16, eager and
-    replayed from CUDA graphs (which remove the sparse library's per-call plan set-up from the timing). With
+    """On CUDA: the same 2:4 model dense vs with PyTorch semi-structured sparse weights, both bf16, eager, replayed
+    from a hand-captured CUDA graph, and compiled with graphs (the last two remove the sparse library's per-call plan
+    set-up from the timing). With
     `search_alg`, each layer runs cuSPARSELt's fastest algorithm for the largest timed batch."""
     inputs, m = ctx.extras.get("measure_inputs"), ctx.recipe.measure
     if ctx.device.type != "cuda" or not inputs:
@@ -372,19 +380,21 @@ def time_sparse_kernels(model, modules, ctx: RunContext, search_alg: bool = True
                                         "for_rows": tokens, "reverted_to_default": reverted}
     for key in dense:
         if key in sparse and "latency_ms_b" in key:
-            mode = "graph_" if key.startswith("graph_") else ""
+            mode = next((p for p in ("graph_", "compiled_") if key.startswith(p)), "")
             b = key.split("latency_ms_")[1][: -len("_p50")]
             out[f"dense_{key}"], out[f"sparse_{key}"] = dense[key], sparse[key]
             out[f"{mode}speedup_{b}"] = round(dense[key] / sparse[key], 3)
     for side, t in (("dense", dense), ("sparse", sparse)):
-        if "graph_error" in t:
-            out[f"{side}_graph_error"] = t["graph_error"]
+        for err in ("graph_error", "compiled_error"):
+            if err in t:
+                out[f"{side}_{err}"] = t[err]
     return out
 
 
 def best_sparse_speedup(kernels: dict, batch: int) -> float:
-    """The larger of the eager and graph-replay speedups at a batch size (each dense vs sparse, same mode)."""
-    return max(kernels.get(f"speedup_b{batch}", 0.0), kernels.get(f"graph_speedup_b{batch}", 0.0))
+    """The largest of the eager, graph-replay and compiled speedups at a batch size (each dense vs sparse, same
+    mode)."""
+    return max(kernels.get(f"{mode}speedup_b{batch}", 0.0) for mode in ("", "graph_", "compiled_"))
 
 
 # --------------------------------------------------------------------------------------------- the stage
