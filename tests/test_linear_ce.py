@@ -153,16 +153,17 @@ def test_static_compile_passes_dynamic_false_and_allows_a_graph_per_width(tmp_pa
         return module
 
     monkeypatch.setattr(torch, "compile", fake_compile)
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
-    for mode, expected in (("static", False), ("auto", None)):
-        raw = classification_recipe(tiny_bert_dir, reviews_dir, compile=True, compile_dynamic=mode, max_steps=2,
-                                    checkpoint_every=0)
-        raw["data"]["pad_to_multiple_of"] = 8
-        raw["run"]["device"] = "cpu"
-        raw["measure"]["latency"] = False
-        run(raw, out=tmp_path / mode)
-        assert calls[-1]["dynamic"] is expected
-    assert torch._dynamo.config.recompile_limit >= 32 // 8 + 8
+    # dynamo's own patch context: monkeypatch's undo leaves its config without the key (it then "does not exist")
+    with torch._dynamo.config.patch(recompile_limit=8):
+        for mode, expected in (("static", False), ("auto", None)):
+            raw = classification_recipe(tiny_bert_dir, reviews_dir, compile=True, compile_dynamic=mode, max_steps=2,
+                                        checkpoint_every=0)
+            raw["data"]["pad_to_multiple_of"] = 8
+            raw["run"]["device"] = "cpu"
+            raw["measure"]["latency"] = False
+            run(raw, out=tmp_path / mode)
+            assert calls[-1]["dynamic"] is expected
+        assert torch._dynamo.config.recompile_limit >= 32 // 8 + 8
 
 
 def test_pad_to_multiple_of_is_refused_for_causal_lm(tmp_path, tiny_gpt_dir, austen_text):
