@@ -143,11 +143,11 @@ def main() -> int:
             e2e = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
         print("end-to-end:", json.dumps(e2e), flush=True)
     print("\n| model | batch × seq | dense ms eager / graph / compiled | 2:4 sparse ms eager / graph / compiled | "
-          "speedup eager / graph / compiled | rel. err logits |")
-    print("|---|---|---|---|---|---|")
+          "speedup eager / graph / compiled | rel. err logits | default alg (graph) |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r or not r.get("measured"):
-            print(f"| {r['shape']} | — | — | — | {r.get('error') or r.get('reason')} | — |")
+            print(f"| {r['shape']} | — | — | — | {r.get('error') or r.get('reason')} | — | — |")
             continue
         for b in r["batches"]:
             def cell(side, b=b, r=r):
@@ -157,7 +157,7 @@ def main() -> int:
             speed = " / ".join(f"{r[k]:.2f}x" if k in r else "—"
                                for k in (f"speedup_b{b}", f"graph_speedup_b{b}", f"compiled_speedup_b{b}"))
             print(f"| {r['shape']} | {b} × {r['seq']} | {cell('dense')} | {cell('sparse')} | {speed} | "
-                  f"{r['rel_err_logits']:.1e} | default alg (graph): {r.get(f'default_alg_graph_speedup_b{b}', '—')}x |")
+                  f"{r['rel_err_logits']:.1e} | {r.get(f'default_alg_graph_speedup_b{b}', '—')}x |")
         for side in ("dense", "sparse"):
             for err in ("graph_error", "compiled_error"):
                 if f"{side}_{err}" in r:

@@ -115,3 +115,23 @@ def test_yaml_off_and_on_are_read_as_fp8_settings():
     assert load_recipe("gpt2-124m").stages[0].fp8 == "off"  # the built-in recipe writes `fp8: off`
     assert load_recipe("gpt2-124m", ["stages.pretrain.fp8=on"]).stages[0].fp8 == "tensorwise"
     assert load_recipe("gpt2-124m", ["stages.pretrain.fp8=rowwise"]).stages[0].fp8 == "rowwise"
+
+
+def test_fp8_on_a_model_without_a_qualifying_linear_is_a_recipe_error_and_leaves_it_unchanged():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from trainopt.errors import RecipeError
+    from trainopt.recipe import TrainStage
+    from trainopt.train.loop import accelerate
+
+    torch.manual_seed(0)  # every width 24 or 40: none is a multiple of 16
+    m = BertForSequenceClassification(BertConfig(vocab_size=64, hidden_size=24, num_hidden_layers=1,
+                                                 num_attention_heads=2, intermediate_size=40, num_labels=2))
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(RecipeError, match="no Linear of this model qualifies"):
+        accelerate(m, TrainStage(kind="train", name="ft", fp8="tensorwise"))
+    from torchao.float8.float8_linear import Float8Linear
+
+    assert not any(isinstance(x, Float8Linear) for x in m.modules()) and not hasattr(m, "_trainopt_fp8_conv1d")
+    after = m.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(before[k], after[k]) for k in before)

@@ -181,9 +181,10 @@ def measure_compiled_latency(model, inputs: dict[int, dict], device: torch.devic
                              max_seconds: float) -> dict:
     """Each batch size's forward through `torch.compile(mode="reduce-overhead", dynamic=False)`: compiled once per
     shape and, on CUDA, replayed from CUDA graphs (PyTorch's graph trees). Unlike a hand capture
-    (measure_graphed_latency) the model's host-side decisions are taken at trace time — transformers keeps its padding
-    mask under stream capture, which rules out the fused attention kernels there, but not under compile. On a CPU it
-    times the compiled model without graphs."""
+    (measure_graphed_latency), where transformers keeps its padding mask and SDPA then found no fused kernel (session
+    7, H200), the model's host-side decisions are taken at trace time and inductor lowers the attention itself;
+    which attention kernel then runs on a GPU is not yet measured. On a CPU it times the compiled model without
+    graphs."""
     model.eval()
     compiled = torch.compile(model, mode="reduce-overhead", dynamic=False)
     result = {}

@@ -330,8 +330,8 @@ def _search_alg(w, rows: int) -> int | None:
 def time_sparse_kernels(model, modules, ctx: RunContext, search_alg: bool = True) -> dict:
     """On CUDA: the same 2:4 model dense vs with PyTorch semi-structured sparse weights, both bf16, eager, replayed
     from a hand-captured CUDA graph, and compiled with graphs (the last two remove the sparse library's per-call plan
-    set-up from the timing). With
-    `search_alg`, each layer runs cuSPARSELt's fastest algorithm for the largest timed batch."""
+    set-up from the timing). With `search_alg`, each layer runs cuSPARSELt's fastest algorithm for the largest timed
+    batch."""
     inputs, m = ctx.extras.get("measure_inputs"), ctx.recipe.measure
     if ctx.device.type != "cuda" or not inputs:
         return {"measured": False, "reason": "semi-structured sparse kernels run on CUDA only; on "

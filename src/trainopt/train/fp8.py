@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..compress.blocks import set_module
+
 RECIPES = ("tensorwise", "rowwise", "rowwise_with_gw_hp")
 
 
@@ -38,12 +40,6 @@ def why_unsupported(device: torch.device) -> str | None:
         if (major, minor) < (8, 9):
             return f"fp8 matmuls need compute capability 8.9+ (Ada/Hopper); this GPU is {major}.{minor}"
     return None
-
-
-def _children(model: nn.Module):
-    for parent_name, parent in list(model.named_modules()):
-        for name, child in list(parent.named_children()):
-            yield f"{parent_name}.{name}" if parent_name else name, parent, name, child
 
 
 def _head_ids(model: nn.Module) -> set[int]:
@@ -65,7 +61,7 @@ def enable(model: nn.Module, recipe: str) -> dict:
     from transformers.pytorch_utils import Conv1D
 
     conv = []
-    for full, parent, name, child in _children(model):
+    for full, child in list(model.named_modules()):
         if isinstance(child, Conv1D):
             nx, nf = child.weight.shape
             lin = nn.Linear(nx, nf, bias=child.bias is not None, device=child.weight.device, dtype=child.weight.dtype)
@@ -73,7 +69,7 @@ def enable(model: nn.Module, recipe: str) -> dict:
                 lin.weight.copy_(child.weight.t())
                 if child.bias is not None:
                     lin.bias.copy_(child.bias)
-            setattr(parent, name, lin)
+            set_module(model, full, lin)
             conv.append(full)
     heads = _head_ids(model)
     converted = []
@@ -97,7 +93,7 @@ def disable(model: nn.Module) -> int:
     from transformers.pytorch_utils import Conv1D
 
     restored, conv = 0, getattr(model, "_trainopt_fp8_conv1d", set())
-    for full, parent, name, child in _children(model):
+    for full, child in list(model.named_modules()):
         if not isinstance(child, nn.Linear):
             continue
         was_conv = full in conv
@@ -113,7 +109,7 @@ def disable(model: nn.Module) -> int:
         if b is not None:
             new.bias = b
         new.train(child.training)
-        setattr(parent, name, new)
+        set_module(model, full, new)
         restored += 1
     if hasattr(model, "_trainopt_fp8_conv1d"):
         del model._trainopt_fp8_conv1d
