@@ -135,3 +135,36 @@ def test_fp8_on_a_model_without_a_qualifying_linear_is_a_recipe_error_and_leaves
     assert not any(isinstance(x, Float8Linear) for x in m.modules()) and not hasattr(m, "_trainopt_fp8_conv1d")
     after = m.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("recipe", ["tensorwise", "rowwise"])
+def test_fp8_runs_under_bf16_autocast_where_torchaos_module_alone_fails(recipe):
+    """precision: bf16 is autocast over fp32 weights; torchao's Float8Linear alone fails there in evaluation
+    (inference mode: aten.to.dtype on its fp8 tensor, pytorch/ao#568) — the swapped-in module casts the input
+    itself and runs with autocast off, in training and in evaluation."""
+    from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+
+    from trainopt.train import fp8
+
+    x = torch.randint(0, 100, (2, 16))
+    plain = _tiny_gpt2()
+    plain.transformer.h[0].mlp.c_fc = torch.nn.Linear(32, 128)  # a Linear torchao converts
+    convert_to_float8_training(plain, module_filter_fn=lambda m, fqn: fqn.endswith("mlp.c_fc"),
+                               config=Float8LinearConfig.from_recipe_name(recipe))
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.inference_mode(), \
+            pytest.raises((NotImplementedError, AssertionError), match="to.dtype|axiswise"):
+        plain(x)
+
+    m = _tiny_gpt2()
+    with torch.no_grad():
+        ref = m(x).logits
+    fp8.enable(m, recipe)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(x).logits
+        assert m.transformer.h[0].mlp.c_fc(torch.randn(3, 32)).dtype == torch.bfloat16  # autocast's dtype out
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.inference_mode():
+        evaluated = m(x).logits
+    for o in (out, evaluated):
+        assert ((o.float() - ref).norm() / ref.norm()).item() < 0.05
+    out.float().sum().backward()
+    assert m.transformer.h[0].attn.c_attn.weight.grad.dtype == torch.float32  # master weights stay fp32

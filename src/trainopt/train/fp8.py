@@ -10,6 +10,11 @@ Two things here are ours, because no library does them for a transformers model:
 - GPT-2's projections are `transformers.pytorch_utils.Conv1D` (a weight stored as (in, out)), which torchao does
   not swap. They become `nn.Linear` (weight transposed) for training and go back to `Conv1D` afterwards, so that the
   saved model has its own class and state dict.
+- Mixed precision: torchao's `Float8Linear` does not support autocast (pytorch/ao#568): autocast's own cast of the
+  matmul's arguments reaches the fp8 tensor and fails ("aten.to.dtype ... not supported"). `_Float8LinearAutocast`
+  casts the input to the autocast dtype itself and runs the fp8 matmul with autocast off, so `precision: bf16`
+  (autocast over fp32 master weights) and `fp8:` work together; under inference mode (evaluation) it runs in plain
+  no-grad mode, where torchao's rowwise scales work.
 - After training every `Float8Linear` goes back to a plain `nn.Linear` (same parameters): the trained model saves,
   quantizes and reloads like any other.
 
@@ -18,6 +23,8 @@ torchtitan leaves it out too) and any Linear whose widths are not multiples of 1
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import nn
@@ -55,6 +62,29 @@ def _head_ids(model: nn.Module) -> set[int]:
     return heads
 
 
+@functools.cache
+def _autocast_class():
+    from torchao.float8.float8_linear import Float8Linear
+
+    class _Float8LinearAutocast(Float8Linear):
+        """Float8Linear under autocast: input cast to the autocast dtype, fp8 matmul with autocast off."""
+
+        def forward(self, input: torch.Tensor) -> torch.Tensor:
+            if torch.is_inference_mode_enabled():
+                # under inference mode torchao's fp8 tensor meets aten.reshape undecomposed, which rowwise scales do
+                # not support: evaluate in plain no-grad mode (same result, nothing is saved for backward either way)
+                with torch.inference_mode(False), torch.no_grad():
+                    return self.forward(input)
+            dev = input.device.type
+            if not torch.is_autocast_enabled(dev):
+                return super().forward(input)
+            dtype = torch.get_autocast_dtype(dev)
+            with torch.autocast(dev, enabled=False):
+                return super().forward(input.to(dtype))
+
+    return _Float8LinearAutocast
+
+
 def enable(model: nn.Module, recipe: str) -> dict:
     """Swap the model's eligible projections for fp8 training, in place; returns what was converted."""
     from torchao.float8 import Float8LinearConfig, convert_to_float8_training
@@ -83,6 +113,9 @@ def enable(model: nn.Module, recipe: str) -> dict:
         return ok
 
     convert_to_float8_training(model, module_filter_fn=keep, config=Float8LinearConfig.from_recipe_name(recipe))
+    cls = _autocast_class()
+    for fqn in converted:  # same module, same parameters: only forward differs (see the module docstring)
+        model.get_submodule(fqn).__class__ = cls
     model._trainopt_fp8_conv1d = set(conv)  # swapped back to Conv1D by disable() (torchao replaces the modules)
     return {"recipe": recipe, "fp8_linears": len(converted), "conv1d_swapped": len(conv)}
 
