@@ -168,3 +168,24 @@ def test_fp8_runs_under_bf16_autocast_where_torchaos_module_alone_fails(recipe):
         assert ((o.float() - ref).norm() / ref.norm()).item() < 0.05
     out.float().sum().backward()
     assert m.transformer.h[0].attn.c_attn.weight.grad.dtype == torch.float32  # master weights stay fp32
+
+
+@pytest.mark.parametrize("recipe", ["tensorwise", "rowwise"])
+def test_fp8_adds_no_graph_break_under_compile_and_autocast(recipe):
+    """A graph break in the fp8 module makes dynamo compile every Linear on its own (GPT-2 rowwise hit the recompile
+    limit and fell back to eager on a GPU, 0.43x): the fp8 model breaks exactly where the plain one does."""
+    from trainopt.train import fp8
+
+    x = torch.randint(0, 100, (2, 16))
+
+    def breaks(m):
+        def f(x):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return m(x, labels=x).loss
+        torch._dynamo.reset()
+        return torch._dynamo.explain(f)(x).graph_break_count
+
+    plain = _tiny_gpt2().train()
+    m = _tiny_gpt2().train()
+    fp8.enable(m, recipe)
+    assert breaks(m) == breaks(plain)

@@ -70,7 +70,7 @@ def _autocast_class():
         """Float8Linear under autocast: input cast to the autocast dtype, fp8 matmul with autocast off."""
 
         def forward(self, input: torch.Tensor) -> torch.Tensor:
-            if torch.is_inference_mode_enabled():
+            if not torch.compiler.is_compiling() and torch.is_inference_mode_enabled():  # (dynamo cannot trace it)
                 # under inference mode torchao's fp8 tensor meets aten.reshape undecomposed, which rowwise scales do
                 # not support: evaluate in plain no-grad mode (same result, nothing is saved for backward either way)
                 with torch.inference_mode(False), torch.no_grad():
