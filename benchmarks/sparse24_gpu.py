@@ -154,10 +154,12 @@ def main() -> int:
                 return " / ".join(str(r.get(f"{side}_{mode}latency_ms_b{b}_p50", "—"))
                                   for mode in ("", "graph_", "compiled_"))
 
+            alg = r.get(f"default_alg_graph_speedup_b{b}")
+            alg = f"{alg}x" if alg is not None else "—"
             speed = " / ".join(f"{r[k]:.2f}x" if k in r else "—"
                                for k in (f"speedup_b{b}", f"graph_speedup_b{b}", f"compiled_speedup_b{b}"))
             print(f"| {r['shape']} | {b} × {r['seq']} | {cell('dense')} | {cell('sparse')} | {speed} | "
-                  f"{r['rel_err_logits']:.1e} | {r.get(f'default_alg_graph_speedup_b{b}', '—')}x |")
+                  f"{r['rel_err_logits']:.1e} | {alg} |")
         for side in ("dense", "sparse"):
             for err in ("graph_error", "compiled_error"):
                 if f"{side}_{err}" in r:
