@@ -14,7 +14,6 @@ logits). Last, runs a small recipe (train → 2:4 prune) through `trainopt.run` 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import tempfile
 from pathlib import Path
@@ -60,26 +59,20 @@ def bench_shape(name, seq, batches, measure, search: str = "both"):
     if search == "both":  # the same, each layer on cuSPARSELt's default algorithm
         plain = time_sparse_kernels(model, modules, ctx, search_alg=False)
         kernels.update({f"default_alg_{k}": v for k, v in plain.items() if "speedup" in k or k.startswith("sparse_")})
-    # How the graph is captured: on the warmed-up stream (measure's way now) vs torch.cuda.graph's own stream (the
-    # way of the earlier runs, whose dense graph replays were slower than eager at large batches).
-    from trainopt import measure as tm
-
-    big = {max(batches): inputs[max(batches)]}
-    work = copy.deepcopy(model).to(torch.bfloat16).eval()
-    for same in (True, False):
-        t = tm.measure_graphed_latency(work, big, torch.device("cuda"), measure.warmup, measure.repeats,
-                                       measure.max_seconds, same_stream=same)
-        kernels[f"dense_graph_{'warmed' if same else 'own'}_stream_b{max(batches)}"] = next(iter(t.values()))
-    del work
-    # Same function? The dense 2:4 model in bf16 vs the converted one, on fresh inputs.
-    from torch.sparse import to_sparse_semi_structured
+    # Same function? The dense 2:4 model in bf16 vs the converted one (the stage's conversion), on fresh inputs.
+    from trainopt.compress import sparse24
 
     dense = model.to(torch.bfloat16)
     x = {k: v.cuda() for k, v in inputs[max(batches)].items()}
     with torch.no_grad():
         ref = dense(**x).logits.float()
-        for _, m in modules:
-            m.weight = torch.nn.Parameter(to_sparse_semi_structured(m.weight.detach()), requires_grad=False)
+        if sparse24.available(torch.device("cuda")):
+            sparse24.convert(dense, {n for n, _ in modules})
+        else:
+            from torch.sparse import to_sparse_semi_structured
+
+            for _, m in modules:
+                m.weight = torch.nn.Parameter(to_sparse_semi_structured(m.weight.detach()), requires_grad=False)
         out = dense(**x).logits.float()
     kernels["rel_err_logits"] = float((out - ref).norm() / ref.norm())
     kernels["shape"], kernels["seq"] = name, seq
@@ -143,11 +136,11 @@ def main() -> int:
             e2e = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
         print("end-to-end:", json.dumps(e2e), flush=True)
     print("\n| model | batch × seq | dense ms eager / graph / compiled | 2:4 sparse ms eager / graph / compiled | "
-          "speedup eager / graph / compiled | rel. err logits | default alg (graph) |")
-    print("|---|---|---|---|---|---|---|")
+          "speedup eager / graph / compiled | fastest 2:4 vs fastest dense | rel. err logits | default alg (graph) |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r or not r.get("measured"):
-            print(f"| {r['shape']} | — | — | — | {r.get('error') or r.get('reason')} | — | — |")
+            print(f"| {r['shape']} | — | — | — | {r.get('error') or r.get('reason')} | — | — | — |")
             continue
         for b in r["batches"]:
             def cell(side, b=b, r=r):
@@ -158,7 +151,9 @@ def main() -> int:
             alg = f"{alg}x" if alg is not None else "—"
             speed = " / ".join(f"{r[k]:.2f}x" if k in r else "—"
                                for k in (f"speedup_b{b}", f"graph_speedup_b{b}", f"compiled_speedup_b{b}"))
-            print(f"| {r['shape']} | {b} × {r['seq']} | {cell('dense')} | {cell('sparse')} | {speed} | "
+            best = r.get(f"best_vs_best_speedup_b{b}")
+            best = f"**{best:.2f}x**" if best else "—"
+            print(f"| {r['shape']} | {b} × {r['seq']} | {cell('dense')} | {cell('sparse')} | {speed} | {best} | "
                   f"{r['rel_err_logits']:.1e} | {alg} |")
         for side in ("dense", "sparse"):
             for err in ("graph_error", "compiled_error"):

@@ -340,7 +340,7 @@ class PruneStage(StageBase):
     train: TrainSettings | None = None  # recovery fine-tuning (gradual: the training during which it prunes)
     distill: DistillLossSpec | None = None  # recover by distilling from the unpruned model
     teacher_stage: str | None = None  # distill from this earlier stage's model instead (e.g. the fine-tuned one)
-    sparse_kernels: bool = True  # 2:4 on CUDA: time PyTorch's semi-structured sparse kernels against dense
+    sparse_kernels: bool = True  # 2:4 on CUDA: time cuSPARSELt kernels (fastest mode) against dense bf16 (fastest mode)
 
     @model_validator(mode="after")
     def _method_keys(self):
