@@ -98,6 +98,7 @@ def _same_final_weights(a, b) -> bool:
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+@pytest.mark.slow  # `make test-slow`; the default suite resumes under torchrun in the two tests below (restart, FSDP2)
 def test_killed_two_process_run_resumes(tmp_path, clean_ddp):
     recipe, clean = clean_ddp
     killed = _run([recipe, "--out", tmp_path / "k", "--nproc", "2"], {"TRAINOPT_FAULT_KILL_AT_STEP": "10"})

@@ -16,6 +16,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from trainopt.train.monitor import read_metrics
+
 from .conftest import classification_recipe
 
 # 20 kill points in training order, for a 3-epoch run (42 steps) with a checkpoint every 3 steps. Each resumed
@@ -27,7 +29,9 @@ KILL_POINTS = [("step", 2), ("ckpt", "3:weights"), ("step", 4), ("ckpt", "6:mani
 
 
 def _recipe(tmp_path, tiny_bert_dir, reviews_dir):
-    raw = classification_recipe(tiny_bert_dir, reviews_dir, epochs=3, checkpoint_every=3, eval_every=7)
+    # keep_best off: the final weights are the last step's, so any divergence after a resume shows
+    raw = classification_recipe(tiny_bert_dir, reviews_dir, epochs=3, checkpoint_every=3, eval_every=7,
+                                keep_best=False)
     raw["model"]["dropout"] = 0.1  # dropout draws random numbers: the RNG state must resume too
     raw["run"]["deterministic"] = True
     raw["measure"]["latency"] = False
@@ -62,6 +66,8 @@ def kill_and_resume(tmp_path, tiny_bert_dir, reviews_dir, points) -> dict:
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, different
+    steps = [r["step"] for r in read_metrics(out) if r.get("stage") == "finetune" and "loss" in r]
+    assert steps == sorted(steps) and len(steps) == len(set(steps))  # replayed steps are not logged twice
     leftovers = list((out / "stages").rglob(".tmp-*"))
     assert not leftovers  # no half-written checkpoint was left behind or taken for a complete one
     return {"kill_points": len(points), "clean_resumes": len(points), "bit_identical": True,
@@ -69,7 +75,10 @@ def kill_and_resume(tmp_path, tiny_bert_dir, reviews_dir, points) -> dict:
 
 
 def test_kill_between_steps_and_inside_a_checkpoint_write(tmp_path, tiny_bert_dir, reviews_dir):
-    kill_and_resume(tmp_path, tiny_bert_dir, reviews_dir, [("ckpt", "6:manifest"), ("step", 11)])
+    result = kill_and_resume(tmp_path, tiny_bert_dir, reviews_dir, [("ckpt", "6:manifest"), ("step", 11)])
+    # the first process dies inside the write of checkpoint 6: the half-written one is ignored and the second
+    # process resumes from checkpoint 3 (then dies at step 11; the last one resumes from 9 and finishes)
+    assert result["resumed_from"] == ["start", "3"]
 
 
 @pytest.mark.stress
