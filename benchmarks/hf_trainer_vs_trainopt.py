@@ -63,6 +63,11 @@ VARIANTS = {  # name → trainopt settings on top of the plain ones ("data.bucke
     # the fastest GPT-2 setting with torch.profiler over steps 20-22 (where do the other ~60% of the bf16 peak go?)
     "chunked_ce_x4_batch_vocab64_profile": {**ASYNC, "lm_loss": "chunked", "batch_size": "x4",
                                             "lm_loss_vocab_multiple": 64, "profile": {"start": 20, "steps": 3}},
+    # the same with one attention kernel forced (cuDNN's is PyTorch's choice on an H200 and 27% of the step)
+    "chunked_ce_x4_batch_vocab64_flash": {**ASYNC, "lm_loss": "chunked", "batch_size": "x4",
+                                          "lm_loss_vocab_multiple": 64, "sdpa_backend": "flash"},
+    "chunked_ce_x4_batch_vocab64_efficient": {**ASYNC, "lm_loss": "chunked", "batch_size": "x4",
+                                              "lm_loss_vocab_multiple": 64, "sdpa_backend": "efficient"},
     "cuda_graphs": {**ASYNC, "compile_mode": "reduce-overhead"},
     "autotune": {**ASYNC, "compile_mode": "max-autotune-no-cudagraphs"},
 }

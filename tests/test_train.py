@@ -21,8 +21,11 @@ from trainopt.train.optim import lr_multiplier, param_groups
 from .conftest import classification_recipe
 
 
-def _setup(tmp_path, model_dir, data_dir, **stage):
-    recipe = load_recipe(classification_recipe(model_dir, data_dir, **stage))
+def _setup(tmp_path, model_dir, data_dir, dropout=None, **stage):
+    raw = classification_recipe(model_dir, data_dir, **stage)
+    if dropout is not None:
+        raw["model"]["dropout"] = dropout
+    recipe = load_recipe(raw)
     texts = load_texts(recipe)
     tok = load_tokenizer(recipe)
     data = tokenize(texts, tok, recipe)
@@ -284,3 +287,40 @@ def test_the_gpu_finetune_recipe_runs_on_a_cpu_with_one_batch_shape(tmp_path, ti
                                           "run.progress=false"])
     t = run(recipe, out=tmp_path / "g")["stages"][0]["training"]
     assert t["steps"] == 3 and t["compiled"] == "model" and widths == {32}
+
+
+def test_sdpa_backend_picks_the_attention_kernel_and_keeps_the_numerics(tmp_path, tiny_bert_dir, reviews_dir):
+    from torch.profiler import ProfilerActivity, profile
+
+    weights, ops = {}, {}
+    for backend in ("math", "flash"):
+        # no dropout: PyTorch's CPU flash kernel has none (the loop says so: see the next test)
+        recipe, data, model, ctx = _setup(tmp_path / backend, tiny_bert_dir, reviews_dir, dropout=0.0, max_steps=2,
+                                          batch_size=8, eval_every=None, checkpoint_every=0, keep_best=False,
+                                          sdpa_backend=backend)
+        assert model.config._attn_implementation == "sdpa"
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            train(model, data, recipe.stages[0], ctx, tmp_path / f"s-{backend}")
+        ops[backend] = {e.key for e in prof.key_averages()}
+        weights[backend] = {k: v.clone() for k, v in model.state_dict().items()}
+    # training's kernels (the evaluation after training runs PyTorch's own choice, forward only)
+    fused_backward = "aten::_scaled_dot_product_flash_attention_for_cpu_backward"
+    assert fused_backward in ops["flash"] and "aten::_scaled_dot_product_attention_math" not in ops["flash"]
+    assert fused_backward not in ops["math"] and "aten::_scaled_dot_product_attention_math" in ops["math"]
+    for k in weights["math"]:  # two kernels, one function: the same weights after two steps, to rounding
+        torch.testing.assert_close(weights["math"][k], weights["flash"][k], rtol=1e-4, atol=1e-5)
+
+
+def test_sdpa_backend_is_checked_before_work_starts(tmp_path, tiny_bert_dir, reviews_dir):
+    from trainopt.errors import RecipeError
+    from trainopt.runner import validate
+
+    for stage, key in (({"sdpa_backend": "cudnn"}, "sdpa_backend"),
+                       ({"sdpa_backend": "flash", "attention": "eager"}, "sdpa_backend")):
+        with pytest.raises(RecipeError, match=key):
+            validate(classification_recipe(tiny_bert_dir, reviews_dir, **stage))
+    # the CPU flash kernel has no attention dropout: a clear error, not "no available kernel" mid-training
+    recipe, data, model, ctx = _setup(tmp_path, tiny_bert_dir, reviews_dir, dropout=0.1, max_steps=1,
+                                      sdpa_backend="flash")
+    with pytest.raises(RecipeError, match="dropout"):
+        train(model, data, recipe.stages[0], ctx, tmp_path / "s")

@@ -179,6 +179,9 @@ class TrainSettings(Strict):
     activation_checkpointing: bool = False  # recompute activations in backward: less memory, more compute
     auto_micro_batch: bool = False  # largest micro-batch that fits; grad_accum adjusted to keep the global batch
     attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"  # attention kernel (auto: as loaded)
+    # which kernel PyTorch's scaled_dot_product_attention runs in training (auto: PyTorch's choice; flash: its
+    # FlashAttention-2 (CUDA) or flash CPU kernel; cudnn and efficient: CUDA only; math: the unfused reference)
+    sdpa_backend: Literal["auto", "flash", "cudnn", "efficient", "math"] = "auto"
     lm_loss: Literal["full", "chunked", "liger"] = "full"  # causal LM head + loss without the full logits tensor
     lm_loss_chunk: int = Field(4096, ge=16)  # positions per chunk for lm_loss: chunked
     # lm_loss: chunked — the head's matmuls on the vocabulary zero-padded to a multiple of this (e.g. 64: GPT-2's

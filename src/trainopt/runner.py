@@ -81,6 +81,15 @@ def check_compat(recipe: Recipe, device: torch.device) -> None:
         if settings.lm_loss_vocab_multiple != 1 and settings.lm_loss != "chunked":
             raise RecipeError(f"{key}.lm_loss_vocab_multiple", "vocabulary padding applies to lm_loss: chunked",
                               "set lm_loss: chunked (or remove lm_loss_vocab_multiple)")
+        if settings.sdpa_backend in ("cudnn", "efficient") and device.type != "cuda":
+            raise RecipeError(f"{key}.sdpa_backend", f"the {settings.sdpa_backend} attention kernel runs on CUDA only",
+                              "use auto, flash or math on a CPU")
+        if settings.sdpa_backend in ("flash", "cudnn") and device.type == "cuda" and settings.precision == "fp32":
+            raise RecipeError(f"{key}.sdpa_backend", f"the {settings.sdpa_backend} kernel takes fp16/bf16 inputs on CUDA",
+                              "set precision: bf16 (or sdpa_backend: efficient or math)")
+        if settings.sdpa_backend != "auto" and settings.attention in ("eager", "flash_attention_2"):
+            raise RecipeError(f"{key}.sdpa_backend", f"sdpa_backend picks a kernel of attention: sdpa, not of "
+                              f"attention: {settings.attention}", "set attention: sdpa (or remove sdpa_backend)")
         if settings.lm_loss == "liger" and device.type != "cuda":
             raise RecipeError(f"{key}.lm_loss", "liger (Triton) needs a CUDA device", "use chunked on CPU")
         if settings.parallel == "fsdp" and (settings.ddp_comm != "fp32" or settings.ddp_bucket_mb != 25.0):

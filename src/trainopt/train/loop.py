@@ -10,6 +10,7 @@ skips the step. Checkpoints are atomic; a killed run resumes exactly where it st
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -262,7 +263,8 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
                 # synchronously).
                 batch = {k: (v.pin_memory() if pin else v).to(device, non_blocking=True) for k, v in batch.items()}
                 with distributed.no_sync(dd, forward_model, last=i == len(micro) - 1):
-                    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None), \
+                            sdpa_context(stage.sdpa_backend):
                         loss = loss_fn(forward_model, batch, denom) * weight
                     if fault is not None:  # injected instability (the recovery tests and `make stress`), once
                         loss = loss * (float("nan") if fault == "nan" else 1e3)
@@ -431,6 +433,20 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
     }
 
 
+SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
+                 "math": "MATH"}
+
+
+def sdpa_context(backend: str):
+    """The `sdpa_backend` switch: restrict scaled_dot_product_attention to one kernel while the forward runs (and is
+    traced, when compiled; its backward follows the forward's kernel). `auto` leaves PyTorch's own choice."""
+    if backend == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([getattr(SDPBackend, SDPA_BACKENDS[backend])])
+
+
 def accelerate(model, stage) -> dict | None:
     """The model-side acceleration switches: the attention kernel, activation checkpointing and fp8 matmuls (what
     fp8 converted, or None)."""
@@ -442,6 +458,16 @@ def accelerate(model, stage) -> dict | None:
         except (ImportError, ValueError) as e:
             raise RecipeError(f"stages.{stage.name}.attention", f"{stage.attention} is not available for this model "
                               f"here ({str(e).splitlines()[0][:120]})", "use sdpa or eager") from None
+    if stage.sdpa_backend != "auto" and getattr(model.config, "_attn_implementation", None) != "sdpa":
+        raise RecipeError(f"stages.{stage.name}.sdpa_backend", f"this model runs "
+                          f"{getattr(model.config, '_attn_implementation', 'its own')} attention, not PyTorch's "
+                          "scaled_dot_product_attention", "set attention: sdpa (or remove sdpa_backend)")
+    attn_dropout = max((getattr(model.config, k, 0.0) or 0.0) for k in
+                       ("attention_probs_dropout_prob", "attn_pdrop", "attention_dropout"))
+    if stage.sdpa_backend == "flash" and attn_dropout > 0 and next(model.parameters()).device.type == "cpu":
+        raise RecipeError(f"stages.{stage.name}.sdpa_backend", f"PyTorch's CPU flash attention kernel has no dropout "
+                          f"and this model's attention dropout is {attn_dropout}",
+                          "set model.dropout: 0 (or sdpa_backend: auto)")
     if stage.activation_checkpointing:
         if not getattr(model, "supports_gradient_checkpointing", False):
             raise RecipeError(f"stages.{stage.name}.activation_checkpointing",
