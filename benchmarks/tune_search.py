@@ -13,6 +13,8 @@ Studies (`--studies`):
   tpe_median          TPE + median pruner (the recipe's settings), `--trials` finished trials
   tpe_median_budget   TPE + median pruner whose first 2 evaluations are never pruned, stopped by a compute budget of
                       `--budget` trial-steps (default: half of random search's `--trials` × one trial's steps)
+  tpe_median_patience_budget  the same, but the median pruner may stop a trial only once its validation score fell
+                      below its earlier best over its last 3 evaluations (Optuna's PatientPruner, patience 2)
   tpe_pct_budget      TPE + percentile pruner (prunes below the 25th percentile), same budget
 
   python benchmarks/tune_search.py [--seeds 0 1 2] [--studies random,tpe_median_budget] [--jobs N] [--model DIR]
@@ -58,6 +60,8 @@ def study_overrides(label: str, trials: int, budget: int) -> list[str]:
     return {"random": ["search.sampler=random", "search.pruner.name=none", f"search.trials={trials}"],
             "tpe_median": ["search.sampler=tpe", "search.pruner.name=median", f"search.trials={trials}"],
             "tpe_median_budget": [*tpe_budget, "search.pruner.name=median", "search.pruner.warmup_evals=2"],
+            "tpe_median_patience_budget": [*tpe_budget, "search.pruner.name=median", "search.pruner.warmup_evals=2",
+                                           "search.pruner.patience=2"],
             "tpe_pct_budget": [*tpe_budget, "search.pruner.name=percentile", "search.pruner.percentile=25.0",
                                "search.pruner.warmup_evals=1"]}[label]
 

@@ -273,3 +273,40 @@ def test_enqueue_keys_must_be_searched(tiny_bert_dir, reviews_dir):
     with pytest.raises(RecipeError) as e:
         load_study_recipe(r, [])
     assert "not a key of search.space" in str(e.value)
+
+
+def test_patience_keeps_an_improving_trial_that_the_median_pruner_would_stop():
+    import optuna
+
+    from trainopt.recipe import SearchSpec
+    from trainopt.tune import make_pruner
+
+    space = {"stages.finetune.optimizer.lr": {"type": "float", "low": 1e-5, "high": 1e-3}}
+
+    def should_prune(pruner_spec, values):
+        search = SearchSpec(space=space, pruner=pruner_spec, trials=5)
+        study = optuna.create_study(direction="maximize", pruner=make_pruner(search))
+        for _ in range(3):  # earlier trials: 0.80 at every evaluation
+            t = study.ask()
+            for step in range(1, 5):
+                t.report(0.80, step)
+            study.tell(t, 0.80)
+        trial = study.ask()
+        for step, v in enumerate(values, 1):
+            trial.report(v, step)
+        return trial.should_prune()
+
+    median = {"name": "median", "startup_trials": 3, "warmup_evals": 0}
+    # all below the median (0.80) at evaluation 4; Optuna's PatientPruner lets the median pruner act only once the
+    # best of the last patience + 1 evaluations has fallen below the best before them by more than min_delta
+    rising, flat, falling = [0.60, 0.65, 0.70, 0.72], [0.60] * 4, [0.62, 0.60, 0.60, 0.60]
+    assert all(should_prune(median, v) for v in (rising, flat, falling))
+    assert not should_prune({**median, "patience": 2}, rising)  # still improving: kept
+    assert not should_prune({**median, "patience": 2}, flat)  # not worse: kept
+    assert should_prune({**median, "patience": 2}, falling)  # worse than before: the median pruner decides
+    assert not should_prune({**median, "patience": 2, "min_delta": 0.05}, falling)  # within the tolerance
+    assert should_prune({"name": "none", "patience": 2}, falling)  # patience alone: early stopping per trial
+    assert not should_prune({"name": "none"}, falling)
+    with pytest.raises(ValueError, match="single-objective"):
+        SearchSpec(space=space, pruner={"name": "none", "patience": 2}, trials=5,
+                   objectives=[{"metric": "accuracy"}, {"metric": "disk_bytes"}])

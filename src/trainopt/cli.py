@@ -422,7 +422,7 @@ def _check(args) -> int:
     print(f"recipe {recipe.name}: OK — {recipe.task}, {len(recipe.stages)} stages: {stages}")
     print(f"data: {rows}" + (f", labels {texts.label_names}" if texts.label_names else "") + f"; device {device}")
     if recipe.search is not None:
-        print(f"search: {len(recipe.search.space)} keys, {recipe.search.sampler}, pruner {recipe.search.pruner.name}")
+        print(f"search: {len(recipe.search.space)} keys, {recipe.search.sampler}, pruner {recipe.search.pruner.label()}")
     return 0
 
 

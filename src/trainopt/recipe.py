@@ -525,6 +525,19 @@ class PrunerSpec(Strict):
     percentile: float = Field(25.0, gt=0.0, lt=100.0)  # percentile: prune below this percentile of earlier trials
     reduction_factor: int = Field(3, ge=2)  # halving / hyperband
     min_resource: int = Field(1, ge=1)  # halving / hyperband: evaluations before the first rung
+    # Optuna's PatientPruner around the chosen pruner: the pruner may act only once the best of the trial's last
+    # patience + 1 evaluations is below the best before them by more than min_delta (the trial got worse); with
+    # name: none, that alone stops the trial (early stopping per trial)
+    patience: int | None = Field(None, ge=1)
+    min_delta: float = Field(0.0, ge=0.0)
+
+    @property
+    def active(self) -> bool:
+        """Whether trials can be pruned at all (a patience alone stops trials that stopped improving)."""
+        return self.name != "none" or self.patience is not None
+
+    def label(self) -> str:
+        return self.name + (f"+patience{self.patience}" if self.patience is not None else "")
 
 
 class SearchSpec(Strict):
@@ -549,10 +562,10 @@ class SearchSpec(Strict):
     def _consistent(self):
         if self.trials is None and self.timeout_s is None and self.max_trial_steps is None:
             raise ValueError("set search.trials, search.timeout_s or search.max_trial_steps (any combination)")
-        if len(self.objectives) > 1 and self.pruner.name != "none":
+        if len(self.objectives) > 1 and self.pruner.active:
             raise ValueError("Optuna prunes single-objective studies only; with several objectives set "
-                             "search.pruner.name: none")
-        if self.pruner.name != "none" and not (self.objectives[0].metric in QUALITY_METRICS
+                             "search.pruner.name: none (and no patience)")
+        if self.pruner.active and not (self.objectives[0].metric in QUALITY_METRICS
                                                and self.objectives[0].split == "validation"):
             raise ValueError("trial pruning follows the validation metric during training; the objective must be "
                              "a quality metric on split: validation (or set search.pruner.name: none)")

@@ -168,6 +168,13 @@ def make_sampler(search: SearchSpec, seed: int):
 
 def make_pruner(search: SearchSpec):
     p, pr = search.pruner, _optuna().pruners
+    inner = _base_pruner(p, pr)
+    if p.patience is None:
+        return inner
+    return pr.PatientPruner(None if p.name == "none" else inner, patience=p.patience, min_delta=p.min_delta)
+
+
+def _base_pruner(p, pr):
     if p.name == "median":
         return pr.MedianPruner(n_startup_trials=p.startup_trials, n_warmup_steps=p.warmup_evals)
     if p.name == "percentile":
@@ -297,7 +304,7 @@ def make_pruning_hook(trial, search: SearchSpec):
         evals["steps"][stage_name] = step
         evals["n"] += 1
         value = quality.get(primary.metric)
-        if search.pruner.name == "none" or value is None or not math.isfinite(value):
+        if not search.pruner.active or value is None or not math.isfinite(value):
             return
         trial.report(float(value), evals["n"])
         if trial.should_prune():
@@ -471,7 +478,7 @@ def tune(recipe=None, out: str | Path | None = None, overrides: list[str] | None
     if resume and worker_index is None and url.startswith("sqlite") and storage is None and not search.storage:
         _fail_running(study)  # the run directory's own SQLite file: nothing else can be running its trials
     deadline = time.time() + search.timeout_s if search.timeout_s else None
-    console.rule(f"[bold]study {name}[/bold] · {search.sampler} · pruner {search.pruner.name} · "
+    console.rule(f"[bold]study {name}[/bold] · {search.sampler} · pruner {search.pruner.label()} · "
                  f"{search.trials or '∞'} trials"
                  + (f" · ≤ {search.max_trial_steps} trial-steps" if search.max_trial_steps else "")
                  + f" · {_safe_url(url)}")
@@ -554,7 +561,7 @@ def summarize(study, search: SearchSpec, run_dir: Path, recipe_name: str) -> dic
     objectives = [o.model_dump() for o in search.objectives]
     complete = [t for t in trials if t["state"] == "complete"]
     summary = {"study": study.study_name, "recipe": recipe_name, "sampler": search.sampler,
-               "pruner": search.pruner.name, "objectives": objectives, "space": list(search.space),
+               "pruner": search.pruner.label(), "objectives": objectives, "space": list(search.space),
                "trials": trials,
                "counts": {s: sum(t["state"] == s for t in trials) for s in ("complete", "pruned", "fail", "running")},
                "trial_steps": sum(t["steps"] or 0 for t in trials)}
