@@ -160,26 +160,15 @@ def end_to_end(cases: str, measure_kw: dict) -> list[dict]:
     return rows
 
 
-def mask_matrix(batches: list[int], measure_kw: dict) -> list[dict]:
-    """BERT-base, dense vs 2:4 direct, each timed eager, compiled (reduce-overhead) and hand-captured, with and
-    without an all-ones attention mask in the inputs: which path keeps a fused attention kernel decides the best
-    dense time, the honest baseline."""
-    import inspect
-
-    import transformers
+def bert_pair(search_rows: int):
+    """The BERT-base-shaped classifier (random init, bf16, CUDA) with every encoder Linear 2:4 by magnitude, and a
+    copy with those Linears as `Sparse24Linear`s on the algorithms searched at `search_rows` rows."""
     from sparse24_gpu import build
 
-    from trainopt import measure as tm
     from trainopt.compress.prune import targets
     from trainopt.compress.sparse24 import convert
     from trainopt.recipe import PruneStage
 
-    try:
-        from transformers import masking_utils
-        print("transformers", transformers.__version__, inspect.getsource(masking_utils._ignore_bidirectional_mask_sdpa),
-              flush=True)
-    except Exception as e:  # noqa: BLE001
-        print("no mask source:", e)
     model, vocab = build("bert-base", 128)
     model = model.cuda().to(torch.bfloat16).eval()
     modules = targets(model, PruneStage(kind="prune", pattern="2:4"))
@@ -187,7 +176,27 @@ def mask_matrix(batches: list[int], measure_kw: dict) -> list[dict]:
         for _, m in modules:
             m.weight.copy_(two_four(m.weight))
     sparse_model = copy.deepcopy(model)
-    convert(sparse_model, {n for n, _ in modules}, search_rows=max(batches) * 128)
+    convert(sparse_model, {n for n, _ in modules}, search_rows=search_rows)
+    return model, sparse_model, vocab
+
+
+def mask_matrix(batches: list[int], measure_kw: dict) -> list[dict]:
+    """BERT-base, dense vs 2:4 direct, each timed eager, compiled (reduce-overhead) and hand-captured, with and
+    without an all-ones attention mask in the inputs: which path keeps a fused attention kernel decides the best
+    dense time, the honest baseline."""
+    import inspect
+
+    import transformers
+
+    from trainopt import measure as tm
+
+    try:
+        from transformers import masking_utils
+        print("transformers", transformers.__version__, inspect.getsource(masking_utils._ignore_bidirectional_mask_sdpa),
+              flush=True)
+    except Exception as e:  # noqa: BLE001
+        print("no mask source:", e)
+    model, sparse_model, vocab = bert_pair(max(batches) * 128)
     ids = {b: torch.randint(1000, vocab, (b, 128)) for b in batches}
     dev = torch.device("cuda")
     out = []
@@ -226,21 +235,10 @@ def mask_matrix(batches: list[int], measure_kw: dict) -> list[dict]:
 def interleaved(batches: list[int], rounds: int) -> list[dict]:
     """BERT-base dense vs 2:4 direct, both compiled once per batch (reduce-overhead, all-ones mask in the inputs —
     the fastest dense mode in the mask matrix), then timed in alternation `rounds` times: the ratio's spread."""
-    from sparse24_gpu import build
 
-    from trainopt.compress.prune import targets
-    from trainopt.compress.sparse24 import convert
     from trainopt.measure import percentile, time_call
-    from trainopt.recipe import PruneStage
 
-    model, vocab = build("bert-base", 128)
-    model = model.cuda().to(torch.bfloat16).eval()
-    modules = targets(model, PruneStage(kind="prune", pattern="2:4"))
-    with torch.no_grad():
-        for _, m in modules:
-            m.weight.copy_(two_four(m.weight))
-    sparse_model = copy.deepcopy(model)
-    convert(sparse_model, {n for n, _ in modules}, search_rows=max(batches) * 128)
+    model, sparse_model, vocab = bert_pair(max(batches) * 128)
     dev = torch.device("cuda")
     rows = []
     with torch.inference_mode():
