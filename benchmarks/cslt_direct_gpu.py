@@ -137,7 +137,7 @@ def end_to_end(cases: str, measure_kw: dict) -> list[dict]:
             except Exception as e:  # noqa: BLE001 — a compiler failure is a result
                 sparse, row["compiled_error"] = {}, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
             torch._dynamo.reset()
-            try:  # eager too: the direct call still sets up cuSPARSELt's plan on the host every call
+            try:  # eager too: the direct call still has host work in every call (plan set-up, likely)
                 eager_d = tm.measure_latency(model, inputs, torch.device("cuda"), measure_kw["warmup"],
                                              measure_kw["repeats"], measure_kw["max_seconds"])
                 eager_s = tm.measure_latency(sparse_model, inputs, torch.device("cuda"), measure_kw["warmup"],

@@ -1,14 +1,14 @@
 """2:4 semi-structured weights multiplied by cuSPARSELt through one direct operator call per Linear.
 
 PyTorch's `to_sparse_semi_structured` wraps the compressed weight in a tensor subclass: every `F.linear` on it goes
-through Python dispatch (and, on torch 2.11, a custom-op wrapper that may pad the input) before cuSPARSELt runs, and
-`torch.compile` has to trace through the subclass. Measured on an H200 (benchmarks/RESULTS.md), that costs about
-1 ms per call eager, and the compiled subclass model was far slower than its hand-captured graph. `Sparse24Linear`
-keeps only what the kernel needs — the compressed weight from `torch._cslt_compress`, the bias, and an algorithm id —
-and calls `torch._cslt_sparse_mm` itself, computing (W · xᵀ)ᵀ with the transpose fused into the kernel
-(`transpose_result=True`). To the compiler it is one aten operator (an extern kernel), so a compiled model replayed
-from CUDA graphs runs it with no host work at all. No library offers this as a module (torchao's sparsify uses the
-same subclass), hence written here; the arithmetic is cuSPARSELt's.
+through Python dispatch (and, in torch 2.13, a custom-op wrapper that may pad the input) before cuSPARSELt runs, and
+`torch.compile` has to trace through the subclass — measured on an H200 (benchmarks/RESULTS.md), the compiled
+subclass model was far slower than its hand-captured graph. `Sparse24Linear` keeps only what the kernel needs — the
+compressed weight from `torch._cslt_compress`, the bias, and an algorithm id — and calls `torch._cslt_sparse_mm`
+itself, computing (W · xᵀ)ᵀ with the transpose fused into the kernel (`transpose_result=True`). To the compiler it is
+one aten operator (an extern kernel), so a compiled model replayed from CUDA graphs runs it with no host work at all
+(eager, each call still costs ~0.5 ms of host work: 2:4 pays only under graphs). No library offers this as a module
+(torchao's sparsify uses the same subclass), hence written here; the arithmetic is cuSPARSELt's.
 
 CUDA only (cuSPARSELt); on a CPU the 2:4 model stays dense with its zeros (`masked`).
 """
