@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if getattr(args, "nproc", 1) > 1 and "WORLD_SIZE" not in os.environ and args.command in ("run", "train"):
-            from .runner import validate
+            from .validate import validate
             from .train.distributed import launch
 
             # A bad recipe is one error here, not one per process.
@@ -408,7 +408,7 @@ def _augment(args) -> int:
 
 def _check(args) -> int:
     from .recipe import apply_overrides, read_yaml, resolve_recipe_path
-    from .runner import validate
+    from .validate import validate
 
     raw = apply_overrides(read_yaml(resolve_recipe_path(args.recipe)), args.overrides)
     recipe, device, texts = validate(raw)
