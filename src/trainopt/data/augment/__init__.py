@@ -148,7 +148,7 @@ def _write_cache(stage_dir: Path, new_texts, new_labels, sources, stats) -> None
 
 def augment_stage(texts, stage, ctx, stage_dir: Path):
     """(augmented TextData, report entry). `texts` is the run's TextData before this stage (classification:
-    the runner's check_compat refuses an augment stage in a causal_lm recipe before any work)."""
+    validate.check_compat refuses an augment stage in a causal_lm recipe before any work)."""
     seed = ctx.recipe.run.seed if stage.seed is None else stage.seed
     start = time.perf_counter()
     key = _key(texts.train, texts.train_labels, stage, seed)
