@@ -29,7 +29,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     from trainopt.compress.quantize import convert, plan
     from trainopt.data import load_texts, tokenize
-    from trainopt.measure import _cpu_name, fixed_inputs
+    from trainopt.measure import _cpu_name, cpu_int8_dot, fixed_inputs
     from trainopt.models import load_saved
     from trainopt.recipe import load_recipe
 
@@ -39,9 +39,8 @@ def main() -> int:
     data = tokenize(load_texts(recipe), tokenizer, recipe)
     batch = fixed_inputs(data.test, "classification", [32], None)[32]
     int8 = convert(copy.deepcopy(fp32), plan(fp32, False, []))
-    flags = open("/proc/cpuinfo").read().split()
-    vnni = sorted({f for f in flags if "vnni" in f}) or "none"
-    print(f"CPU: {_cpu_name()}, PyTorch capability {torch.backends.cpu.get_cpu_capability()}, VNNI: {vnni}; "
+    vnni = cpu_int8_dot() or "none"
+    print(f"CPU: {_cpu_name()}, PyTorch capability {torch.backends.cpu.get_cpu_capability()}, int8 dot products: {vnni}; "
           f"threads {args.threads}; batch {tuple(batch['input_ids'].shape)}")
 
     def median_ms(model, n=8):

@@ -91,6 +91,12 @@ def test_unknown_bench_technique_and_env(tmp_path, tiny_bert_dir, reviews_dir, c
     assert main(["env"]) == 0
     out = capsys.readouterr().out
     assert "torch " + torch.__version__ in out and "recommended: precision=" in out
+    from trainopt.bench import env_report
+    from trainopt.measure import cpu_int8_dot
+
+    rec = env_report()["recommended"]
+    if not torch.cuda.is_available():  # what int8 can buy follows the CPU's int8 dot-product instructions
+        assert ("~2x" in rec["dynamic_int8"]) == bool(cpu_int8_dot())
 
 
 @pytest.mark.parametrize("key, value", [("compile_mode", "turbo"), ("attention", "flash3")])

@@ -266,6 +266,17 @@ def env_report() -> dict:
                                  "data.pad_to_multiple_of": "= data.max_length", "data.bucket": False}
         rec["fp8_available"] = why_unsupported(device) is None
         rec["fp8"] = "off (measured slower than bf16 at GPT-2 124M widths; try it on wider models with trainopt bench)"
+        from .compress import sparse24
+
+        # 2:4 through cuSPARSELt (compress/sparse24.py): measured on an H200, 1.09–1.16x the fastest dense BERT-base
+        # at 256 × 128 tokens compiled with CUDA graphs, not faster at ≤ 8k tokens or in eager mode
+        rec["sparse_2of4"] = ("cuSPARSELt: faster only compiled with CUDA graphs and ≥ ~32k tokens a batch on "
+                              "BERT-base-wide layers" if sparse24.available(device) else "no cuSPARSELt here")
+    else:
+        dot = measure.cpu_int8_dot()
+        # MiniLM-L6 at batch 32 (benchmarks/RESULTS.md): 2.19x with AVX512-VNNI, 1.36–1.58x on an AVX2-only EPYC
+        rec["dynamic_int8"] = (f"int8 dot products ({', '.join(dot)}): ~2x over fp32 expected" if dot else
+                               "no VNNI/AMX: ~1.4x over fp32 expected (the Linears' int8 speed bounds it)")
     try:
         import transformers
 

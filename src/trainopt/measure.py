@@ -48,6 +48,17 @@ def hardware_info(device: torch.device) -> dict:
     return info
 
 
+def cpu_int8_dot() -> list[str]:
+    """The CPU's one-instruction int8 dot-product extensions (AVX512-VNNI, AVX-VNNI, AMX-INT8) from /proc/cpuinfo:
+    what makes dynamic int8 ~2x faster than fp32 on x86; without them fbgemm's int8 GEMMs run ~1.4x (measured)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return sorted({f for f in flags if f in ("avx512_vnni", "avx_vnni", "amx_int8")})
+
+
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
