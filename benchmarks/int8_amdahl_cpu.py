@@ -40,8 +40,8 @@ def main() -> int:
     batch = fixed_inputs(data.test, "classification", [32], None)[32]
     int8 = convert(copy.deepcopy(fp32), plan(fp32, False, []))
     vnni = cpu_int8_dot() or "none"
-    print(f"CPU: {_cpu_name()}, PyTorch capability {torch.backends.cpu.get_cpu_capability()}, int8 dot products: {vnni}; "
-          f"threads {args.threads}; batch {tuple(batch['input_ids'].shape)}")
+    print(f"CPU: {_cpu_name()}, PyTorch capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"int8 dot products: {vnni}; threads {args.threads}; batch {tuple(batch['input_ids'].shape)}")
 
     def median_ms(model, n=8):
         with torch.inference_mode():
