@@ -464,7 +464,11 @@ def accelerate(model, stage) -> dict | None:
                           "scaled_dot_product_attention", "set attention: sdpa (or remove sdpa_backend)")
     attn_dropout = max((getattr(model.config, k, 0.0) or 0.0) for k in
                        ("attention_probs_dropout_prob", "attn_pdrop", "attention_dropout"))
-    if stage.sdpa_backend == "flash" and attn_dropout > 0 and next(model.parameters()).device.type == "cpu":
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    if stage.sdpa_backend != "auto" and stage.compile and on_cpu:
+        console.print(f"[yellow]sdpa_backend: {stage.sdpa_backend} has no effect when compiled on a CPU (inductor "
+                      "lowers attention itself)[/yellow]")
+    if stage.sdpa_backend == "flash" and attn_dropout > 0 and on_cpu:
         raise RecipeError(f"stages.{stage.name}.sdpa_backend", f"PyTorch's CPU flash attention kernel has no dropout "
                           f"and this model's attention dropout is {attn_dropout}",
                           "set model.dropout: 0 (or sdpa_backend: auto)")
