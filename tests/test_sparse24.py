@@ -50,3 +50,36 @@ def test_the_kernel_timing_says_why_it_did_not_run():
         ctx = SimpleNamespace(device=device, extras=extras, recipe=SimpleNamespace(measure=MeasureSpec()))
         out = time_sparse_kernels(model, [("0", model[0])], ctx)
         assert out["measured"] is False and reason in out["reason"]
+
+
+def test_the_direct_call_computes_the_linear_for_any_leading_shape_and_row_count(monkeypatch):
+    """The module's own logic — flatten, pad rows to cuSPARSELt's multiple, (W · xᵀ)ᵀ with the transpose fused, bias,
+    unpad, reshape — checked on a CPU against nn.Linear, with the two cuSPARSELt operators replaced by their dense
+    definitions (compress: the weight itself; sparse_mm(A, B, bias, transpose_result): A·B + bias, transposed)."""
+    calls = []
+
+    def sparse_mm(a, b, bias=None, transpose_result=False, alg_id=0):
+        calls.append((tuple(b.shape), transpose_result, alg_id))
+        assert b.shape[1] % sparse24.ROW_MULTIPLE == 0  # rows were padded before the call
+        out = a @ b + (bias[:, None] if bias is not None else 0)
+        return out.t() if transpose_result else out
+
+    monkeypatch.setattr(sparse24, "_require_cuda", lambda w: None)
+    monkeypatch.setattr(torch, "_cslt_compress", lambda w: w.clone(), raising=False)
+    monkeypatch.setattr(torch, "_cslt_sparse_mm", sparse_mm, raising=False)
+    torch.manual_seed(0)
+    for bias in (True, False):
+        lin = torch.nn.Linear(32, 24, bias=bias)
+        _two_four(lin)
+        layer = sparse24.Sparse24Linear(lin, alg_id=7)
+        for shape in ((3, 5, 32), (16, 32), (1, 1, 32)):  # 15 rows (padded to 16), 16 rows, 1 row
+            x = torch.randn(*shape)
+            torch.testing.assert_close(layer(x), lin(x))
+    assert {c[1:] for c in calls} == {(True, 7)} and {c[0][1] for c in calls} == {16}
+    model = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.Linear(32, 8))
+    _two_four(model[0])
+    x = torch.randn(4, 32)
+    ref = model(x)
+    assert sparse24.convert(model) == {"converted": 1, "errors": [], "non_default_algs": None}
+    assert isinstance(model[0], sparse24.Sparse24Linear) and isinstance(model[1], torch.nn.Linear)
+    torch.testing.assert_close(model(x), ref)

@@ -27,14 +27,18 @@ def available(device: torch.device) -> bool:
             and bool(getattr(torch.backends, "cusparselt", None) and torch.backends.cusparselt.is_available()))
 
 
+def _require_cuda(w: torch.Tensor) -> None:
+    if w.device.type != "cuda":
+        raise ValueError("Sparse24Linear runs on CUDA (cuSPARSELt); move the model to the GPU first")
+
+
 class Sparse24Linear(nn.Module):
     """A frozen Linear with a 2:4 weight, run by cuSPARSELt (inference only: no gradient flows to the weight)."""
 
     def __init__(self, linear: nn.Linear, alg_id: int = 0):
         super().__init__()
         w = linear.weight.detach()
-        if w.device.type != "cuda":
-            raise ValueError("Sparse24Linear runs on CUDA (cuSPARSELt); move the model to the GPU first")
+        _require_cuda(w)
         self.out_features, self.in_features = w.shape
         self.register_buffer("packed", torch._cslt_compress(w.contiguous()))
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().to(w.dtype).contiguous())
