@@ -5,10 +5,11 @@ token counts, and the stage end to end.
 
 For BERT classifiers shaped like MiniLM-L6 / BERT-base / BERT-large and SmolLM2-135M's decoder (prefill), randomly
 initialised (speed does not depend on the values; random, not zeros): prune every block Linear to 2:4 by magnitude
-with trainopt's masks, then `trainopt.compress.prune.time_sparse_kernels` times the same model dense and with
-PyTorch's semi-structured sparse weights, both bf16, eager and replayed from a CUDA graph, on random token ids —
-exactly what the prune stage does on CUDA. Also checks that the sparse model computes what the dense 2:4 model computes (relative error of the
-logits). Last, runs a small recipe (train → 2:4 prune) through `trainopt.run` on CUDA.
+with trainopt's masks, then `trainopt.compress.prune.time_sparse_kernels` times the same model dense and with its
+2:4 Linears on cuSPARSELt (`compress.sparse24.Sparse24Linear`; PyTorch's semi-structured subclass where cuSPARSELt is
+missing), both bf16, eager, replayed from a CUDA graph and compiled, on random token ids — exactly what the prune
+stage does on CUDA. Also checks that the sparse model computes what the dense 2:4 model computes (relative error of
+the logits). Last, runs a small recipe (train → 2:4 prune) through `trainopt.run` on CUDA.
 """
 
 from __future__ import annotations

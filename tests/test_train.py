@@ -324,3 +324,9 @@ def test_sdpa_backend_is_checked_before_work_starts(tmp_path, tiny_bert_dir, rev
                                       sdpa_backend="flash")
     with pytest.raises(RecipeError, match="dropout"):
         train(model, data, recipe.stages[0], ctx, tmp_path / "s")
+    # a model that loads with eager attention (attention: auto) never calls SDPA: said, not ignored
+    recipe, data, model, ctx = _setup(tmp_path, tiny_bert_dir, reviews_dir, dropout=0.0, max_steps=1,
+                                      sdpa_backend="math")
+    model.set_attn_implementation("eager")
+    with pytest.raises(RecipeError, match="eager attention"):
+        train(model, data, recipe.stages[0], ctx, tmp_path / "s2")

@@ -307,6 +307,14 @@ def test_patience_keeps_an_improving_trial_that_the_median_pruner_would_stop():
     assert not should_prune({**median, "patience": 2, "min_delta": 0.05}, falling)  # within the tolerance
     assert should_prune({"name": "none", "patience": 2}, falling)  # patience alone: early stopping per trial
     assert not should_prune({"name": "none"}, falling)
+    # the training loop's hook reports to the study whenever some pruning is on (patience alone included)
+    from trainopt.tune import make_pruning_hook
+
+    for spec, reported in (({"name": "none"}, {}), ({"name": "none", "patience": 2}, {1: 0.7})):
+        study = optuna.create_study(direction="maximize")
+        on_eval, _ = make_pruning_hook(study.ask(), SearchSpec(space=space, pruner=spec, trials=5))
+        on_eval("finetune", 10, {"accuracy": 0.7})
+        assert study.trials[0].intermediate_values == reported
     with pytest.raises(ValueError, match="single-objective"):
         SearchSpec(space=space, pruner={"name": "none", "patience": 2}, trials=5,
                    objectives=[{"metric": "accuracy"}, {"metric": "disk_bytes"}])

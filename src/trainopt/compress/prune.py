@@ -306,43 +306,20 @@ def _timings(model, inputs, device, m) -> dict:
     return out
 
 
-def _search_alg(w, rows: int) -> int | None:
-    """cuSPARSELt's fastest algorithm for this weight at `rows` input rows (`torch._cslt_sparse_mm_search`, timed by
-    the library itself), stored on the tensor; the default (0) is what `to_sparse_semi_structured` leaves otherwise.
-    None where this PyTorch's sparse tensor is not cuSPARSELt or has no search."""
-    packed = getattr(w, "packed", None)
-    if packed is None or not hasattr(w, "alg_id_cusparselt") or not hasattr(torch, "_cslt_sparse_mm_search"):
-        return None
-    x = torch.randn(rows, w.shape[1], dtype=w.dtype, device=packed.device)
-    try:  # the layout the subclass uses for F.linear: (W · xᵀ)ᵀ, the transpose fused into the kernel
-        alg = int(torch._cslt_sparse_mm_search(packed, x.t(), transpose_result=True))
-    except (RuntimeError, TypeError):
-        return None
-    w.alg_id_cusparselt = alg
-    try:  # some PyTorch/cuSPARSELt pairs return ids that their own matmul then refuses (torch 2.11 + 0.8 did)
-        torch.nn.functional.linear(x, w)
-    except RuntimeError:
-        w.alg_id_cusparselt = 0
-        return None
-    return alg
-
-
-def _convert_subclass(work, names: set[str], tokens: int, search_alg: bool) -> tuple[int, list, dict]:
-    """PyTorch's semi-structured tensor subclass (cuSPARSELt or, on sm_8x, CUTLASS) in place of each named weight."""
+def _convert_subclass(work, names: set[str]) -> tuple[int, list]:
+    """PyTorch's semi-structured tensor subclass in place of each named weight: the fallback where cuSPARSELt is
+    missing (then the subclass runs CUTLASS, sm_8x only, which has no algorithm ids to search)."""
     from torch.sparse import to_sparse_semi_structured
 
-    converted, errors, algs = 0, [], {}
+    converted, errors = 0, []
     for name, mod in work.named_modules():
         if name in names and isinstance(mod, torch.nn.Linear):
             try:
-                w = to_sparse_semi_structured(mod.weight.detach())
-                if search_alg:
-                    algs[name] = _search_alg(w, tokens)
-                mod.weight = torch.nn.Parameter(w, requires_grad=False)
+                mod.weight = torch.nn.Parameter(to_sparse_semi_structured(mod.weight.detach()), requires_grad=False)
                 converted += 1
             except (RuntimeError, ValueError) as e:
                 errors.append(f"{name}: {str(e).splitlines()[0][:120]}")
-    return converted, errors, algs
+    return converted, errors
 
 
 def time_sparse_kernels(model, modules, ctx: RunContext, search_alg: bool = True) -> dict:
@@ -367,36 +344,18 @@ def time_sparse_kernels(model, modules, ctx: RunContext, search_alg: bool = True
     direct = sparse24.available(ctx.device)
     if direct:
         conv = sparse24.convert(work, names, search_rows=tokens if search_alg else None)
-        converted, errors, algs = conv["converted"], conv["errors"], None
+        converted, errors = conv["converted"], conv["errors"]
     else:
-        converted, errors, algs = _convert_subclass(work, names, tokens, search_alg)
-    reverted = None
+        converted, errors = _convert_subclass(work, names)
     try:
         sparse = _timings(work, inputs, ctx.device, m)
     except (RuntimeError, ValueError) as e:
-        if direct or not any((algs or {}).values()):
-            return {"measured": False, "reason": f"sparse forward failed: {str(e).splitlines()[0][:200]}",
-                    "converted": converted}
-        # torch 2.11 + cuSPARSELt 0.8 refused searched ids at other row counts than the searched one ("invalid
-        # value" setting CUSPARSELT_MATMUL_ALG_CONFIG_ID): time again on the default algorithm, and say so
-        reverted = str(e).splitlines()[0][:200]
-        for name, mod in work.named_modules():
-            if name in algs:
-                mod.weight.alg_id_cusparselt = 0
-        algs = {}
-        try:
-            sparse = _timings(work, inputs, ctx.device, m)
-        except (RuntimeError, ValueError) as e2:
-            return {"measured": False, "reason": f"sparse forward failed: {str(e2).splitlines()[0][:200]}",
-                    "converted": converted}
+        return {"measured": False, "reason": f"sparse forward failed: {str(e).splitlines()[0][:200]}",
+                "converted": converted}
     out = {"measured": True, "dtype": "bfloat16", "kernel": "cusparselt_direct" if direct else "semi_structured_tensor",
            "converted_linears": converted, "conversion_errors": errors[:5]}
-    if search_alg and direct:
+    if direct and search_alg:  # layers on a non-default algorithm (sparse24.search_alg keeps only ids that run)
         out["cusparselt_alg_search"] = {"non_default": conv["non_default_algs"], "for_rows": tokens}
-    elif search_alg:  # how many layers got a non-default cuSPARSELt algorithm (None: no search in this PyTorch)
-        found = [a for a in algs.values() if a is not None]
-        out["cusparselt_alg_search"] = {"searched": len(found), "non_default": sum(a != 0 for a in found),
-                                        "for_rows": tokens, "reverted_to_default": reverted}
     for key in dense:
         if key in sparse and "latency_ms_b" in key:
             mode = next((p for p in ("graph_", "compiled_") if key.startswith(p)), "")

@@ -447,6 +447,27 @@ def sdpa_context(backend: str):
     return sdpa_kernel([getattr(SDPBackend, SDPA_BACKENDS[backend])])
 
 
+def _check_sdpa_backend(model, stage) -> None:
+    """What the recipe check cannot see before the model is loaded: the attention it actually runs, its dropout."""
+    from ..errors import RecipeError
+
+    key = f"stages.{stage.name}.sdpa_backend"
+    impl = getattr(model.config, "_attn_implementation", None)
+    if impl != "sdpa":
+        raise RecipeError(key, f"this model runs {impl or 'its own'} attention, not PyTorch's "
+                          "scaled_dot_product_attention", "set attention: sdpa (or remove sdpa_backend)")
+    if next(model.parameters()).device.type != "cpu":
+        return
+    if stage.compile:
+        console.print(f"[yellow]sdpa_backend: {stage.sdpa_backend} has no effect when compiled on a CPU (inductor "
+                      "lowers attention itself)[/yellow]")
+    dropout = max((getattr(model.config, k, 0.0) or 0.0)
+                  for k in ("attention_probs_dropout_prob", "attn_pdrop", "attention_dropout"))
+    if stage.sdpa_backend == "flash" and dropout > 0:
+        raise RecipeError(key, f"PyTorch's CPU flash attention kernel has no dropout and this model's attention "
+                          f"dropout is {dropout}", "set model.dropout: 0 (or sdpa_backend: auto)")
+
+
 def accelerate(model, stage) -> dict | None:
     """The model-side acceleration switches: the attention kernel, activation checkpointing and fp8 matmuls (what
     fp8 converted, or None)."""
@@ -458,20 +479,8 @@ def accelerate(model, stage) -> dict | None:
         except (ImportError, ValueError) as e:
             raise RecipeError(f"stages.{stage.name}.attention", f"{stage.attention} is not available for this model "
                               f"here ({str(e).splitlines()[0][:120]})", "use sdpa or eager") from None
-    if stage.sdpa_backend != "auto" and getattr(model.config, "_attn_implementation", None) != "sdpa":
-        raise RecipeError(f"stages.{stage.name}.sdpa_backend", f"this model runs "
-                          f"{getattr(model.config, '_attn_implementation', 'its own')} attention, not PyTorch's "
-                          "scaled_dot_product_attention", "set attention: sdpa (or remove sdpa_backend)")
-    attn_dropout = max((getattr(model.config, k, 0.0) or 0.0) for k in
-                       ("attention_probs_dropout_prob", "attn_pdrop", "attention_dropout"))
-    on_cpu = next(model.parameters()).device.type == "cpu"
-    if stage.sdpa_backend != "auto" and stage.compile and on_cpu:
-        console.print(f"[yellow]sdpa_backend: {stage.sdpa_backend} has no effect when compiled on a CPU (inductor "
-                      "lowers attention itself)[/yellow]")
-    if stage.sdpa_backend == "flash" and attn_dropout > 0 and on_cpu:
-        raise RecipeError(f"stages.{stage.name}.sdpa_backend", f"PyTorch's CPU flash attention kernel has no dropout "
-                          f"and this model's attention dropout is {attn_dropout}",
-                          "set model.dropout: 0 (or sdpa_backend: auto)")
+    if stage.sdpa_backend != "auto":
+        _check_sdpa_backend(model, stage)
     if stage.activation_checkpointing:
         if not getattr(model, "supports_gradient_checkpointing", False):
             raise RecipeError(f"stages.{stage.name}.activation_checkpointing",
