@@ -68,6 +68,18 @@ VARIANTS = {  # name → trainopt settings on top of the plain ones ("data.bucke
                                           "lm_loss_vocab_multiple": 64, "sdpa_backend": "flash"},
     "chunked_ce_x4_batch_vocab64_efficient": {**ASYNC, "lm_loss": "chunked", "batch_size": "x4",
                                               "lm_loss_vocab_multiple": 64, "sdpa_backend": "efficient"},
+    # SDPA told is_causal instead of handed the mask transformers builds under compile (attention: sdpa_causal)
+    "chunked_ce_x4_batch_vocab64_causal": {**ASYNC, "lm_loss": "chunked", "batch_size": "x4",
+                                           "lm_loss_vocab_multiple": 64, "attention": "sdpa_causal"},
+    "chunked_ce_x4_batch_vocab64_causal_flash": {**ASYNC, "lm_loss": "chunked", "batch_size": "x4",
+                                                 "lm_loss_vocab_multiple": 64, "attention": "sdpa_causal",
+                                                 "sdpa_backend": "flash"},
+    "chunked_ce_x4_batch_vocab64_causal_profile": {**ASYNC, "lm_loss": "chunked", "batch_size": "x4",
+                                                   "lm_loss_vocab_multiple": 64, "attention": "sdpa_causal",
+                                                   "profile": {"start": 20, "steps": 3}},
+    # FlashAttention-4's CuTe kernels in place of SDPA (attention: fa4; needs the flash-attn-4 package, Hopper+)
+    "chunked_ce_x4_batch_vocab64_fa4": {**ASYNC, "lm_loss": "chunked", "batch_size": "x4",
+                                        "lm_loss_vocab_multiple": 64, "attention": "fa4"},
     "cuda_graphs": {**ASYNC, "compile_mode": "reduce-overhead"},
     "autotune": {**ASYNC, "compile_mode": "max-autotune-no-cudagraphs"},
 }

@@ -178,7 +178,9 @@ class TrainSettings(Strict):
     compile_dynamic: Literal["auto", "static", "dynamic"] = "auto"
     activation_checkpointing: bool = False  # recompute activations in backward: less memory, more compute
     auto_micro_batch: bool = False  # largest micro-batch that fits; grad_accum adjusted to keep the global batch
-    attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"  # attention kernel (auto: as loaded)
+    # attention kernel (auto: as loaded; sdpa_causal: SDPA with is_causal instead of a mask tensor for unpadded causal
+    # batches, train/attention.py; fa4: FlashAttention-4's CuTe kernels on Hopper/Blackwell, train/fa4.py)
+    attention: Literal["auto", "sdpa", "sdpa_causal", "eager", "flash_attention_2", "fa4"] = "auto"
     # which kernel PyTorch's scaled_dot_product_attention runs in training (auto: PyTorch's choice; flash: its
     # FlashAttention-2 (CUDA) or flash CPU kernel; cudnn and efficient: CUDA only; math: the unfused reference)
     sdpa_backend: Literal["auto", "flash", "cudnn", "efficient", "math"] = "auto"

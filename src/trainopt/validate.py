@@ -70,9 +70,23 @@ def check_compat(recipe: Recipe, device: torch.device) -> None:
         if settings.sdpa_backend in ("flash", "cudnn") and device.type == "cuda" and settings.precision == "fp32":
             raise RecipeError(f"{key}.sdpa_backend", f"the {settings.sdpa_backend} kernel takes fp16/bf16 inputs on CUDA",
                               "set precision: bf16 (or sdpa_backend: efficient or math)")
-        if settings.sdpa_backend != "auto" and settings.attention in ("eager", "flash_attention_2"):
+        if settings.sdpa_backend != "auto" and settings.attention in ("eager", "flash_attention_2", "fa4"):
             raise RecipeError(f"{key}.sdpa_backend", f"sdpa_backend picks a kernel of attention: sdpa, not of "
                               f"attention: {settings.attention}", "set attention: sdpa (or remove sdpa_backend)")
+        if settings.attention == "sdpa_causal" and recipe.task != "causal_lm":
+            raise RecipeError(f"{key}.attention", "sdpa_causal applies to causal_lm models",
+                              "use attention: sdpa")
+        if settings.attention == "fa4":
+            from .train.fa4 import why_unavailable
+
+            why = why_unavailable(device)
+            if why is None and recipe.task != "causal_lm":
+                why = "it runs unpadded causal batches only (causal_lm)"
+            if why is None and settings.precision == "fp32":
+                why = "its kernels take fp16/bf16 activations"
+            if why:
+                raise RecipeError(f"{key}.attention", f"attention: fa4 cannot run here: {why}",
+                                  "use attention: sdpa" + (" (or precision: bf16)" if "bf16" in why else ""))
         if settings.lm_loss == "liger" and device.type != "cuda":
             raise RecipeError(f"{key}.lm_loss", "liger (Triton) needs a CUDA device", "use chunked on CPU")
         if settings.parallel == "fsdp" and (settings.ddp_comm != "fp32" or settings.ddp_bucket_mb != 25.0):

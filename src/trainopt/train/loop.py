@@ -452,8 +452,10 @@ def _check_sdpa_backend(model, stage) -> None:
     from ..errors import RecipeError
 
     key = f"stages.{stage.name}.sdpa_backend"
+    from .attention import SDPA_KEY
+
     impl = getattr(model.config, "_attn_implementation", None)
-    if impl != "sdpa":
+    if impl not in ("sdpa", SDPA_KEY):
         raise RecipeError(key, f"this model runs {impl or 'its own'} attention, not PyTorch's "
                           "scaled_dot_product_attention", "set attention: sdpa (or remove sdpa_backend)")
     if next(model.parameters()).device.type != "cpu":
@@ -468,12 +470,42 @@ def _check_sdpa_backend(model, stage) -> None:
                           f"dropout is {dropout}", "set model.dropout: 0 (or sdpa_backend: auto)")
 
 
+def _enable_fa4(model, stage) -> None:
+    """attention: fa4 — the model's attention layers call FlashAttention-4 (train/fa4.py); refused with the reason
+    where the model cannot run it (attention dropout, which FA4 lacks; no transformers attention dispatch)."""
+    from ..errors import RecipeError
+    from . import fa4
+
+    key = f"stages.{stage.name}.attention"
+    dropout = max((getattr(model.config, k, 0.0) or 0.0)
+                  for k in ("attention_probs_dropout_prob", "attn_pdrop", "attention_dropout"))
+    if dropout > 0:
+        raise RecipeError(key, f"FlashAttention-4 has no attention dropout and this model's is {dropout}",
+                          "set model.dropout: 0 (or attention: sdpa)")
+    try:
+        model.set_attn_implementation(fa4.register())
+    except (ImportError, ValueError) as e:
+        raise RecipeError(key, f"this model cannot dispatch to FlashAttention-4 ({str(e).splitlines()[0][:120]})",
+                          "use attention: sdpa") from None
+
+
 def accelerate(model, stage) -> dict | None:
     """The model-side acceleration switches: the attention kernel, activation checkpointing and fp8 matmuls (what
     fp8 converted, or None)."""
     from ..errors import RecipeError
 
-    if stage.attention != "auto":
+    if stage.attention == "fa4":
+        _enable_fa4(model, stage)
+    elif stage.attention == "sdpa_causal":
+        from .attention import register_sdpa_causal
+
+        try:
+            model.set_attn_implementation(register_sdpa_causal())
+        except (ImportError, ValueError) as e:
+            raise RecipeError(f"stages.{stage.name}.attention", "this model does not dispatch attention through "
+                              f"transformers' AttentionInterface ({str(e).splitlines()[0][:120]})",
+                              "use attention: sdpa") from None
+    elif stage.attention != "auto":
         try:
             model.set_attn_implementation(stage.attention)
         except (ImportError, ValueError) as e:

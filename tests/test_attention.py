@@ -1,0 +1,61 @@
+"""attention: sdpa_causal — the same numbers as transformers' SDPA path in training, decoding and padded batches,
+with no mask tensor in the compiled graph of an unpadded causal batch."""
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from trainopt.train import attention
+
+
+def _pair():
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        cfg = GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=97, resid_pdrop=0.0,
+                         embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="sdpa", bos_token_id=0, eos_token_id=0)
+        models.append(GPT2LMHeadModel(cfg).eval())
+    models[1].set_attn_implementation(attention.register_sdpa_causal())
+    return models
+
+
+def test_training_loss_and_gradients_match_transformers_sdpa():
+    sdpa, causal = _pair()
+    ids = torch.randint(0, 97, (3, 24))
+    a, b = sdpa(input_ids=ids, labels=ids).loss, causal(input_ids=ids, labels=ids).loss
+    torch.testing.assert_close(b, a)
+    a.backward()
+    b.backward()
+    for (name, p), q in zip(causal.named_parameters(), sdpa.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+
+def test_decoding_with_a_cache_and_padded_batches_match_too():
+    sdpa, causal = _pair()
+    prompt = torch.randint(1, 97, (2, 7))
+    kw = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": 0}
+    assert torch.equal(causal.generate(prompt, **kw), sdpa.generate(prompt, **kw))
+    ids = torch.randint(1, 97, (2, 10))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0  # left padding on the first row
+    a = sdpa(input_ids=ids, attention_mask=mask).logits
+    b = causal(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(b[mask.bool()], a[mask.bool()], rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_an_unpadded_batch_runs_sdpa_with_is_causal_and_no_mask():
+    import torch._dynamo as dynamo
+
+    _, causal = _pair()
+    dynamo.reset()
+    explained = dynamo.explain(lambda i: causal(input_ids=i).logits)(torch.randint(0, 97, (2, 16)))
+    calls = [n for g in explained.graphs for n in g.graph.nodes if "scaled_dot_product" in str(n.target)]
+    assert len(calls) == 2
+    assert all(n.kwargs.get("attn_mask") is None and n.kwargs.get("is_causal") is True for n in calls)
+
+
+@pytest.mark.parametrize("q_len,kv_len", [(4, 4), (2, 5), (1, 6)])
+def test_the_explicit_mask_is_causal_from_the_bottom_right(q_len, kv_len):
+    m = attention.explicit_mask(q_len, kv_len, None, True, "cpu")[0, 0]
+    assert m.shape == (q_len, kv_len) and bool(m[-1].all())  # the last query sees every key
+    assert [int(r.sum()) for r in m] == list(range(kv_len - q_len + 1, kv_len + 1))
