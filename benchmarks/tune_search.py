@@ -76,6 +76,19 @@ def steps_to_reach(trials: list[dict], target: float) -> int | None:
     return None
 
 
+def best_within(trials: list[dict], cap: int) -> float | None:
+    """The best complete trial among those that finished within `cap` trial-steps spent (in trial order): what the
+    study had found with that much compute — a running trial the budget let finish past it does not count."""
+    spent, best = 0, None
+    for t in sorted(trials, key=lambda t: t["number"]):
+        spent += t["steps"] or 0
+        if spent > cap:
+            break
+        if t["state"] == "complete":
+            best = t["values"][0] if best is None else max(best, t["values"][0])
+    return best
+
+
 def run_one(label: str, seed: int, args) -> None:
     from trainopt.tune import tune
 
@@ -176,7 +189,8 @@ def report(out: Path, args, labels: list[str]) -> None:
                 continue
             reach = steps_to_reach(s["trials"], target)
             done = [t["values"][0] for t in s["trials"] if t["state"] == "complete"]
-            row[lb] = {"best": max(done) if done else None, "trial_steps": s["trial_steps"],
+            row[lb] = {"best": max(done) if done else None, "best_within_half": best_within(
+                           s["trials"], row["random_steps"] // 2), "trial_steps": s["trial_steps"],
                        "pruned": s["counts"]["pruned"], "trials": len(s["trials"]), "steps_to_random_best": reach,
                        "ratio": None if reach is None else round(reach / row["random_steps"], 3)}
         row["random"] = {"best": target, "trial_steps": row["random_steps"]}
@@ -200,6 +214,11 @@ def report(out: Path, args, labels: list[str]) -> None:
     for lb in labels[1:]:
         met = [r[lb]["ratio"] is not None and r[lb]["ratio"] <= 0.5 for r in rows if r.get(lb)]
         print(f"{lb}: reached random search's best within half its compute in {sum(met)} of {len(met)} seeds")
+        halves = [r[lb]["best_within_half"] for r in rows if r.get(lb) and r[lb]["best_within_half"] is not None]
+        if halves and len(halves) == len(met):
+            mean_random = sum(r["random"]["best"] for r in rows if r.get(lb)) / len(halves)
+            print(f"{lb}: mean best within half the compute {sum(halves) / len(halves):.4f} vs random search's "
+                  f"mean best {mean_random:.4f} over {len(halves)} seeds")
     pool = [t["values"][0] for seed in args.seeds if (st := load(out, "random", seed))
             for t in st["trials"] if t["state"] == "complete"]
     if pool:
