@@ -59,3 +59,12 @@ def test_the_explicit_mask_is_causal_from_the_bottom_right(q_len, kv_len):
     m = attention.explicit_mask(q_len, kv_len, None, True, "cpu")[0, 0]
     assert m.shape == (q_len, kv_len) and bool(m[-1].all())  # the last query sees every key
     assert [int(r.sum()) for r in m] == list(range(kv_len - q_len + 1, kv_len + 1))
+
+
+def test_a_sliding_window_or_soft_capping_is_refused_not_silently_dropped():
+    q = torch.randn(1, 2, 4, 8)
+    for kw in ({"sliding_window": 2}, {"softcap": 30.0}):
+        with pytest.raises(ValueError, match=next(iter(kw))):
+            attention.sdpa_causal_forward(torch.nn.Module(), q, q, q, None, **kw)
+    out, _ = attention.sdpa_causal_forward(torch.nn.Module(), q, q, q, None, sliding_window=None)
+    assert out.shape == (1, 4, 2, 8)

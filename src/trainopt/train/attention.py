@@ -34,8 +34,20 @@ def explicit_mask(q_len: int, kv_len: int, padding: torch.Tensor | None, causal:
     return mask
 
 
+UNSUPPORTED = ("sliding_window", "softcap", "s_aux")  # per-call attention variants these functions do not implement
+
+
+def refuse_variants(name: str, kwargs: dict) -> None:
+    """A model that asks its attention function for a sliding window, logit soft-capping or sink logits gets an
+    error naming it, not silently plain causal attention."""
+    for k in UNSUPPORTED:
+        if kwargs.get(k) is not None:
+            raise ValueError(f"attention: {name} does not implement {k}, which this model uses (use attention: sdpa)")
+
+
 def sdpa_causal_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
     """transformers' attention-function signature: query/key/value (B, H, S, D) → output (B, S, H, D), no weights."""
+    refuse_variants("sdpa_causal", kwargs)
     causal = bool(getattr(module, "is_causal", True))
     q_len, kv_len = query.shape[2], key.shape[2]
     mask, is_causal = None, False

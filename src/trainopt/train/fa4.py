@@ -91,6 +91,9 @@ fa4_fwd.register_autograd(_backward, setup_context=_setup)
 
 def attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
     """transformers' attention-function signature: query/key/value (B, H, S, D) → output (B, S, H, D), no weights."""
+    from .attention import refuse_variants
+
+    refuse_variants("fa4", kwargs)
     if attention_mask is not None:
         raise ValueError("attention: fa4 runs unpadded causal batches only; this batch came with a padding mask")
     if dropout:
