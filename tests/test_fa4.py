@@ -126,3 +126,32 @@ def test_the_recipe_check_refuses_fa4_where_it_cannot_run():
     with pytest.raises(RecipeError) as e:
         check_compat(recipe, torch.device("cpu"))
     assert e.value.key.endswith(".attention") and "fa4" in e.value.problem
+
+
+def test_training_with_fa4_uses_it_and_hands_back_the_loaded_attention(reference, tmp_path, tiny_gpt_dir,
+                                                                        austen_text):
+    """FA4 is a training kernel: the loop's forward runs it, and measurement, later stages and the saved model get
+    the attention the model loaded with (FA4 would refuse the fp32 model measured after training)."""
+    from trainopt.data import load_texts, tokenize
+    from trainopt.models import load_model, load_tokenizer
+    from trainopt.recipe import load_recipe
+    from trainopt.stages import RunContext
+    from trainopt.train.loop import train
+    from trainopt.train.monitor import NullLog
+
+    book = tmp_path / "book.txt"
+    book.write_text(austen_text)
+    recipe = load_recipe({"name": "lm", "task": "causal_lm", "model": {"path": str(tiny_gpt_dir), "dropout": 0.0},
+                          "data": {"source": str(book), "block_size": 32},
+                          "stages": [{"kind": "train", "batch_size": 4, "max_steps": 2, "eval_every": None,
+                                      "checkpoint_every": 0, "attention": "fa4"}],
+                          "run": {"seed": 0, "progress": False}})
+    tok = load_tokenizer(recipe)
+    data = tokenize(load_texts(recipe), tok, recipe)
+    model = load_model(recipe, tok, data.label_names)
+    loaded = model.config._attn_implementation
+    ctx = RunContext(recipe=recipe, run_dir=tmp_path, device=torch.device("cpu"), tokenizer=tok, data=data,
+                     log=NullLog())
+    assert train(model, data, recipe.stages[0], ctx, tmp_path / "s")["steps"] == 2
+    assert reference.calls >= 2 * 2  # two layers, two steps
+    assert model.config._attn_implementation == loaded != fa4.KEY

@@ -145,6 +145,7 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
     trainable = model if extra is None else torch.nn.ModuleDict({"model": model, "extra": extra})
     trainable.to(device)
     trainable.train()
+    loaded_attention = getattr(model.config, "_attn_implementation", None)
     fp8_info = accelerate(model, stage)
     core = wrap_loss(model) if as_module else model
     work = model  # the module trained, evaluated and checkpointed: the model, or its FSDP2-sharded copy
@@ -413,6 +414,10 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
         from . import fp8
 
         fp8.disable(model)
+    if stage.attention in ("sdpa_causal", "fa4") and loaded_attention:
+        # training kernels: measurement, later stages and the saved model run the attention the model loaded with
+        # (FA4 takes bf16 only; the measured fp32 model would be refused)
+        model.set_attn_implementation(loaded_attention)
     wall = stage_start_train_seconds + (time.perf_counter() - session_start)
     return {
         "steps": state.step, "total_steps": total_steps, "train_examples": len(split), "epochs_done": round(state.step / steps_per_epoch, 3),
