@@ -68,3 +68,15 @@ def test_a_sliding_window_or_soft_capping_is_refused_not_silently_dropped():
             attention.sdpa_causal_forward(torch.nn.Module(), q, q, q, None, **kw)
     out, _ = attention.sdpa_causal_forward(torch.nn.Module(), q, q, q, None, sliding_window=None)
     assert out.shape == (1, 4, 2, 8)
+
+
+def test_the_recipe_check_refuses_sdpa_causal_outside_causal_lm():
+    import trainopt
+    from trainopt.errors import RecipeError
+    from trainopt.validate import check_compat
+
+    recipe = trainopt.load_recipe("quickstart", ["stages.finetune.attention=sdpa_causal"])
+    with pytest.raises(RecipeError) as e:
+        check_compat(recipe, torch.device("cpu"))
+    assert e.value.key == "stages.0.attention" and "causal_lm" in e.value.problem
+    check_compat(trainopt.load_recipe("lm-scratch", ["stages.pretrain.attention=sdpa_causal"]), torch.device("cpu"))
