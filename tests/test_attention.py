@@ -80,3 +80,21 @@ def test_the_recipe_check_refuses_sdpa_causal_outside_causal_lm():
         check_compat(recipe, torch.device("cpu"))
     assert e.value.key == "stages.0.attention" and "causal_lm" in e.value.problem
     check_compat(trainopt.load_recipe("lm-scratch", ["stages.pretrain.attention=sdpa_causal"]), torch.device("cpu"))
+
+
+def test_switch_points_the_model_at_the_choice_or_refuses_it_with_the_key():
+    from types import SimpleNamespace
+
+    from trainopt.errors import RecipeError
+
+    _, model = _pair()
+    attention.switch(model, SimpleNamespace(name="pretrain", attention="eager"))
+    assert model.config._attn_implementation == "eager"
+    attention.switch(model, SimpleNamespace(name="pretrain", attention="sdpa_causal"))
+    assert model.config._attn_implementation == attention.SDPA_KEY
+    with pytest.raises(RecipeError) as e:  # flash-attn 2 is not installed here
+        attention.switch(model, SimpleNamespace(name="pretrain", attention="flash_attention_2"))
+    assert e.value.key == "stages.pretrain.attention"
+    model.config.attn_pdrop = 0.1
+    with pytest.raises(RecipeError, match="dropout"):
+        attention.switch(model, SimpleNamespace(name="pretrain", attention="fa4"))

@@ -74,3 +74,35 @@ def register_sdpa_causal() -> str:
     AttentionInterface.register(SDPA_KEY, sdpa_causal_forward)
     register_masks(SDPA_KEY)
     return SDPA_KEY
+
+
+def attention_dropout(config) -> float:
+    """The attention-probability dropout a transformers config sets, whatever its architecture calls it."""
+    return max((getattr(config, k, 0.0) or 0.0)
+               for k in ("attention_probs_dropout_prob", "attn_pdrop", "attention_dropout"))
+
+
+def switch(model, stage) -> None:
+    """The `attention` key: point the model's attention layers at the chosen implementation (`auto` leaves the one it
+    loaded with). What the recipe check could not see before the model loaded is refused here, with the reason."""
+    from ..errors import RecipeError
+
+    key = f"stages.{stage.name}.attention"
+    if stage.attention == "auto":
+        return
+    if stage.attention == "fa4":
+        from . import fa4
+
+        if attention_dropout(model.config) > 0:
+            raise RecipeError(key, f"FlashAttention-4 has no attention dropout and this model's is "
+                              f"{attention_dropout(model.config)}", "set model.dropout: 0 (or attention: sdpa)")
+        impl, what = fa4.register(), "FlashAttention-4"
+    elif stage.attention == "sdpa_causal":
+        impl, what = register_sdpa_causal(), "transformers' AttentionInterface"
+    else:
+        impl, what = stage.attention, stage.attention
+    try:
+        model.set_attn_implementation(impl)
+    except (ImportError, ValueError) as e:
+        raise RecipeError(key, f"this model cannot run {what} here ({str(e).splitlines()[0][:120]})",
+                          "use attention: sdpa (or eager)") from None

@@ -468,30 +468,12 @@ def _check_sdpa_backend(model, stage) -> None:
     if stage.compile:
         console.print(f"[yellow]sdpa_backend: {stage.sdpa_backend} has no effect when compiled on a CPU (inductor "
                       "lowers attention itself)[/yellow]")
-    dropout = max((getattr(model.config, k, 0.0) or 0.0)
-                  for k in ("attention_probs_dropout_prob", "attn_pdrop", "attention_dropout"))
+    from .attention import attention_dropout
+
+    dropout = attention_dropout(model.config)
     if stage.sdpa_backend == "flash" and dropout > 0:
         raise RecipeError(key, f"PyTorch's CPU flash attention kernel has no dropout and this model's attention "
                           f"dropout is {dropout}", "set model.dropout: 0 (or sdpa_backend: auto)")
-
-
-def _enable_fa4(model, stage) -> None:
-    """attention: fa4 — the model's attention layers call FlashAttention-4 (train/fa4.py); refused with the reason
-    where the model cannot run it (attention dropout, which FA4 lacks; no transformers attention dispatch)."""
-    from ..errors import RecipeError
-    from . import fa4
-
-    key = f"stages.{stage.name}.attention"
-    dropout = max((getattr(model.config, k, 0.0) or 0.0)
-                  for k in ("attention_probs_dropout_prob", "attn_pdrop", "attention_dropout"))
-    if dropout > 0:
-        raise RecipeError(key, f"FlashAttention-4 has no attention dropout and this model's is {dropout}",
-                          "set model.dropout: 0 (or attention: sdpa)")
-    try:
-        model.set_attn_implementation(fa4.register())
-    except (ImportError, ValueError) as e:
-        raise RecipeError(key, f"this model cannot dispatch to FlashAttention-4 ({str(e).splitlines()[0][:120]})",
-                          "use attention: sdpa") from None
 
 
 def accelerate(model, stage) -> dict | None:
@@ -499,23 +481,9 @@ def accelerate(model, stage) -> dict | None:
     fp8 converted, or None)."""
     from ..errors import RecipeError
 
-    if stage.attention == "fa4":
-        _enable_fa4(model, stage)
-    elif stage.attention == "sdpa_causal":
-        from .attention import register_sdpa_causal
+    from .attention import switch
 
-        try:
-            model.set_attn_implementation(register_sdpa_causal())
-        except (ImportError, ValueError) as e:
-            raise RecipeError(f"stages.{stage.name}.attention", "this model does not dispatch attention through "
-                              f"transformers' AttentionInterface ({str(e).splitlines()[0][:120]})",
-                              "use attention: sdpa") from None
-    elif stage.attention != "auto":
-        try:
-            model.set_attn_implementation(stage.attention)
-        except (ImportError, ValueError) as e:
-            raise RecipeError(f"stages.{stage.name}.attention", f"{stage.attention} is not available for this model "
-                              f"here ({str(e).splitlines()[0][:120]})", "use sdpa or eager") from None
+    switch(model, stage)
     if stage.sdpa_backend != "auto":
         _check_sdpa_backend(model, stage)
     if stage.activation_checkpointing:
