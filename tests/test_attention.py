@@ -88,13 +88,13 @@ def test_switch_points_the_model_at_the_choice_or_refuses_it_with_the_key():
     from trainopt.errors import RecipeError
 
     _, model = _pair()
-    attention.switch(model, SimpleNamespace(name="pretrain", attention="eager"))
+    attention.switch(model, SimpleNamespace(name="pretrain", attention="eager", sdpa_backend="auto"))
     assert model.config._attn_implementation == "eager"
-    attention.switch(model, SimpleNamespace(name="pretrain", attention="sdpa_causal"))
+    attention.switch(model, SimpleNamespace(name="pretrain", attention="sdpa_causal", sdpa_backend="auto"))
     assert model.config._attn_implementation == attention.SDPA_KEY
     with pytest.raises(RecipeError) as e:  # flash-attn 2 is not installed here
-        attention.switch(model, SimpleNamespace(name="pretrain", attention="flash_attention_2"))
+        attention.switch(model, SimpleNamespace(name="pretrain", attention="flash_attention_2", sdpa_backend="auto"))
     assert e.value.key == "stages.pretrain.attention"
     model.config.attn_pdrop = 0.1
     with pytest.raises(RecipeError, match="dropout"):
-        attention.switch(model, SimpleNamespace(name="pretrain", attention="fa4"))
+        attention.switch(model, SimpleNamespace(name="pretrain", attention="fa4", sdpa_backend="auto"))

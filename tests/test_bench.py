@@ -132,3 +132,14 @@ def test_a_variant_can_pad_every_batch_to_the_truncation_length(tmp_path, tiny_b
     assert (data.train.pad_multiple, data.train.max_width) == before
     assert "cuda_graphs" not in bench_mod.available(torch.device("cpu"))  # CUDA only
     assert "cuda_graphs" in bench_mod.available(torch.device("cuda"))
+
+
+def test_the_full_stack_takes_one_attention_kernel():
+    from trainopt import bench as bench_mod
+
+    names = bench_mod.available(torch.device("cpu"), "causal_lm")
+    assert "sdpa_causal" in names and "fa4" not in names  # FA4 needs a Hopper/Blackwell GPU
+    assert bench_mod.full_stack(names)["attention"] == "sdpa_causal"
+    assert bench_mod.full_stack(["sdpa", "sdpa_causal", "fa4", "compile"])["attention"] == "fa4"
+    assert bench_mod.full_stack(["sdpa", "compile"])["attention"] == "sdpa"
+    assert "sdpa_causal" not in bench_mod.available(torch.device("cpu"), "classification")

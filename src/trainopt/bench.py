@@ -87,7 +87,7 @@ def full_stack(names: list[str]) -> dict:
     for n in names:
         if n in alone or (n in ("chunked_ce", "chunked_ce_vocab64") and "liger_ce" in names):
             continue
-        if n in ("sdpa", "sdpa_causal") and "fa4" in names or n == "sdpa" and "sdpa_causal" in names:
+        if (n in ("sdpa", "sdpa_causal") and "fa4" in names) or (n == "sdpa" and "sdpa_causal" in names):
             continue  # one attention kernel in the stack: FA4 where it runs, else SDPA without a mask tensor
         stack.update(VARIANTS[n])
     return stack

@@ -1,10 +1,11 @@
-"""`attention: sdpa_causal` — PyTorch's scaled_dot_product_attention told `is_causal=True` instead of handed a mask.
+"""The `attention` and `sdpa_backend` keys; `attention: sdpa_causal` — PyTorch's scaled_dot_product_attention told
+`is_causal=True` instead of handed a mask.
 
 transformers builds an explicit (batch, 1, seq, seq) mask for SDPA whenever it cannot prove the batch is unpadded,
 and under `torch.compile` before torch 2.14 it never can (dynamo answered `torch.compiler.is_exporting()` with True;
 transformers' masking_utils says so). With a mask tensor SDPA's kernels compute every block of the score matrix and
-read the mask, instead of skipping the half above the diagonal: on GPT-2 124M's training shape on an H200 the
-attention of a compiled training step ran ~2.4x slower than the same kernel with `is_causal` (RESULTS.md).
+read the mask, instead of skipping the half above the diagonal: on GPT-2 124M's training shape on an H200, SDPA handed
+the mask ran at 0.44x the speed of cuDNN's kernel told `is_causal` (RESULTS.md, benchmarks/attention_kernels_gpu.py).
 
 Here the model's attention layers call a function that decides from the shapes alone, which needs no tracing of
 values: no padding mask and as many queries as keys → `is_causal=True`, no mask tensor; one query (decoding with a
@@ -15,6 +16,8 @@ weights and state dict; hand-written because no library has this dispatch (trans
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -83,26 +86,64 @@ def attention_dropout(config) -> float:
 
 
 def switch(model, stage) -> None:
-    """The `attention` key: point the model's attention layers at the chosen implementation (`auto` leaves the one it
-    loaded with). What the recipe check could not see before the model loaded is refused here, with the reason."""
+    """The `attention` and `sdpa_backend` keys: point the model's attention layers at the chosen implementation
+    (`auto` leaves the one it loaded with). What the recipe check could not see before the model loaded is refused
+    here, with the reason."""
     from ..errors import RecipeError
 
     key = f"stages.{stage.name}.attention"
-    if stage.attention == "auto":
-        return
     if stage.attention == "fa4":
         from . import fa4
 
-        if attention_dropout(model.config) > 0:
-            raise RecipeError(key, f"FlashAttention-4 has no attention dropout and this model's is "
-                              f"{attention_dropout(model.config)}", "set model.dropout: 0 (or attention: sdpa)")
+        dropout = attention_dropout(model.config)
+        if dropout > 0:
+            raise RecipeError(key, f"FlashAttention-4 has no attention dropout and this model's is {dropout}",
+                              "set model.dropout: 0 (or attention: sdpa)")
         impl, what = fa4.register(), "FlashAttention-4"
     elif stage.attention == "sdpa_causal":
-        impl, what = register_sdpa_causal(), "transformers' AttentionInterface"
+        impl, what = register_sdpa_causal(), "sdpa_causal (transformers' AttentionInterface)"
     else:
         impl, what = stage.attention, stage.attention
-    try:
-        model.set_attn_implementation(impl)
-    except (ImportError, ValueError) as e:
-        raise RecipeError(key, f"this model cannot run {what} here ({str(e).splitlines()[0][:120]})",
-                          "use attention: sdpa (or eager)") from None
+    if impl != "auto":
+        try:
+            model.set_attn_implementation(impl)
+        except (ImportError, ValueError) as e:
+            raise RecipeError(key, f"this model cannot run {what} here ({str(e).splitlines()[0][:120]})",
+                              "use attention: sdpa (or eager)") from None
+    if stage.sdpa_backend != "auto":
+        _check_sdpa_backend(model, stage)
+
+
+SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
+                 "math": "MATH"}
+
+
+def sdpa_context(backend: str):
+    """The `sdpa_backend` switch: restrict scaled_dot_product_attention to one kernel while the forward runs (and is
+    traced, when compiled; its backward follows the forward's kernel). `auto` leaves PyTorch's own choice."""
+    if backend == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([getattr(SDPBackend, SDPA_BACKENDS[backend])])
+
+
+def _check_sdpa_backend(model, stage) -> None:
+    """What the recipe check cannot see before the model is loaded: the attention it actually runs, its dropout."""
+    from ..errors import RecipeError
+    from .monitor import console
+
+    key = f"stages.{stage.name}.sdpa_backend"
+    impl = getattr(model.config, "_attn_implementation", None)
+    if impl not in ("sdpa", SDPA_KEY):
+        raise RecipeError(key, f"this model runs {impl or 'its own'} attention, not PyTorch's "
+                          "scaled_dot_product_attention", "set attention: sdpa (or remove sdpa_backend)")
+    if next(model.parameters()).device.type != "cpu":
+        return
+    if stage.compile:
+        console.print(f"[yellow]sdpa_backend: {stage.sdpa_backend} has no effect when compiled on a CPU (inductor "
+                      "lowers attention itself)[/yellow]")
+    dropout = attention_dropout(model.config)
+    if stage.sdpa_backend == "flash" and dropout > 0:
+        raise RecipeError(key, f"PyTorch's CPU flash attention kernel has no dropout and this model's attention "
+                          f"dropout is {dropout}", "set model.dropout: 0 (or sdpa_backend: auto)")

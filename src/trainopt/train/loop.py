@@ -10,7 +10,6 @@ skips the step. Checkpoints are atomic; a killed run resumes exactly where it st
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
@@ -26,6 +25,7 @@ from ..evaluate import DEFAULT_METRIC, METRICS, evaluate, is_better
 from ..recipe import TrainStage
 from . import checkpoint as ckpt
 from . import distributed
+from .attention import sdpa_context
 from .linear_ce import check_supported
 from .loss import TrainLoss, module_loss, unwrapped
 from .monitor import console, progress_bar
@@ -438,44 +438,6 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
     }
 
 
-SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
-                 "math": "MATH"}
-
-
-def sdpa_context(backend: str):
-    """The `sdpa_backend` switch: restrict scaled_dot_product_attention to one kernel while the forward runs (and is
-    traced, when compiled; its backward follows the forward's kernel). `auto` leaves PyTorch's own choice."""
-    if backend == "auto":
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel([getattr(SDPBackend, SDPA_BACKENDS[backend])])
-
-
-def _check_sdpa_backend(model, stage) -> None:
-    """What the recipe check cannot see before the model is loaded: the attention it actually runs, its dropout."""
-    from ..errors import RecipeError
-
-    key = f"stages.{stage.name}.sdpa_backend"
-    from .attention import SDPA_KEY
-
-    impl = getattr(model.config, "_attn_implementation", None)
-    if impl not in ("sdpa", SDPA_KEY):
-        raise RecipeError(key, f"this model runs {impl or 'its own'} attention, not PyTorch's "
-                          "scaled_dot_product_attention", "set attention: sdpa (or remove sdpa_backend)")
-    if next(model.parameters()).device.type != "cpu":
-        return
-    if stage.compile:
-        console.print(f"[yellow]sdpa_backend: {stage.sdpa_backend} has no effect when compiled on a CPU (inductor "
-                      "lowers attention itself)[/yellow]")
-    from .attention import attention_dropout
-
-    dropout = attention_dropout(model.config)
-    if stage.sdpa_backend == "flash" and dropout > 0:
-        raise RecipeError(key, f"PyTorch's CPU flash attention kernel has no dropout and this model's attention "
-                          f"dropout is {dropout}", "set model.dropout: 0 (or sdpa_backend: auto)")
-
-
 def accelerate(model, stage) -> dict | None:
     """The model-side acceleration switches: the attention kernel, activation checkpointing and fp8 matmuls (what
     fp8 converted, or None)."""
@@ -484,8 +446,6 @@ def accelerate(model, stage) -> dict | None:
     from .attention import switch
 
     switch(model, stage)
-    if stage.sdpa_backend != "auto":
-        _check_sdpa_backend(model, stage)
     if stage.activation_checkpointing:
         if not getattr(model, "supports_gradient_checkpointing", False):
             raise RecipeError(f"stages.{stage.name}.activation_checkpointing",
