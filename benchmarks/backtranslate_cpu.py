@@ -15,7 +15,7 @@ import statistics
 import time
 
 from trainopt import assets, load_recipe
-from trainopt.data import load_texts
+from trainopt.data.prepare import load_texts
 from trainopt.data.augment.backtranslate import ApertiumEngine, back_translate
 
 

@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 
 from trainopt import load_recipe, measure
-from trainopt.data import load_texts, tokenize
-from trainopt.models import disk_bytes, load_saved
+from trainopt.data.prepare import load_texts, tokenize
+from trainopt.artifacts import load_saved
+from trainopt.models import disk_bytes
 
 
 def main() -> None:

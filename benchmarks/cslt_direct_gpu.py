@@ -1,4 +1,4 @@
-"""2:4 sparsity through a direct `torch._cslt_sparse_mm` call per Linear (trainopt.compress.sparse24) vs dense bf16,
+"""2:4 sparsity through a direct `torch._cslt_sparse_mm` call per Linear (trainopt.compress.prune.sparse24) vs dense bf16,
 on one CUDA GPU — issue 4's ≥ 1.1x target.
 
     python benchmarks/cslt_direct_gpu.py [--rows 2048,8192,32768] [--cases "bert-base:128:16,64,256;smollm2-135m:2048:1,4,16"]
@@ -67,7 +67,7 @@ def two_four(w: torch.Tensor) -> torch.Tensor:
 def kernels(rows_list: list[int]) -> list[dict]:
     from torch.sparse import to_sparse_semi_structured
 
-    from trainopt.compress.sparse24 import Sparse24Linear, search_alg
+    from trainopt.compress.prune.sparse24 import Sparse24Linear, search_alg
 
     out = []
     torch.manual_seed(0)
@@ -106,8 +106,8 @@ def end_to_end(cases: str, measure_kw: dict) -> list[dict]:
     from sparse24_gpu import build
 
     from trainopt import measure as tm
-    from trainopt.compress.prune import targets
-    from trainopt.compress.sparse24 import convert
+    from trainopt.compress.prune.masks import targets
+    from trainopt.compress.prune.sparse24 import convert
     from trainopt.recipe import PruneStage
 
     rows = []
@@ -165,8 +165,8 @@ def bert_pair(search_rows: int):
     copy with those Linears as `Sparse24Linear`s on the algorithms searched at `search_rows` rows."""
     from sparse24_gpu import build
 
-    from trainopt.compress.prune import targets
-    from trainopt.compress.sparse24 import convert
+    from trainopt.compress.prune.masks import targets
+    from trainopt.compress.prune.sparse24 import convert
     from trainopt.recipe import PruneStage
 
     model, vocab = build("bert-base", 128)

@@ -34,10 +34,10 @@ CASES = {  # name: (data folder, epochs, hidden-state loss weight, lr, seed[, KD
 
 
 def prepare(teacher: Path, root: Path) -> None:
-    from trainopt.data import load_texts
+    from trainopt.data.prepare import load_texts
     from trainopt.data.augment import augment_texts, synonym_source
     from trainopt.data.augment.backtranslate import make_engine
-    from trainopt.models import load_saved
+    from trainopt.artifacts import load_saved
     from trainopt.recipe import AugmentStage
 
     texts = load_texts(trainopt.load_recipe("quickstart"))

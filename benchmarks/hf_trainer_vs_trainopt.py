@@ -29,7 +29,7 @@ import torch
 import trainopt
 from trainopt import measure
 from trainopt.bench import run_variant
-from trainopt.data import tokenize
+from trainopt.data.prepare import tokenize
 from trainopt.models import load_model, load_tokenizer
 from trainopt.runner import validate
 

@@ -28,9 +28,9 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from trainopt.compress.quantize import convert, plan
-    from trainopt.data import load_texts, tokenize
+    from trainopt.data.prepare import load_texts, tokenize
     from trainopt.measure import _cpu_name, cpu_int8_dot, fixed_inputs
-    from trainopt.models import load_saved
+    from trainopt.artifacts import load_saved
     from trainopt.recipe import load_recipe
 
     fp32, tokenizer = load_saved(args.model)[:2]

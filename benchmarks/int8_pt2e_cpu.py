@@ -17,7 +17,7 @@ import time
 import torch
 
 from trainopt.assets import cache_dir
-from trainopt.models import load_saved
+from trainopt.artifacts import load_saved
 
 
 class Logits(torch.nn.Module):

@@ -12,7 +12,7 @@ import argparse
 import math
 
 import trainopt
-from trainopt.data import tokenize
+from trainopt.data.prepare import tokenize
 from trainopt.models import load_tokenizer
 from trainopt.runner import validate
 

@@ -61,7 +61,7 @@ def bench_shape(name, seq, batches, measure, search: str = "both"):
         plain = time_sparse_kernels(model, modules, ctx, search_alg=False)
         kernels.update({f"default_alg_{k}": v for k, v in plain.items() if "speedup" in k or k.startswith("sparse_")})
     # Same function? The dense 2:4 model in bf16 vs the converted one (the stage's conversion), on fresh inputs.
-    from trainopt.compress import sparse24
+    from trainopt.compress.prune import sparse24
 
     dense = model.to(torch.bfloat16)
     x = {k: v.cuda() for k, v in inputs[max(batches)].items()}

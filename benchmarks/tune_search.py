@@ -90,7 +90,7 @@ def best_within(trials: list[dict], cap: int) -> float | None:
 
 
 def run_one(label: str, seed: int, args) -> None:
-    from trainopt.tune import tune
+    from trainopt.tune.study import tune
 
     sets = list(args.overrides) + ([f"model.path={args.model}"] if args.model else [])
     sampler_seed = seed if label == "random" else seed + 1000

@@ -24,9 +24,9 @@ import torch
 import trainopt
 from trainopt import measure
 from trainopt.assets import asset_path
-from trainopt.compress import weight_only
-from trainopt.data import tokenize
-from trainopt.models import load_saved
+from trainopt.compress.quantize import weight_only
+from trainopt.data.prepare import tokenize
+from trainopt.artifacts import load_saved
 from trainopt.runner import validate
 
 

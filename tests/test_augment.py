@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from trainopt.data.augment import augment_texts, word_edit_distance
+from trainopt.data.augment.stage import augment_texts, word_edit_distance
 from trainopt.data.augment import eda
 from trainopt.data.augment.wordnet import WordNet
 from trainopt.errors import RecipeError

@@ -63,10 +63,10 @@ def test_compile_switch_trains_and_reports_first_step_time(tmp_path, tiny_bert_d
 
 
 def test_activation_checkpointing_is_on_in_training_and_off_after(tmp_path, tiny_bert_dir, reviews_dir):
-    from trainopt.data import load_texts, tokenize
+    from trainopt.data.prepare import load_texts, tokenize
     from trainopt.models import load_model, load_tokenizer
     from trainopt.recipe import load_recipe
-    from trainopt.stages import RunContext
+    from trainopt.context import RunContext
     from trainopt.train.loop import train
     from trainopt.train.monitor import NullLog
 
@@ -113,7 +113,7 @@ def test_a_variant_can_pad_every_batch_to_the_truncation_length(tmp_path, tiny_b
     """The batching keys of a variant (CUDA graphs' one static shape) reach the collated batches, are recorded in its
     row, and are undone for the next variant: the shared tokenized splits go back to their own padding."""
     from trainopt import bench as bench_mod
-    from trainopt.data import tokenize
+    from trainopt.data.prepare import tokenize
     from trainopt.models import load_tokenizer
     from trainopt.runner import validate
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from trainopt.data import ClassificationSplit, load_texts, tokenize
+from trainopt.data.batching import ClassificationSplit
+from trainopt.data.prepare import load_texts, tokenize
 from trainopt.errors import DataError, RecipeError
 from trainopt.recipe import load_recipe
 

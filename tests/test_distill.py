@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from trainopt.compress.blocks import find_blocks
-from trainopt.compress.distill import build_student, default_layers, drop_layers
+from trainopt.compress.distill.student import build_student, default_layers, drop_layers
 from trainopt.errors import RecipeError
 from trainopt.recipe import DistillStage, load_recipe
 
@@ -94,12 +94,12 @@ def test_distill_stage_runs(tmp_path, tiny_bert_dir, loss):
 def test_kd_loss_is_zero_when_student_equals_teacher(tiny_bert_dir):
     from transformers import AutoModelForSequenceClassification
 
-    from trainopt.compress.distill import make_loss
+    from trainopt.compress.distill.losses import make_loss
 
     teacher = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir).eval()
     student = drop_layers(teacher, [0, 1]).eval()  # all layers: identical function
     stage = DistillStage(kind="distill", loss={"kd": 1.0, "ce": 0.0, "hidden": 1.0})
-    from trainopt.compress.distill import Projections
+    from trainopt.compress.distill.losses import Projections
 
     fn = make_loss(teacher, stage.loss, "classification", [0, 1], Projections(2, 32, 32), None)
     batch = {"input_ids": torch.tensor([[101, 2000, 2001, 102], [101, 2002, 102, 0]]),

@@ -132,10 +132,10 @@ def test_training_with_fa4_uses_it_and_hands_back_the_loaded_attention(reference
                                                                         austen_text):
     """FA4 is a training kernel: the loop's forward runs it, and measurement, later stages and the saved model get
     the attention the model loaded with (FA4 would refuse the fp32 model measured after training)."""
-    from trainopt.data import load_texts, tokenize
+    from trainopt.data.prepare import load_texts, tokenize
     from trainopt.models import load_model, load_tokenizer
     from trainopt.recipe import load_recipe
-    from trainopt.stages import RunContext
+    from trainopt.context import RunContext
     from trainopt.train.loop import train
     from trainopt.train.monitor import NullLog
 

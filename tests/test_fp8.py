@@ -122,7 +122,7 @@ def test_fp8_on_a_model_without_a_qualifying_linear_is_a_recipe_error_and_leaves
 
     from trainopt.errors import RecipeError
     from trainopt.recipe import TrainStage
-    from trainopt.train.loop import accelerate
+    from trainopt.train.setup import accelerate
 
     torch.manual_seed(0)  # every width 24 or 40: none is a multiple of 16
     m = BertForSequenceClassification(BertConfig(vocab_size=64, hidden_size=24, num_hidden_layers=1,

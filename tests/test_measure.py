@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from trainopt import measure
-from trainopt.data import ClassificationSplit
-from trainopt.models import count_params
+from trainopt.data.batching import ClassificationSplit
+from trainopt.artifacts import count_params
 
 
 def test_flops_per_token_counts_matmuls_and_attention():
@@ -63,7 +63,7 @@ def test_compiled_latency_times_every_batch_size_through_torch_compile(tiny_bert
 
 
 def test_the_2of4_speedup_is_the_fastest_sparse_mode_against_the_fastest_dense_mode():
-    from trainopt.compress.prune import best_sparse_speedup, best_vs_best
+    from trainopt.compress.prune.kernels import best_sparse_speedup, best_vs_best
 
     # Measured on an H200 (session 9): the hand-captured graph of both models ran math attention, so a sparse graph
     # beat a dense graph while both lost to the compiled dense model; only best against best counts.

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from trainopt.compress.blocks import apply_structure, detect_structure, find_blocks
-from trainopt.compress.prune import apply_plan, cubic_sparsity, masks_from_scores, n_m_mask, row_mask, \
-    threshold_mask
+from trainopt.compress.prune.masks import cubic_sparsity, masks_from_scores, n_m_mask, row_mask, threshold_mask
+from trainopt.compress.prune.structured import apply_plan
 from trainopt.errors import RecipeError
 from trainopt.recipe import load_recipe
 
@@ -83,7 +83,7 @@ def test_structured_slicing_equals_zeroing_the_removed_parts(minilm_tokenizer):
 
 
 def test_structured_model_saves_and_reloads(tmp_path, minilm_tokenizer):
-    from trainopt.models import load_saved, save_model
+    from trainopt.artifacts import load_saved, save_model
 
     model = _tiny_bert(minilm_tokenizer)
     apply_plan(model, {"heads": [[0, 1], [2, 3]], "ffn": [list(range(16))] * 2})
@@ -103,7 +103,7 @@ def test_structured_model_saves_and_reloads(tmp_path, minilm_tokenizer):
 def test_ffn_only_pruning_of_a_decoder_stays_a_plain_transformers_model(tmp_path, minilm_tokenizer):
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-    from trainopt.models import save_model
+    from trainopt.artifacts import save_model
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -146,7 +146,7 @@ def _run(tmp_path, tiny_bert_dir, stages, name="p"):
 
 
 def test_prune_stages_end_to_end(tmp_path, tiny_bert_dir):
-    from trainopt.models import load_saved
+    from trainopt.artifacts import load_saved
 
     recovery = {"epochs": 1, "batch_size": 16, "optimizer": {"lr": 1e-3}, "log_every": 5, "checkpoint_every": 4}
     report = _run(tmp_path, tiny_bert_dir, [
@@ -216,7 +216,7 @@ def test_gradual_pruning_resumes_exactly(tmp_path, tiny_bert_dir, monkeypatch):
     import subprocess
     import sys
 
-    from trainopt.models import load_saved
+    from trainopt.artifacts import load_saved
 
     data = tmp_path / "d"
     data.mkdir()
@@ -246,7 +246,7 @@ def test_gradual_pruning_resumes_exactly(tmp_path, tiny_bert_dir, monkeypatch):
 def test_structured_heads_refused_for_grouped_kv_decoders(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from trainopt.compress.prune import plan_structure
+    from trainopt.compress.prune.structured import plan_structure
     from trainopt.recipe import PruneStage
 
     cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -261,8 +261,8 @@ def test_wanda_input_norms_and_the_prune_command_on_a_decoder(tmp_path, tiny_gpt
     from transformers import AutoModelForCausalLM
 
     from trainopt.cli import main
-    from trainopt.compress.prune import input_sq_norms
-    from trainopt.models import load_saved
+    from trainopt.compress.prune.masks import input_sq_norms
+    from trainopt.artifacts import load_saved
 
     model = AutoModelForCausalLM.from_pretrained(tiny_gpt_dir).eval()
     fc = model.transformer.h[0].mlp.c_fc
@@ -290,7 +290,7 @@ def test_wanda_input_norms_and_the_prune_command_on_a_decoder(tmp_path, tiny_gpt
 def test_chain_prune_distill_quantize_reloads(tmp_path, tiny_bert_dir):
     """fine-tune → structured prune → distill (student from the pruned model, teacher the fine-tuned one) → int8:
     the pruned shapes travel through layer dropping and quantization, and the final folder reloads exactly."""
-    from trainopt.models import load_saved
+    from trainopt.artifacts import load_saved
     from trainopt.predict import predict
 
     quick = {"epochs": 1, "batch_size": 16, "optimizer": {"lr": 1e-3}, "log_every": 5}
@@ -319,7 +319,7 @@ def test_chain_prune_distill_quantize_reloads(tmp_path, tiny_bert_dir):
 def test_a_pruned_model_is_a_valid_starting_model(tmp_path, minilm_tokenizer):
     """model.path may point at a structurally pruned folder: the recipe's first stage gets the pruned shapes."""
     import trainopt
-    from trainopt.models import save_model
+    from trainopt.artifacts import save_model
 
     model = _tiny_bert(minilm_tokenizer)
     model.config.id2label, model.config.label2id = {0: "great", 1: "other"}, {"great": 0, "other": 1}
@@ -336,7 +336,7 @@ def test_a_pruned_model_is_a_valid_starting_model(tmp_path, minilm_tokenizer):
 def test_global_ranking_and_magnitude_importance_give_per_layer_counts(minilm_tokenizer):
     """same_per_layer: false ranks all layers together (each keeps at least one); the loader-only structure
     it produces is recorded; magnitude importance needs no gradients."""
-    from trainopt.compress.prune import choose, plan_structure
+    from trainopt.compress.prune.structured import choose, plan_structure
     from trainopt.recipe import PruneStage
 
     scores = [torch.tensor([1.0, 1.0, 1.0, 1.0]), torch.tensor([10.0, 0.1, 0.1, 0.1])]

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from trainopt.cli import main
-from trainopt.compress.quantize import FakeQuantLinear, convert, plan
-from trainopt.models import load_saved
+from trainopt.compress.quantize.dynamic import FakeQuantLinear, convert, plan
+from trainopt.artifacts import load_saved
 
 from .conftest import classification_recipe
 
@@ -74,7 +74,7 @@ def test_quantize_stages_report_and_reload(quant_run):
     # the saved form reloads into the same quantized model: same predictions, same accuracy
     model, tok, meta = load_saved(out / ptq["checkpoint"])
     assert meta["quantization"]["modules"]["embedding"] == ["bert.embeddings.word_embeddings"]
-    from trainopt.compress.quantize import is_quantized
+    from trainopt.compress.quantize.dynamic import is_quantized
 
     assert is_quantized(model)
     meta_file = json.loads((out / ptq["checkpoint"] / "trainopt.json").read_text())
@@ -139,7 +139,7 @@ def test_commands_infer_the_task_of_a_plain_hf_checkpoint(tmp_path, tiny_gpt_dir
 def test_smoothing_keeps_the_float_function_of_a_gqa_decoder():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from trainopt.compress.quantize import smooth
+    from trainopt.compress.quantize.dynamic import smooth
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -158,7 +158,7 @@ def test_smoothing_keeps_the_float_function_of_a_gqa_decoder():
 def test_smoothing_refuses_other_architectures(tiny_bert_dir):
     from transformers import AutoModelForSequenceClassification
 
-    from trainopt.compress.quantize import smooth
+    from trainopt.compress.quantize.dynamic import smooth
     from trainopt.errors import RecipeError
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir)
@@ -171,7 +171,7 @@ def test_weight_only_int8_through_torchao_saves_and_reloads_exactly(tmp_path, ti
     folder is smaller and reloads to the same logits, bit for bit, as a fresh quantization of the same weights."""
     pytest.importorskip("torchao")
     import trainopt
-    from trainopt.compress import weight_only
+    from trainopt.compress.quantize import weight_only
 
     raw = classification_recipe(tiny_bert_dir, reviews_dir, max_steps=4, eval_every=None)
     raw["stages"].append({"kind": "quantize", "name": "wo8", "method": "weight_only_int8"})
@@ -214,7 +214,7 @@ def test_int4_hqq_qparams_cut_the_rounding_error():
     """int4_qparams: hqq (torchao's HQQ solver) gives the same layer (same kernel, same bytes) with scales and zeros
     that reproduce the float layer more closely than min-max ones, at group 32 and 64 (seeded weights)."""
     pytest.importorskip("torchao")
-    from trainopt.compress.weight_only import Int4Linear
+    from trainopt.compress.quantize.weight_only import Int4Linear
 
     torch.manual_seed(0)
     lin = torch.nn.Linear(576, 192, bias=False).to(torch.bfloat16).requires_grad_(False)
@@ -239,7 +239,7 @@ def test_int4_linear_matches_its_integers_and_reloads_exactly():
         _quantize_affine_tinygemm,
     )
 
-    from trainopt.compress.weight_only import Int4Linear
+    from trainopt.compress.quantize.weight_only import Int4Linear
 
     torch.manual_seed(0)
     lin = torch.nn.Linear(96, 48).to(torch.bfloat16)  # 96 = 16·2: packs with inner_k_tiles 2, no padding
@@ -295,8 +295,8 @@ def test_weight_only_int4_keeps_a_tied_head_on_the_int8_embedding_and_reloads(tm
     folder reloads to the same logits, and perplexity stays close to the float model's."""
     from transformers import LlamaForCausalLM
 
-    from trainopt.compress import weight_only
-    from trainopt.compress.weight_only import Int4Linear
+    from trainopt.compress.quantize import weight_only
+    from trainopt.compress.quantize.weight_only import Int4Linear
 
     report, model_dir = _tiny_llama_int4_run(tmp_path, tiny_gpt_dir, austen_text, int4_qparams=qparams)
     fl, q = report["stages"]
@@ -319,7 +319,7 @@ def test_weight_only_int4_keeps_a_tied_head_on_the_int8_embedding_and_reloads(tm
 
 def test_int4_linear_reports_missing_and_unexpected_keys():
     pytest.importorskip("torchao")
-    from trainopt.compress.weight_only import Int4Linear
+    from trainopt.compress.quantize.weight_only import Int4Linear
 
     layer = Int4Linear.from_linear(torch.nn.Linear(64, 32).to(torch.bfloat16), 32)
     result = layer.load_state_dict({"weight": torch.zeros(32, 64)}, strict=False)
@@ -332,8 +332,8 @@ def test_int4_leaves_linears_the_group_does_not_divide_in_bf16_and_counts_them()
     pytest.importorskip("torchao")
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from trainopt.compress import weight_only
-    from trainopt.compress.weight_only import Int4Linear
+    from trainopt.compress.quantize import weight_only
+    from trainopt.compress.quantize.weight_only import Int4Linear
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
@@ -356,8 +356,8 @@ def test_int4_embedding_and_its_tied_head_reload_and_shrink_the_model(tmp_path, 
     still generates."""
     from transformers import LlamaForCausalLM
 
-    from trainopt.compress import weight_only
-    from trainopt.compress.weight_only import Int4Embedding, Int4TiedHead
+    from trainopt.compress.quantize import weight_only
+    from trainopt.compress.quantize.weight_only import Int4Embedding, Int4TiedHead
 
     report, model_dir = _tiny_llama_int4_run(tmp_path, tiny_gpt_dir, austen_text, embedding_bits=4,
                                              embedding_group_size=16, int4_qparams="hqq")
@@ -393,8 +393,8 @@ def test_int4_embedding_falls_back_to_int8_when_the_group_does_not_divide_the_wi
     pytest.importorskip("torchao")
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from trainopt.compress import weight_only
-    from trainopt.compress.weight_only import Int4Embedding
+    from trainopt.compress.quantize import weight_only
+    from trainopt.compress.quantize.weight_only import Int4Embedding
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=1,

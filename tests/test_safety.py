@@ -57,7 +57,7 @@ def test_tampered_training_checkpoint_is_refused(tmp_path, tiny_bert_dir, review
     (out / "report.json").unlink()
     ck = stage / "checkpoints"
     ck.mkdir(exist_ok=True)
-    from trainopt.models import load_saved
+    from trainopt.artifacts import load_saved
     from trainopt.train.checkpoint import save_checkpoint
 
     model = load_saved(stage / "model")[0]

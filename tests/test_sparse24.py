@@ -4,7 +4,7 @@ speed and numerics on an H200 are in benchmarks/RESULTS.md, `benchmarks/cslt_dir
 import pytest
 import torch
 
-from trainopt.compress import sparse24
+from trainopt.compress.prune import sparse24
 
 
 def _two_four(linear: torch.nn.Linear) -> None:

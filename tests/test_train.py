@@ -10,10 +10,10 @@ import sys
 import pytest
 import torch
 
-from trainopt.data import load_texts, tokenize
+from trainopt.data.prepare import load_texts, tokenize
 from trainopt.models import load_model, load_tokenizer
 from trainopt.recipe import ScheduleSpec, load_recipe
-from trainopt.stages import RunContext
+from trainopt.context import RunContext
 from trainopt.train.loop import train
 from trainopt.train.monitor import MetricsLog, read_metrics
 from trainopt.train.optim import lr_multiplier, param_groups
@@ -226,7 +226,7 @@ def test_spike_without_rollbacks_left_is_skipped_not_applied(tmp_path, tiny_bert
 
 def test_spike_guard_threshold():
     from trainopt.recipe import RecoverySpec
-    from trainopt.train.loop import SpikeGuard
+    from trainopt.train.recovery import SpikeGuard
 
     g = SpikeGuard(RecoverySpec(min_history=5, spike_k=8.0))
     for x in [1.0, 1.1, 0.9, 1.05, 0.95, 1.0]:

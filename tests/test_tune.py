@@ -15,7 +15,8 @@ import yaml
 
 from trainopt.cli import main
 from trainopt.errors import RecipeError
-from trainopt.tune import load_study_recipe, tune
+from trainopt.tune.space import load_study_recipe
+from trainopt.tune.study import tune
 
 from .conftest import classification_recipe
 
@@ -279,7 +280,7 @@ def test_patience_keeps_an_improving_trial_that_the_median_pruner_would_stop():
     import optuna
 
     from trainopt.recipe import SearchSpec
-    from trainopt.tune import make_pruner
+    from trainopt.tune.storage import make_pruner
 
     space = {"stages.finetune.optimizer.lr": {"type": "float", "low": 1e-5, "high": 1e-3}}
 
@@ -308,7 +309,7 @@ def test_patience_keeps_an_improving_trial_that_the_median_pruner_would_stop():
     assert should_prune({"name": "none", "patience": 2}, falling)  # patience alone: early stopping per trial
     assert not should_prune({"name": "none"}, falling)
     # the training loop's hook reports to the study whenever some pruning is on (patience alone included)
-    from trainopt.tune import make_pruning_hook
+    from trainopt.tune.trial import make_pruning_hook
 
     for spec, reported in (({"name": "none"}, {}), ({"name": "none", "patience": 2}, {1: 0.7})):
         study = optuna.create_study(direction="maximize")

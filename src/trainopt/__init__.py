@@ -2,7 +2,7 @@
 
 import logging
 
-__version__ = "0.1.0"
+from .version import __version__
 
 # transformers imports torchao when it is installed (for weight-only quantization); torchao 0.18 on torch 2.13 then
 # logs two deprecation warnings from torch's pytree registry on every model import. Nothing a user can act on.

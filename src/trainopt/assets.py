@@ -259,9 +259,9 @@ def fetch_smollm2(root: Path, log) -> Path:
     log("converting the SmolLM2-135M GGUF (Q4_1, dequantized) to a safetensors HF folder")
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from .models import _quiet_transformers
+    from .hf import quiet_transformers
 
-    _quiet_transformers()
+    quiet_transformers()
     loaded = AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=SMOLLM2_GGUF)
     tok = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=SMOLLM2_GGUF)
     config = AutoConfig.for_model(**{k: v for k, v in loaded.config.to_dict().items()

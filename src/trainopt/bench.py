@@ -104,7 +104,7 @@ def _settings(stage, overrides: dict):
 
 def bench(recipe=None, overrides: list[str] | None = None, steps: int = 20, warmup: int = 3,
           only: list[str] | None = None, out: str | Path | None = None) -> dict:
-    from .data import tokenize
+    from .data.prepare import tokenize
     from .models import load_tokenizer
     from .runner import validate
 
@@ -179,8 +179,8 @@ def run_variant(recipe, stage, data, tokenizer, device, name: str, over: dict, s
 
 def _run_variant(recipe, stage, data, tokenizer, device, name: str, over: dict, steps: int, warmup: int,
                  run_dir: Path) -> dict:
-    from .models import load_model
-    from .stages import RunContext
+    from .artifacts import load_model
+    from .context import RunContext
     from .train.loop import set_determinism, train
     from .train.monitor import MetricsLog, read_metrics
 
@@ -259,7 +259,7 @@ def print_table(result: dict) -> None:
 
 def env_report() -> dict:
     """The hardware, the software and the settings trainopt would pick here."""
-    from . import __version__
+    from .version import __version__
     from .train.loop import resolve_precision
 
     device = measure.pick_device("auto")
@@ -283,9 +283,9 @@ def env_report() -> dict:
         rec["causal_lm_attention"] = "fa4" if why_unavailable(device) is None else "sdpa_causal"
         rec["fp8_available"] = why_unsupported(device) is None
         rec["fp8"] = "off (measured slower than bf16 at GPT-2 124M widths; try it on wider models with trainopt bench)"
-        from .compress import sparse24
+        from .compress.prune import sparse24
 
-        # 2:4 through cuSPARSELt (compress/sparse24.py): measured on an H200, 1.09–1.16x the fastest dense BERT-base
+        # 2:4 through cuSPARSELt (compress/prune/sparse24.py): measured on an H200, 1.09–1.16x the fastest dense BERT-base
         # at 256 × 128 tokens compiled with CUDA graphs, not faster at ≤ 8k tokens or in eager mode
         rec["sparse_2of4"] = ("cuSPARSELt: faster only compiled with CUDA graphs and ≥ ~32k tokens a batch on "
                               "BERT-base-wide layers" if sparse24.available(device) else "no cuSPARSELt here")

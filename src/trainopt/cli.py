@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__
+from .version import __version__
 
 EPILOG = "Recipe keys: docs/recipe.md. Built-in recipes: quickstart, lm-scratch, lm-finetune."
 
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "nproc", 1) > 1 and "WORLD_SIZE" not in os.environ and args.command in ("run", "train"):
             from .validate import validate
-            from .train.distributed import launch
+            from .launch import launch
 
             # A bad recipe is one error here, not one per process.
             validate(args.recipe if args.command == "run" else train_only(args.recipe, args.overrides),
@@ -306,7 +306,7 @@ def _dispatch(args, parser) -> int:
         print("recommended: " + ", ".join(f"{k}={v}" for k, v in info["recommended"].items() if v is not None))
         return 0
     if args.command == "tune":
-        from .tune import tune
+        from .tune.study import tune
 
         tune(args.recipe, out=args.out, overrides=args.overrides, resume=args.resume, overwrite=args.overwrite,
              storage=args.storage, study_name=args.study_name, workers=args.workers, trials=args.trials,
@@ -368,8 +368,8 @@ def model_recipe(model_dir: str, recipe_spec, overrides, prefix: str, stages: li
 
 
 def _augment(args) -> int:
-    from .data import load_texts
-    from .data.augment import augment_texts, synonym_source
+    from .data.prepare import load_texts
+    from .data.augment.stage import augment_texts, synonym_source
     from .errors import RecipeError
     from .recipe import AugmentStage, load_recipe
 
@@ -413,7 +413,7 @@ def _check(args) -> int:
     raw = apply_overrides(read_yaml(resolve_recipe_path(args.recipe)), args.overrides)
     recipe, device, texts = validate(raw)
     if recipe.search is not None:
-        from .tune import check_space
+        from .tune.space import check_space
 
         check_space(raw, recipe.search)
     rows = {k: len(v) for k, v in (("train", texts.train), ("validation", texts.validation), ("test", texts.test))

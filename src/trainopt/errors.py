@@ -32,3 +32,12 @@ class AssetError(TrainoptError):
 
     def __init__(self, message: str):
         super().__init__(f"asset error: {message}")
+
+
+def unsafe_pickle(key: str, path, e: Exception) -> RecipeError:
+    """A pickled weights file that holds more than tensors (code a pickle would run): refused, never executed —
+    weights load with safetensors or torch.load(weights_only=True) only."""
+    what = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line or "Unsupported" in line),
+                str(e).splitlines()[0] if str(e) else type(e).__name__)
+    return RecipeError(key, f"refused to load {path}: its pickled weights hold more than tensors ({what[:140]})",
+                       "use a safetensors checkpoint from a source you trust")

@@ -1,36 +1,23 @@
-"""Models and tokenizers: load local HF checkpoints, build from a config, train a tokenizer, save atomically.
-
-Every saved model is a plain `save_pretrained` folder (safetensors) with its tokenizer and label map, plus a
-small `trainopt.json` (task, label names, max length); plain `transformers` loads it without trainopt.
+"""Models and tokenizers in plain Hugging Face terms: load local HF checkpoints, build from a config, train a
+tokenizer. A folder in one of trainopt's own formats (pruned shapes, quantized weights) is saved and loaded by
+artifacts.py, which knows those formats; this module knows none of them.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import shutil
 from pathlib import Path
 
 import torch
 
 from . import assets
-from .errors import RecipeError, TrainoptError
-from .recipe import Recipe
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+from .errors import RecipeError, TrainoptError, unsafe_pickle
+from .hf import auto_class, quiet_transformers
 
 DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "resid_pdrop", "embd_pdrop", "attn_pdrop",
                 "attention_dropout", "hidden_dropout", "dropout", "classifier_dropout")
 META_FILE = "trainopt.json"
-
-
-def _quiet_transformers():
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
 
 
 def resolve_model_ref(ref: str) -> Path:
@@ -39,12 +26,6 @@ def resolve_model_ref(ref: str) -> Path:
     if ref == "builtin:smollm2-135m":
         return assets.asset_path("smollm2")
     return Path(ref).expanduser()
-
-
-def _auto_class(task: str):
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    return AutoModelForSequenceClassification if task == "classification" else AutoModelForCausalLM
 
 
 def train_bpe_tokenizer(texts: list[str], vocab_size: int, min_frequency: int = 2):
@@ -63,10 +44,10 @@ def train_bpe_tokenizer(texts: list[str], vocab_size: int, min_frequency: int = 
                                    unk_token=eos)
 
 
-def load_tokenizer(recipe: Recipe, train_texts: list[str] | None = None):
+def load_tokenizer(recipe, train_texts: list[str] | None = None):
     from transformers import AutoTokenizer
 
-    _quiet_transformers()
+    quiet_transformers()
     spec = recipe.model
     if spec.train_tokenizer is not None:
         if not train_texts:
@@ -93,11 +74,11 @@ def _set_dropout(config, p: float | None) -> None:
             setattr(config, key, p)
 
 
-def load_model(recipe: Recipe, tokenizer, label_names: list[str] | None = None):
+def load_model(recipe, tokenizer, label_names: list[str] | None = None):
     """Load a local checkpoint as the recipe's task, or build a fresh model from model.config."""
     from transformers import AutoConfig
 
-    _quiet_transformers()
+    quiet_transformers()
     spec, task = recipe.model, recipe.task
     label_kwargs = {}
     if task == "classification":
@@ -116,7 +97,7 @@ def load_model(recipe: Recipe, tokenizer, label_names: list[str] | None = None):
             raise RecipeError("model.config", str(e).splitlines()[0][:200], "check model_type and its keys") from None
         _set_dropout(config, spec.dropout)
         torch.manual_seed(recipe.run.seed)
-        return _auto_class(task).from_config(config)
+        return auto_class(task).from_config(config)
     path = resolve_model_ref(spec.path)
     try:
         config = AutoConfig.from_pretrained(str(path), trust_remote_code=spec.trust_remote_code)
@@ -126,17 +107,9 @@ def load_model(recipe: Recipe, tokenizer, label_names: list[str] | None = None):
     for k, v in label_kwargs.items():
         setattr(config, k, v)
     _set_dropout(config, spec.dropout)
-    meta_file = path / META_FILE
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-    if meta.get("structure") or meta.get("quantization"):  # shapes/format only trainopt's loader rebuilds
-        model, _, _ = load_saved(path, task)
-        if task == "classification" and model.config.num_labels != len(label_names):
-            raise RecipeError("model.path", f"{path} was saved with {model.config.num_labels} labels, the data has "
-                              f"{len(label_names)}", "use data with the model's labels (or an unpruned checkpoint)")
-        return model
     same_head = task == "classification" and getattr(config, "num_labels", None) == len(label_names or [])
     try:
-        model = _auto_class(task).from_pretrained(str(path), config=config, trust_remote_code=spec.trust_remote_code,
+        model = auto_class(task).from_pretrained(str(path), config=config, trust_remote_code=spec.trust_remote_code,
                                                   ignore_mismatched_sizes=not same_head, dtype=torch.float32)
     except pickle.UnpicklingError as e:
         raise unsafe_pickle("model.path", path, e) from None
@@ -148,57 +121,6 @@ def load_model(recipe: Recipe, tokenizer, label_names: list[str] | None = None):
     return model
 
 
-def unsafe_pickle(key: str, path, e: Exception) -> RecipeError:
-    """A pickled weights file that holds more than tensors (code a pickle would run): refused, never executed —
-    weights load with safetensors or torch.load(weights_only=True) only."""
-    what = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line or "Unsupported" in line),
-                str(e).splitlines()[0] if str(e) else type(e).__name__)
-    return RecipeError(key, f"refused to load {path}: its pickled weights hold more than tensors ({what[:140]})",
-                       "use a safetensors checkpoint from a source you trust")
-
-
-def save_model(model, tokenizer, out_dir: Path, meta: dict) -> Path:
-    """save_pretrained (safetensors) + tokenizer + trainopt.json, written to a temporary folder then renamed."""
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    from .compress import weight_only
-    from .compress.blocks import detect_structure
-    from .compress.quantize import export_tensors, is_quantized
-
-    structure = detect_structure(model)
-    meta = {k: v for k, v in meta.items() if k != "structure"}
-    if structure is not None:  # pruned shapes the config cannot express: trainopt's loader restores them
-        meta["structure"] = structure
-    if weight_only.is_quantized(model):  # torchao tensors; see compress/weight_only.py for the format
-        model.config.save_pretrained(tmp)
-        weight_only.save(model, tmp / "model.safetensors")
-    elif is_quantized(model):  # integer weights + scales; see compress/quantize.py for the format
-        from safetensors.torch import save_file
-
-        tensors, info = export_tensors(model)
-        meta = {**meta, "quantization": {**meta.get("quantization", {}), **info}}
-        model.config.save_pretrained(tmp)
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    else:
-        model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    if out_dir.exists():
-        old = out_dir.with_name(out_dir.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)
-    return out_dir
-
-
 def saved_task(model_dir: Path) -> str:
     """The task a saved folder was made for: trainopt.json says it, else the config's architecture does."""
     model_dir = Path(model_dir)
@@ -208,78 +130,6 @@ def saved_task(model_dir: Path) -> str:
         return task
     archs = " ".join(json.loads((model_dir / "config.json").read_text()).get("architectures") or [])
     return "causal_lm" if "CausalLM" in archs or "LMHead" in archs else "classification"
-
-
-def load_saved(model_dir: Path, task: str | None = None):
-    """Load a folder saved by trainopt (or any HF checkpoint): (model, tokenizer, meta)."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    _quiet_transformers()
-    model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise TrainoptError(f"{model_dir} is not a model folder (no config.json)")
-    meta = json.loads((model_dir / META_FILE).read_text()) if (model_dir / META_FILE).is_file() else {}
-    config = AutoConfig.from_pretrained(str(model_dir))
-    task = task or saved_task(model_dir)
-    if meta.get("quantization") or meta.get("structure"):
-        from safetensors.torch import load_file
-
-        from .compress.blocks import apply_structure
-        from .compress.quantize import import_tensors
-
-        model = _auto_class(task).from_config(config)
-        if meta.get("structure"):
-            apply_structure(model, meta["structure"])
-        weights = model_dir / "model.safetensors"
-        if meta.get("quantization", {}).get("format") == "torchao":  # weight-only int8/int4 (compress/weight_only.py)
-            from .compress import weight_only
-
-            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-            model = weight_only.load(model, weights, meta["quantization"], device)
-        elif meta.get("quantization"):
-            import_tensors(model, load_file(str(weights)), meta["quantization"])
-        else:
-            _load_plain(model, load_file(str(weights)))
-    else:
-        try:
-            model = _auto_class(task).from_pretrained(str(model_dir), dtype=torch.float32)
-        except pickle.UnpicklingError as e:
-            raise unsafe_pickle("", model_dir, e) from None
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
-    meta.setdefault("task", task)
-    if task == "classification" and "labels" not in meta:
-        meta["labels"] = [config.id2label[i] for i in range(config.num_labels)]
-    model.eval()
-    return model, tokenizer, meta
-
-
-def _load_plain(model, tensors: dict) -> None:
-    """Load a save_pretrained state dict into a model built with the saved shapes; tied weights are saved once."""
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    tied = {k for k in missing if k.endswith(".weight") and getattr(model.config, "tie_word_embeddings", False)}
-    if unexpected or set(missing) - tied:
-        raise TrainoptError(f"the saved weights do not match the recorded structure: missing "
-                            f"{sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]}")
-    if tied:
-        model.tie_weights()
-
-
-def count_params(model) -> tuple[int, int]:
-    """(parameters, non-zero parameters), counting tied weights once and quantized weights as parameters."""
-    from .compress.quantize import quantized_weights
-    from .compress.weight_only import dequantized, int4_weights
-
-    seen, total, nonzero = set(), 0, 0
-    tensors = [dequantized(p.detach()) for p in model.parameters()] + quantized_weights(model) + int4_weights(model)
-    for t in tensors:
-        if t.data_ptr() in seen:
-            continue
-        seen.add(t.data_ptr())
-        total += t.numel()
-        nonzero += int(torch.count_nonzero(t).item())
-    return total, nonzero
 
 
 def disk_bytes(model_dir: Path) -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from . import measure
-from .models import load_saved
+from .artifacts import load_saved
 
 
 def _clean_like_training(texts: list[str], meta: dict) -> list[str]:

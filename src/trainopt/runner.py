@@ -19,16 +19,19 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, measure
-from .data import tokenize
-from .data.augment import augment_stage
+from . import measure
+from .artifacts import count_params, load_model, load_saved, save_model
+from .compare import classify_effect, compare, vs_baseline
+from .context import Hooks, RunContext
+from .data.prepare import tokenize
 from .errors import RecipeError, TrainoptError
 from .evaluate import evaluate
-from .models import count_params, disk_bytes, load_model, load_saved, load_tokenizer, save_model
+from .models import disk_bytes, load_tokenizer
 from .recipe import Recipe, dump_recipe
 from .report import print_summary, write_report
-from .stages import STAGES, RunContext
+from .techniques import stage_module
 from .train import distributed
+from .version import __version__
 from .train.loop import set_determinism
 from .train.monitor import MetricsLog, NullLog, console
 from .validate import check_compat, validate  # noqa: F401 — re-exported: `trainopt.runner.validate` is public
@@ -87,19 +90,14 @@ def run(recipe=None, out: str | Path | None = None, overrides: list[str] | None 
             os.replace(tmp, saved_tokenizer)
     log = MetricsLog(run_dir, recipe.run.tensorboard) if dd.is_main else NullLog()
     ctx = RunContext(recipe=recipe, run_dir=run_dir, device=device, tokenizer=tokenizer, data=data, log=log,
-                     resume=resume, dist=dd)
+                     resume=resume, dist=dd, hooks=Hooks(on_eval=on_eval))
     hardware = measure.hardware_info(device)
     eval_split = data.test if data.test is not None else (data.validation or data.train)
     inputs = measure.fixed_inputs(eval_split, recipe.task, recipe.measure.batch_sizes, recipe.measure.seq_len) \
         if recipe.measure.latency else None
-    if on_eval is None and os.environ.get("TRAINOPT_TRIAL"):  # a tuning trial run under torchrun (tune.py)
-        from .tune import trial_hook_from_env
-
-        on_eval = trial_hook_from_env(dd, run_dir)
-    ctx.extras["on_eval"] = on_eval
-    ctx.extras["measure_inputs"] = inputs  # stages that time kernels of their own (2:4 sparse) use the same inputs
+    ctx.measure_inputs = inputs  # stages that time kernels of their own (2:4 sparse) use the same inputs
     if recipe.task == "causal_lm":  # the fixed prompt of the generation benchmark
-        ctx.extras["prompt"] = eval_split.blocks[:1, : min(32, eval_split.blocks.shape[1])]
+        ctx.prompt = eval_split.blocks[:1, : min(32, eval_split.blocks.shape[1])]
     meta = {"task": recipe.task, "labels": data.label_names, "max_length": recipe.data.max_length,
             "block_size": recipe.data.block_size, "clean": recipe.data.clean.model_dump(),
             "trainopt_version": __version__}
@@ -111,11 +109,12 @@ def run(recipe=None, out: str | Path | None = None, overrides: list[str] | None 
         for stage in recipe.stages:
             stage_dir = run_dir / "stages" / stage.name
             done = stage_dir / "stage.json"
-            if stage.kind == "augment":  # rebuilt on resume too: its cache makes that cheap and exact
-                console.rule(f"[bold]{stage.name}[/bold] ({stage.kind})")
+            module = stage_module(stage.kind)
+            if getattr(module, "CHANGES", "model") == "data":  # augment: rebuilt on resume too (its cache makes that
+                console.rule(f"[bold]{stage.name}[/bold] ({stage.kind})")  # cheap and exact)
                 if not dd.is_main:  # the other ranks read rank 0's cache
                     distributed.barrier(dd)
-                texts, entry = augment_stage(texts, stage, ctx, stage_dir)
+                texts, entry = module.run(texts, stage, ctx, stage_dir)
                 if dd.is_main:
                     distributed.barrier(dd)
                     _write_text(done, json.dumps(entry, indent=1))
@@ -137,7 +136,7 @@ def run(recipe=None, out: str | Path | None = None, overrides: list[str] | None 
                 model = _model_for(recipe, tokenizer, data, entries, run_dir)
             stage_dir.mkdir(parents=True, exist_ok=True)
             console.rule(f"[bold]{stage.name}[/bold] ({stage.kind})")
-            model, result = STAGES[stage.kind](model, data, stage, ctx, stage_dir)
+            model, result = module.run(model, data, stage, ctx, stage_dir)
             entry = None
             if dd.is_main:  # evaluated, measured and saved once; every rank gets the entry
                 entry = _measure_stage(model, data, stage, result, ctx, inputs, stage_dir, meta, entries)
@@ -195,7 +194,7 @@ def _measure_stage(model, data, stage, result, ctx: RunContext, inputs, stage_di
         m = recipe.measure
         entry["speed"] = measure.measure_latency(model, inputs, device, m.warmup, m.repeats, m.max_seconds)
         if recipe.task == "causal_lm" and m.generate_tokens:
-            prompt = ctx.extras["prompt"]
+            prompt = ctx.prompt
             entry["speed"].update(measure.measure_generation(model, prompt, m.generate_tokens, device,
                                                              min(m.repeats, 5), m.max_seconds))
     else:
@@ -214,58 +213,6 @@ def _measure_stage(model, data, stage, result, ctx: RunContext, inputs, stage_di
     entry["vs_baseline"] = vs_baseline(entry, previous, recipe.task)
     entry["checkpoint"] = os.path.relpath(model_dir, ctx.run_dir)
     return entry
-
-
-ACCELERATED_MIN_SPEEDUP = 1.10  # below this, a latency difference on a shared CPU is within noise
-
-
-def classify_effect(entry: dict, parent: dict | None, claims: str = "kernel") -> str:
-    """A compression stage's label, from measurements against the model it came from.
-
-    `claims` says what the technique changes: "kernel" (quantization: another kernel runs, so `accelerated`
-    when measured ≥ 1.10x faster at the largest batch, else `smaller` if fewer bytes), "shape" (distillation,
-    structured pruning: the tensors shrank, so `smaller`; the speed columns show what that bought), "mask"
-    (unstructured pruning: zeros in dense tensors, so `masked` — a stage that times a sparse kernel of its own
-    sets `accelerated` itself)."""
-    if entry["effect"] != "compressed":
-        return entry["effect"]
-    if parent is not None:
-        sizes = sorted(int(k[len("latency_ms_b"):-len("_p50")]) for k in entry["speed"]
-                       if k.startswith("latency_ms_b") and k.endswith("_p50"))
-        if sizes and claims == "kernel":
-            key = f"latency_ms_b{sizes[-1]}_p50"
-            new, old = entry["speed"].get(key), parent["speed"].get(key)
-            same_device = entry["speed"].get("device") == parent["speed"].get("device")
-            if new and old and same_device and old / new >= ACCELERATED_MIN_SPEEDUP:
-                return "accelerated"
-        if claims != "mask" and entry["size"]["disk_bytes"] < parent["size"]["disk_bytes"]:
-            return "smaller"
-    if entry["size"]["nonzero_params"] < entry["size"]["params"]:
-        return "masked"
-    return "unchanged"
-
-
-def vs_baseline(entry: dict, previous: list[dict], task: str) -> dict:
-    base = next((e for e in previous if e["effect"] == "baseline"), entry)
-    return compare(entry, base, task)
-
-
-def compare(entry: dict, base: dict, task: str) -> dict:
-    metric = "accuracy" if task == "classification" else "perplexity"
-    out = {"quality_metric": metric}
-    a, b = entry["quality"].get(metric), base["quality"].get(metric)
-    out["quality_delta"] = round(a - b, 5) if a is not None and b is not None else None
-    for key, value in entry["speed"].items():
-        if key.startswith("latency_ms_b") and key.endswith("_p50"):
-            b_lat = base["speed"].get(key)
-            name = "speedup_" + key[len("latency_ms_"):-len("_p50")]
-            out[name] = round(b_lat / value, 3) if b_lat and value else None
-    g_new, g_old = entry["speed"].get("generate_tokens_per_s_b1"), base["speed"].get("generate_tokens_per_s_b1")
-    if g_new and g_old:
-        out["speedup_generate_b1"] = round(g_new / g_old, 3)
-    bd, sd = base["size"]["disk_bytes"], entry["size"]["disk_bytes"]
-    out["size_ratio"] = round(sd / bd, 4) if bd else None
-    return out
 
 
 def _write_text(path: Path, text: str) -> None:

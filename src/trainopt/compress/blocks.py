@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import RecipeError
+from ..modules import set_module
 
 # Dotted paths, relative to one transformer block, of the Linear layers structured pruning slices.
 # heads: q/k/v rows and o columns of each head; ffn: rows of each "up" layer and columns of "down".
@@ -91,12 +92,6 @@ def slice_linear(linear: torch.nn.Linear, rows: torch.Tensor | None = None,
         if b is not None:
             new.bias.copy_(b)
     return new
-
-
-def set_module(block: torch.nn.Module, path: str, module: torch.nn.Module) -> None:
-    """Replace the submodule at a dotted path (relative to `block`)."""
-    parent, _, attr = path.rpartition(".")
-    setattr(block.get_submodule(parent) if parent else block, attr, module)
 
 
 def shrink_block(block: torch.nn.Module, lay: dict, hd: int, heads: list[int] | None,

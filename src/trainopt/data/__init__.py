@@ -1,6 +1,3 @@
-"""Data: sources, cleaning, splits, tokenization and batching."""
-
-from .batching import ClassificationSplit, LMSplit
-from .prepare import DataBundle, TextData, load_texts, tokenize
-
-__all__ = ["ClassificationSplit", "LMSplit", "DataBundle", "TextData", "load_texts", "tokenize"]
+"""Data: sources.py (jsonl/csv/txt/parquet/bundled), prepare.py (cleaning, splits, tokenization: load_texts,
+tokenize), batching.py (packing, length bucketing), augment/ (the augment stage). Imports nothing, so that reading
+the recipe schema (augment/spec.py) never pulls in torch."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .. import assets
 from ..errors import DataError, RecipeError
-from ..recipe import DataSpec, Recipe
+
 from .batching import ClassificationSplit, LMSplit
 from .sources import RawData, read_source
 
@@ -50,7 +50,7 @@ class DataBundle:
 
 
 # ------------------------------------------------------------------------------------------- reading
-def read_raw(spec: DataSpec, task: str) -> RawData:
+def read_raw(spec, task: str) -> RawData:
     def resolve(ref: str) -> Path:
         if ref == "builtin:fine_foods":
             return assets.asset_path("fine_foods")
@@ -91,7 +91,7 @@ def _column(rows: list[dict], col: str, key: str, split: str) -> list:
 
 
 # ------------------------------------------------------------------------------------------- cleaning
-def clean_text(text, spec: DataSpec, task: str, counts: Counter) -> str:
+def clean_text(text, spec, task: str, counts: Counter) -> str:
     if text is None or (isinstance(text, float) and text != text):
         return ""
     text = str(text)
@@ -123,7 +123,7 @@ def _stratified_split(n: int, labels: list | None, fraction: float, seed: int) -
     return [i for i in range(n) if i not in held_set], sorted(held)
 
 
-def load_texts(recipe: Recipe) -> TextData:
+def load_texts(recipe) -> TextData:
     """Read, clean, label-map and split the recipe's data. Raises DataError/RecipeError with one line."""
     spec, task = recipe.data, recipe.task
     raw = read_raw(spec, task)
@@ -238,7 +238,7 @@ def _dedup(texts, labels, exclude: set) -> tuple[list, list | None, dict]:
 
 
 # ----------------------------------------------------------------------------------------- tokenizing
-def tokenize(texts: TextData, tokenizer, recipe: Recipe) -> DataBundle:
+def tokenize(texts: TextData, tokenizer, recipe) -> DataBundle:
     spec = recipe.data
     stats = dict(texts.stats)
     if not getattr(tokenizer, "is_fast", False):

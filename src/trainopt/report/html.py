@@ -14,6 +14,8 @@ import io
 import math
 from collections import defaultdict
 
+from .rows import rows
+
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1200px;color:#1f2933;
 padding:0 16px}
@@ -79,8 +81,6 @@ def svg(fig) -> str:
 
 # ----------------------------------------------------------------------------------------------- the run
 def stage_table(report: dict) -> str:
-    from . import rows
-
     head, body = rows(report)
     classes = []
     for s in report["stages"]:

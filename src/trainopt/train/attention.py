@@ -85,6 +85,15 @@ def attention_dropout(config) -> float:
                for k in ("attention_probs_dropout_prob", "attn_pdrop", "attention_dropout"))
 
 
+def _prepare_sdpa_causal(model, key: str) -> str:
+    return register_sdpa_causal()
+
+
+# attention kernels of trainopt's own: name → (prepare(model, error key) -> implementation name, what to call it in
+# an error). train/fa4.py adds `fa4` when imported (train/setup.py imports it), so this module never imports it.
+KERNELS = {"sdpa_causal": (_prepare_sdpa_causal, "sdpa_causal (transformers' AttentionInterface)")}
+
+
 def switch(model, stage) -> None:
     """The `attention` and `sdpa_backend` keys: point the model's attention layers at the chosen implementation
     (`auto` leaves the one it loaded with). What the recipe check could not see before the model loaded is refused
@@ -92,16 +101,9 @@ def switch(model, stage) -> None:
     from ..errors import RecipeError
 
     key = f"stages.{stage.name}.attention"
-    if stage.attention == "fa4":
-        from . import fa4
-
-        dropout = attention_dropout(model.config)
-        if dropout > 0:
-            raise RecipeError(key, f"FlashAttention-4 has no attention dropout and this model's is {dropout}",
-                              "set model.dropout: 0 (or attention: sdpa)")
-        impl, what = fa4.register(), "FlashAttention-4"
-    elif stage.attention == "sdpa_causal":
-        impl, what = register_sdpa_causal(), "sdpa_causal (transformers' AttentionInterface)"
+    if stage.attention in KERNELS:
+        prepare, what = KERNELS[stage.attention]
+        impl = prepare(model, key)
     else:
         impl, what = stage.attention, stage.attention
     if impl != "auto":

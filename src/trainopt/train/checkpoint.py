@@ -153,7 +153,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, scaler, device, sha
     try:
         trainer = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        from ..models import unsafe_pickle
+        from ..errors import unsafe_pickle
 
         raise unsafe_pickle("", path / "trainer.pt", e) from None
     if sharded:

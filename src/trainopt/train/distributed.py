@@ -14,8 +14,6 @@ with the same `parallel` setting), and the trained model is the same plain model
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -228,14 +226,6 @@ def fault_armed() -> bool:
         return False
     rank = os.environ.get("TRAINOPT_FAULT_RANK")
     return rank is None or rank == os.environ.get("RANK", "0")
-
-
-def launch(nproc: int, argv: list[str], max_restarts: int = 0) -> int:
-    """Re-run this command under torchrun with `nproc` processes on this machine; returns its exit status.
-    With `max_restarts`, torchrun restarts every worker when one dies and the run resumes from its checkpoint."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           f"--max-restarts={max_restarts}", "-m", "trainopt", *argv]
-    return subprocess.call(cmd)
 
 
 def destroy() -> None:

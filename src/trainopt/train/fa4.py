@@ -18,6 +18,9 @@ import importlib.util
 
 import torch
 
+from ..errors import RecipeError
+from . import attention
+
 KEY = "trainopt_fa4"
 
 
@@ -91,9 +94,7 @@ fa4_fwd.register_autograd(_backward, setup_context=_setup)
 
 def attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
     """transformers' attention-function signature: query/key/value (B, H, S, D) → output (B, S, H, D), no weights."""
-    from .attention import refuse_variants
-
-    refuse_variants("fa4", kwargs)
+    attention.refuse_variants("fa4", kwargs)
     if attention_mask is not None:
         raise ValueError("attention: fa4 runs unpadded causal batches only; this batch came with a padding mask")
     if dropout:
@@ -108,11 +109,20 @@ def register() -> str:
     """Make `trainopt_fa4` a transformers attention implementation (idempotent); returns its name."""
     from transformers import AttentionInterface
 
-    from .attention import register_masks
-
     AttentionInterface.register(KEY, attention_forward)
-    register_masks(KEY)
+    attention.register_masks(KEY)
     return KEY
+
+
+def _prepare(model, key: str) -> str:
+    dropout = attention.attention_dropout(model.config)
+    if dropout > 0:
+        raise RecipeError(key, f"FlashAttention-4 has no attention dropout and this model's is {dropout}",
+                          "set model.dropout: 0 (or attention: sdpa)")
+    return register()
+
+
+attention.KERNELS["fa4"] = (_prepare, "FlashAttention-4")
 
 
 def why_unavailable(device: torch.device) -> str | None:

@@ -29,7 +29,7 @@ import functools
 import torch
 from torch import nn
 
-from ..compress.blocks import set_module
+from ..modules import set_module
 
 RECIPES = ("tensorwise", "rowwise", "rowwise_with_gw_hp")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -22,7 +22,7 @@ from safetensors.torch import save_model as st_save_model
 
 from .. import measure
 from ..evaluate import DEFAULT_METRIC, METRICS, evaluate, is_better
-from ..recipe import TrainStage
+from .spec import TrainStage
 from . import checkpoint as ckpt
 from . import distributed
 from .attention import sdpa_context
@@ -30,6 +30,9 @@ from .linear_ce import check_supported
 from .loss import TrainLoss, module_loss, unwrapped
 from .monitor import console, progress_bar
 from .optim import build_optimizer, build_scheduler
+from .recovery import SpikeGuard, roll_back
+from .setup import accelerate
+from .state import TrainState
 
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -47,24 +50,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return "fp32"
 
 
-@dataclass
-class TrainState:
-    step: int = 0  # optimizer steps taken (skipped non-finite steps included)
-    epoch: int = 0
-    batch_in_epoch: int = 0  # micro-batches of this epoch already consumed
-    tokens_seen: int = 0
-    skipped_nonfinite: int = 0
-    best_metric: float | None = None
-    best_step: int | None = None
-    evals_without_improvement: int = 0
-    stopped_early: bool = False
-    train_seconds: float = 0.0  # summed over resumes
-    rollbacks: int = 0  # instability recoveries (rollback + skipped data window + lower learning rate)
-    spikes_skipped: int = 0  # spikes found once no rollback was possible: the step was skipped, not applied
-    lr_scale: float = 1.0  # product of the rollbacks' learning-rate factors
-    skipped_batches: int = 0  # micro-batches in the skipped data windows
-
-
 def set_determinism(seed: int, deterministic: bool) -> None:
     import random
 
@@ -74,13 +59,6 @@ def set_determinism(seed: int, deterministic: bool) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
-
-
-def task_loss(task: str, label_smoothing: float = 0.0):
-    """The default objective as a loss_fn(model, batch, denom): cross-entropy on the labels (classification) or on
-    the next token (LM), summed over the micro-batch and divided by `denom`, the item/token count of the whole
-    accumulated batch — train/loss.py's TrainLoss around the model."""
-    return lambda model, batch, denom: module_loss(TrainLoss(model, task, label_smoothing), batch, denom)
 
 
 def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
@@ -303,7 +281,7 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
             elif not finite or spike:
                 target = ckpt.latest_checkpoint(ckpt_root) if guard.can_roll_back(state.rollbacks) else None
                 if target is not None:
-                    state = _roll_back(target, state, trainable, optimizer, scheduler, scaler, device, stage,
+                    state = roll_back(target, state, trainable, optimizer, scheduler, scaler, device, stage,
                                        ctx, loss_value, "nonfinite" if not finite else "spike", guard.threshold,
                                        fsdp)
                     batches = split.batches(stage.batch_size, run.seed, state.epoch, bucket=ctx.recipe.data.bucket)
@@ -383,8 +361,8 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
                 ctx.log.log(stage.name, state.step, **{f"val_{k}": v for k, v in quality.items()
                                                        if isinstance(v, (int, float))}, best=improved)
                 window_eval_s += time.perf_counter() - eval_start
-                if ctx.extras.get("on_eval") is not None:  # a tuning study's pruner (may stop the trial)
-                    ctx.extras["on_eval"](stage.name, state.step, quality)
+                if ctx.hooks.on_eval is not None:  # a tuning study's pruner (may stop the trial)
+                    ctx.hooks.on_eval(stage.name, state.step, quality)
 
             # 6. Checkpoint atomically (model, optimizer, scheduler, RNG, data position).
             state.train_seconds = stage_start_train_seconds + (time.perf_counter() - session_start)
@@ -436,100 +414,6 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
         "precision": precision, "peak_flops": peak, "flops_per_token": fpt,
         "peak_mem_bytes": measure.peak_memory_bytes(device),
     }
-
-
-def accelerate(model, stage) -> dict | None:
-    """The model-side acceleration switches: the attention kernel, activation checkpointing and fp8 matmuls (what
-    fp8 converted, or None)."""
-    from ..errors import RecipeError
-
-    from .attention import switch
-
-    switch(model, stage)
-    if stage.activation_checkpointing:
-        if not getattr(model, "supports_gradient_checkpointing", False):
-            raise RecipeError(f"stages.{stage.name}.activation_checkpointing",
-                              f"{type(model).__name__} does not support activation checkpointing", "set it to false")
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if stage.fp8 == "off":
-        return None
-    from . import fp8
-
-    why = fp8.why_unsupported(next(model.parameters()).device)
-    if why:
-        raise RecipeError(f"stages.{stage.name}.fp8", why, "set fp8: off")
-    info = fp8.enable(model, stage.fp8)
-    if not info["fp8_linears"]:
-        fp8.disable(model)
-        raise RecipeError(f"stages.{stage.name}.fp8", "no Linear of this model qualifies (widths must be multiples "
-                          "of 16; the output head stays in high precision)", "set fp8: off")
-    console.print(f"fp8 ({stage.fp8}): {info['fp8_linears']} Linears")
-    return info
-
-
-class SpikeGuard:
-    """Loss-spike detection on a rolling window of recent step losses: a spike is a loss above
-    median + k · MAD (the median absolute deviation, floored at 1% of the median so that a flat loss curve does not
-    make every wiggle a spike). Hand-written: a few lines over a deque, no library does this for a training loop."""
-
-    def __init__(self, spec):
-        from collections import deque
-
-        self.spec = spec
-        self.losses: deque[float] = deque(maxlen=spec.window)
-        self.threshold: float | None = None
-
-    def add(self, loss: float) -> None:
-        self.losses.append(loss)
-
-    def is_spike(self, loss: float) -> bool:
-        if not self.spec.enabled or len(self.losses) < self.spec.min_history:
-            self.threshold = None
-            return False
-        ordered = sorted(self.losses)
-        median = ordered[len(ordered) // 2]
-        mad = sorted(abs(x - median) for x in ordered)[len(ordered) // 2]
-        self.threshold = median + self.spec.spike_k * max(mad, 0.01 * abs(median))
-        return loss > self.threshold
-
-    def can_roll_back(self, rollbacks: int) -> bool:
-        return self.spec.enabled and rollbacks < self.spec.max_rollbacks
-
-
-def _roll_back(target: Path, state: TrainState, trainable, optimizer, scheduler, scaler, device, stage, ctx,
-               loss_value: float, reason: str, threshold: float | None, sharded: bool = False) -> TrainState:
-    """Restore the checkpoint `target`, keep the data position past the bad step (the window between the checkpoint
-    and the bad step is skipped, not replayed), and multiply the learning rate by `lr_factor`."""
-    here = (state.epoch, state.batch_in_epoch)
-    restored = TrainState(**ckpt.load_checkpoint(target, trainable, optimizer, scheduler, scaler, device, sharded))
-    skipped = _batches_between(restored, here, stage, ctx)
-    factor = stage.recovery.lr_factor
-    scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]
-    for group in optimizer.param_groups:
-        group["lr"] *= factor
-        if "initial_lr" in group:
-            group["initial_lr"] *= factor
-    keep = {k: getattr(state, k) for k in ("tokens_seen", "skipped_nonfinite", "spikes_skipped", "train_seconds",
-                                           "skipped_batches")}
-    restored.__dict__.update(keep)
-    restored.epoch, restored.batch_in_epoch = here
-    restored.rollbacks = state.rollbacks + 1
-    restored.lr_scale = state.lr_scale * factor
-    restored.skipped_batches += skipped
-    ctx.log.log(stage.name, state.step + 1, event=f"rollback_{reason}", loss=loss_value, threshold=threshold,
-                to_step=restored.step, skipped_batches=skipped, lr_scale=restored.lr_scale)
-    console.print(f"[yellow]{reason} at step {state.step + 1} (loss {loss_value:.4g}): rolled back to step "
-                  f"{restored.step}, skipped {skipped} batches, learning rate x{restored.lr_scale:g}[/yellow]")
-    return restored
-
-
-def _batches_between(restored: TrainState, here: tuple[int, int], stage, ctx) -> int:
-    """Micro-batches from the restored data position up to `here` (epoch, batch): the skipped window."""
-    epoch, batch = restored.epoch, restored.batch_in_epoch
-    if epoch == here[0]:
-        return here[1] - batch
-    per_epoch = len(ctx.data.train.batches(stage.batch_size, ctx.recipe.run.seed, 0, bucket=ctx.recipe.data.bucket))
-    return (per_epoch - batch) + per_epoch * (here[0] - epoch - 1) + here[1]
 
 
 def _save_weights(trainable, path: Path, dd, sharded: bool) -> None:

@@ -76,3 +76,10 @@ def module_loss(wrapped, batch: dict, denom: int) -> torch.Tensor:
 def unwrapped(state: dict) -> dict:
     """The model's own keys of a state dict taken from a TrainLoss (drop the `model.` prefix)."""
     return {k.removeprefix("model."): v for k, v in state.items()}
+
+
+def task_loss(task: str, label_smoothing: float = 0.0):
+    """The default objective as a loss_fn(model, batch, denom): cross-entropy on the labels (classification) or on
+    the next token (LM), summed over the micro-batch and divided by `denom`, the item/token count of the whole
+    accumulated batch — train/loss.py's TrainLoss around the model."""
+    return lambda model, batch, denom: module_loss(TrainLoss(model, task, label_smoothing), batch, denom)

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ..recipe import OptimizerSpec, ScheduleSpec
+from .spec import OptimizerSpec, ScheduleSpec
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

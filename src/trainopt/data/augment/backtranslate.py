@@ -83,9 +83,9 @@ class Seq2SeqEngine:
         import torch
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-        from ...models import _quiet_transformers
+        from ...hf import quiet_transformers
 
-        _quiet_transformers()
+        quiet_transformers()
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                                    ("cpu" if device == "auto" else device))
         self.pairs = {}

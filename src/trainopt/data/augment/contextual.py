@@ -121,9 +121,10 @@ def make_replacer(spec, model_ref: str | None):
     """The replacer a `contextual:` block asks for; `model_ref` is the run's model when spec.model is unset."""
     from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer
 
-    from ...models import _quiet_transformers, resolve_model_ref
+    from ...hf import quiet_transformers
+    from ...models import resolve_model_ref
 
-    _quiet_transformers()
+    quiet_transformers()
     ref = spec.model or model_ref
     path = str(resolve_model_ref(ref))
     tokenizer = AutoTokenizer.from_pretrained(path)

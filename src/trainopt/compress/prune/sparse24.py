@@ -92,7 +92,7 @@ def convert(model: nn.Module, names: set[str] | None = None, search_rows: int | 
 
     To serve a 2:4 model at the speed its prune stage measured: load it, `.cuda().to(torch.bfloat16).eval()`,
     `convert(model, search_rows=<tokens per batch>)`, then `torch.compile(model, mode="reduce-overhead")`."""
-    from .blocks import set_module
+    from ...modules import set_module
 
     if names is None:
         names = two_four_linears(model)

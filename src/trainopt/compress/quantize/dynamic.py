@@ -12,7 +12,7 @@ quantization-aware training (QAT) before the conversion.
 
 Saved form (`trainopt.json` → "quantization"): config.json + model.safetensors holding, for each quantized
 module, its integer weights and their scales/zero points; every other tensor as float. Plain `transformers`
-cannot load it; `trainopt.models.load_saved` (so `trainopt eval/predict`) rebuilds the model from its config,
+cannot load it; `trainopt.artifacts.load_saved` (so `trainopt eval/predict`) rebuilds the model from its config,
 applies the same quantization and loads the stored integers: the reloaded model is bit-identical.
 """
 
@@ -27,21 +27,11 @@ from torch.ao.nn.quantized import Embedding as QEmbedding
 from torch.ao.nn.quantized.dynamic import Linear as QDynLinear
 from torch.ao.quantization import float_qparams_weight_only_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
 
-from ..errors import RecipeError
-from ..recipe import QuantizeStage, TrainStage
-from ..stages import RunContext, register
-from ..train.loop import train
-from .blocks import set_module
+from ...errors import RecipeError
+from ...modules import set_module
 
 MIN_EMBEDDING_ROWS = 1000  # quantize vocabulary embeddings, not position/type tables
 ACT_QMAX = 127  # activation range of the x86 dynamic int8 Linear (reduce_range=True)
-
-
-def check_supported(stage: QuantizeStage, index: int, device: torch.device) -> None:
-    if stage.method != "dynamic_int8":
-        from .weight_only import check
-
-        check(stage, index, device)
 
 
 def plan(model: torch.nn.Module, stage_embeddings: bool, skip: list[str]) -> dict[str, list[str]]:
@@ -192,51 +182,6 @@ def insert_fake_quant(model: torch.nn.Module, linear_names: list[str]) -> None:
 def remove_fake_quant(model: torch.nn.Module, linear_names: list[str]) -> None:
     for name in linear_names:
         set_module(model, name, model.get_submodule(name).linear)
-
-
-@register("quantize")
-def quantize_stage(model, data, stage: QuantizeStage, ctx: RunContext, stage_dir):
-    import time
-
-    start = time.perf_counter()
-    if stage.method != "dynamic_int8":  # torchao weight-only (compress/weight_only.py), on the run's device
-        from . import weight_only
-
-        info = weight_only.apply(model, stage.method, stage.group_size, stage.embeddings, stage.skip, ctx.device,
-                                 stage.int4_qparams, stage.embedding_bits, stage.embedding_group_size)
-        return model, {"effect": "compressed", "measure_device": ctx.device.type, "quantization": {
-            **info, "weights": f"{stage.method[12:]} weight-only (torchao)", "activations": "floating point",
-            "weight_bytes_in_memory": weight_only.weight_bytes(model)},
-            "cost": {"wall_s": round(time.perf_counter() - start, 2), "tokens_per_s": None, "mfu": None,
-                     "peak_mem_bytes": None}}
-    modules = plan(model, stage.embeddings, stage.skip)
-    result: dict = {"effect": "compressed"}
-    smoothed = 0
-    if stage.smooth is not None:
-        model.cpu().eval()
-        split = data.train
-        idx = list(range(min(len(split), stage.smooth.calibration_batches * 4)))
-        batches = [{"input_ids": split.collate(idx[i: i + 4])["input_ids"]} for i in range(0, len(idx), 4)]
-        smoothed = smooth(model, batches, stage.smooth.alpha)
-    if stage.qat is not None:
-        insert_fake_quant(model, modules["linear"])
-        qat_stage = TrainStage(kind="train", name=stage.name, **stage.qat.model_dump())
-        summary = train(model, data, qat_stage, ctx, stage_dir)
-        remove_fake_quant(model, modules["linear"])
-        result["training"] = summary
-        result["cost"] = {"wall_s": summary["train_wall_s"], "tokens_per_s": summary["tokens_per_s"],
-                          "mfu": summary["mfu"], "peak_mem_bytes": summary["peak_mem_bytes"]}
-    model = convert(model, modules)
-    result["measure_device"] = "cpu"  # the dynamic int8 kernels run on the CPU: measure them there
-    result.setdefault("cost", {"wall_s": round(time.perf_counter() - start, 2), "tokens_per_s": None,
-                               "mfu": None, "peak_mem_bytes": None})
-    result["quantization"] = {"method": stage.method, "qat": stage.qat is not None,
-                              "linear_modules": len(modules["linear"]), "embeddings": modules["embedding"],
-                              "weights": "int8 per output channel (symmetric); embeddings 8-bit per row",
-                              "activations": "int8 dynamic, per tensor", "backend": torch.backends.quantized.engine,
-                              "smoothed_linears": smoothed,
-                              "smooth_alpha": stage.smooth.alpha if stage.smooth is not None else None}
-    return model, result
 
 
 # ----------------------------------------------------------------------------------------- save / load

@@ -10,7 +10,7 @@ The weights are stored as integers with scales and dequantized inside the matmul
   A tied LM head stays tied: it multiplies by the same int8 / int4 matrix (one copy in memory, as in the float model).
 Saved form: torchao's safetensors support (`flatten_tensor_state_dict`: the integer data, scales and zero points as
 plain tensors + the tensor-subclass description in the safetensors metadata); Int4Linear saves its int4 values two
-per byte in plain row order (not the device's tile layout) with its bf16 scales and zeros. `trainopt.models.load_saved`
+per byte in plain row order (not the device's tile layout) with its bf16 scales and zeros. `trainopt.artifacts.load_saved`
 rebuilds the model from its config, applies the same quantization and loads the stored integers
 (`unflatten_tensor_state_dict`, no pickle). Plain `transformers` does not load this folder.
 """
@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import RecipeError
-from .quantize import MIN_EMBEDDING_ROWS
+from ...errors import RecipeError
+from ...modules import set_module
+from ...specbase import stage_key
+from .dynamic import MIN_EMBEDDING_ROWS
 
 METHODS = ("weight_only_int8", "weight_only_int4")
 
@@ -30,7 +32,7 @@ def check(stage, index: int, device: torch.device) -> None:
     try:
         import torchao  # noqa: F401
     except ImportError:
-        raise RecipeError(f"stages.{index}.method", f"{stage.method} needs torchao, which is not installed",
+        raise RecipeError(stage_key(index, "method"), f"{stage.method} needs torchao, which is not installed",
                           "pip install torchao (or use method: dynamic_int8)") from None
 
 
@@ -254,7 +256,6 @@ def apply(model: torch.nn.Module, method: str, group_size: int, embeddings: bool
     `embedding_group_size` (a tied head → Int4TiedHead on it); 8: torchao's int8 per row."""
     from torchao.quantization import quantize_
 
-    from .blocks import set_module
 
     linear_cfg, embedding_cfg = _configs(method)
     model.to(device).eval()

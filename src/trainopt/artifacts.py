@@ -1,0 +1,146 @@
+"""A stage's saved model folder, in every format trainopt writes.
+
+Every saved model is a plain `save_pretrained` folder (safetensors) with its tokenizer and label map, plus a small
+`trainopt.json` (task, label names, max length). Shapes the config cannot express (structured pruning) and quantized
+weights are recorded there; plain `transformers` loads every folder trainopt writes except the quantized ones, which
+it refuses (their weights are integers). This module sits above models.py (plain HF) and the technique formats
+(compress/blocks.py, compress/quantize/), so that neither has to know the other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import torch
+
+from .compress.blocks import apply_structure, detect_structure
+from .compress.quantize import dynamic, weight_only
+from .errors import RecipeError, TrainoptError, unsafe_pickle
+from .hf import auto_class, quiet_transformers
+from .models import META_FILE, resolve_model_ref, saved_task
+from .models import load_model as load_hf_model
+
+
+def load_model(recipe, tokenizer, label_names: list[str] | None = None):
+    """The recipe's starting model: a folder trainopt saved in a format of its own (pruned shapes, quantized
+    weights) through load_saved, anything else through plain transformers (models.load_model)."""
+    path = resolve_model_ref(recipe.model.path) if recipe.model.path else None
+    meta_file = path / META_FILE if path is not None else None
+    meta = json.loads(meta_file.read_text()) if meta_file is not None and meta_file.is_file() else {}
+    if meta.get("structure") or meta.get("quantization"):  # shapes/format only trainopt's loader rebuilds
+        task = recipe.task
+        model, _, _ = load_saved(path, task)
+        if task == "classification" and model.config.num_labels != len(label_names):
+            raise RecipeError("model.path", f"{path} was saved with {model.config.num_labels} labels, the data has "
+                              f"{len(label_names)}", "use data with the model's labels (or an unpruned checkpoint)")
+        return model
+    return load_hf_model(recipe, tokenizer, label_names)
+
+
+def save_model(model, tokenizer, out_dir: Path, meta: dict) -> Path:
+    """save_pretrained (safetensors) + tokenizer + trainopt.json, written to a temporary folder then renamed."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    structure = detect_structure(model)
+    meta = {k: v for k, v in meta.items() if k != "structure"}
+    if structure is not None:  # pruned shapes the config cannot express: trainopt's loader restores them
+        meta["structure"] = structure
+    if weight_only.is_quantized(model):  # torchao tensors; see compress/quantize/weight_only.py for the format
+        model.config.save_pretrained(tmp)
+        weight_only.save(model, tmp / "model.safetensors")
+    elif dynamic.is_quantized(model):  # integer weights + scales; see compress/quantize/dynamic.py for the format
+        from safetensors.torch import save_file
+
+        tensors, info = dynamic.export_tensors(model)
+        meta = {**meta, "quantization": {**meta.get("quantization", {}), **info}}
+        model.config.save_pretrained(tmp)
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    if out_dir.exists():
+        old = out_dir.with_name(out_dir.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out_dir)
+    return out_dir
+
+
+def load_saved(model_dir: Path, task: str | None = None):
+    """Load a folder saved by trainopt (or any HF checkpoint): (model, tokenizer, meta)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    quiet_transformers()
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise TrainoptError(f"{model_dir} is not a model folder (no config.json)")
+    meta = json.loads((model_dir / META_FILE).read_text()) if (model_dir / META_FILE).is_file() else {}
+    config = AutoConfig.from_pretrained(str(model_dir))
+    task = task or saved_task(model_dir)
+    if meta.get("quantization") or meta.get("structure"):
+        from safetensors.torch import load_file
+
+
+        model = auto_class(task).from_config(config)
+        if meta.get("structure"):
+            apply_structure(model, meta["structure"])
+        weights = model_dir / "model.safetensors"
+        if meta.get("quantization", {}).get("format") == "torchao":  # weight-only int8/int4 (compress/quantize/weight_only.py)
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            model = weight_only.load(model, weights, meta["quantization"], device)
+        elif meta.get("quantization"):
+            dynamic.import_tensors(model, load_file(str(weights)), meta["quantization"])
+        else:
+            _load_plain(model, load_file(str(weights)))
+    else:
+        try:
+            model = auto_class(task).from_pretrained(str(model_dir), dtype=torch.float32)
+        except pickle.UnpicklingError as e:
+            raise unsafe_pickle("", model_dir, e) from None
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    meta.setdefault("task", task)
+    if task == "classification" and "labels" not in meta:
+        meta["labels"] = [config.id2label[i] for i in range(config.num_labels)]
+    model.eval()
+    return model, tokenizer, meta
+
+
+def _load_plain(model, tensors: dict) -> None:
+    """Load a save_pretrained state dict into a model built with the saved shapes; tied weights are saved once."""
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    tied = {k for k in missing if k.endswith(".weight") and getattr(model.config, "tie_word_embeddings", False)}
+    if unexpected or set(missing) - tied:
+        raise TrainoptError(f"the saved weights do not match the recorded structure: missing "
+                            f"{sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]}")
+    if tied:
+        model.tie_weights()
+
+
+def count_params(model) -> tuple[int, int]:
+    """(parameters, non-zero parameters), counting tied weights once and quantized weights as parameters."""
+    seen, total, nonzero = set(), 0, 0
+    tensors = [weight_only.dequantized(p.detach()) for p in model.parameters()] + dynamic.quantized_weights(model) + weight_only.int4_weights(model)
+    for t in tensors:
+        if t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        total += t.numel()
+        nonzero += int(torch.count_nonzero(t).item())
+    return total, nonzero
+
+

@@ -1,0 +1,61 @@
+"""Recipe schema of the `distill` stage (docs/methods/distill.md)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from ...specbase import BUILTIN_MODELS, NAME, StageBase, Strict
+from ...train.spec import TrainSettings
+
+
+class StudentSpec(Strict):
+    """The student: teacher layers to keep (layer dropping), or a smaller config (fresh initialisation)."""
+
+    layers: list[int] | None = None
+    num_layers: int | None = Field(None, ge=1)
+    config: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_way(self):
+        if self.config is not None and (self.layers is not None or self.num_layers is not None):
+            raise ValueError("student.config (a smaller model) excludes student.layers / student.num_layers "
+                             "(layer dropping)")
+        if self.layers is not None and self.num_layers is not None and len(self.layers) != self.num_layers:
+            raise ValueError("student.layers and student.num_layers disagree; set one of them")
+        if self.layers is not None and not self.layers:
+            raise ValueError("student.layers must list at least one teacher layer")
+        return self
+
+
+class DistillLossSpec(Strict):
+    kd: float = Field(1.0, ge=0.0)
+    temperature: float = Field(2.0, gt=0.0, le=100.0)
+    ce: float = Field(1.0, ge=0.0)
+    hidden: float = Field(0.0, ge=0.0)
+    attention: float = Field(0.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _some_term(self):
+        if not (self.kd or self.ce or self.hidden or self.attention):
+            raise ValueError("the distillation loss needs a positive weight (kd, ce, hidden or attention)")
+        return self
+
+
+class DistillStage(StageBase):
+    kind: Literal["distill"]
+    name: str = Field("distill", pattern=NAME)
+    teacher: str | None = None  # a model folder; default: the stage's input model
+    teacher_stage: str | None = None  # or an earlier stage's model (e.g. the fine-tuned one before pruning)
+    student: StudentSpec = StudentSpec()
+    loss: DistillLossSpec = DistillLossSpec()
+    train: TrainSettings = TrainSettings()
+    cache_teacher: bool = True
+
+
+    def paths(self):
+        return [("teacher", self.teacher, BUILTIN_MODELS)] if self.teacher else []
+
+    def trainings(self):
+        return [("train", self.train)]

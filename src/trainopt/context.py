@@ -1,0 +1,34 @@
+"""What every stage gets besides its model and data: the run's recipe, directory, device, tokenizer, log, and the
+hooks a caller can pass in (a tuning study's pruner, fault injection for the tests)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+
+@dataclass
+class Hooks:
+    """Callbacks into the training loop, passed in rather than read from globals or environment variables.
+
+    on_eval(stage_name, step, quality): after every validation inside training (a tuning study reports to its
+    pruner there; it may raise to stop the trial)."""
+
+    on_eval: object = None
+
+
+@dataclass
+class RunContext:
+    recipe: object
+    run_dir: Path
+    device: torch.device
+    tokenizer: object
+    data: object
+    log: object
+    resume: bool = False
+    dist: object = None  # train.distributed.Dist under torchrun (rank, world size); None on one process
+    hooks: Hooks = field(default_factory=Hooks)
+    measure_inputs: dict | None = None  # the fixed inputs every stage is timed on (stages that time kernels of their own)
+    prompt: object = None  # causal LM: the fixed prompt of the generation benchmark

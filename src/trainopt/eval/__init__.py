@@ -1,0 +1,1 @@
+"""The `eval` stage: spec.py (recipe keys), stage.py (the stage)."""

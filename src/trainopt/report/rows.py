@@ -1,0 +1,49 @@
+"""One row per stage: the side-by-side table the Markdown, the console and the HTML report all show."""
+
+from __future__ import annotations
+
+
+def _fmt(v, spec: str = "", none: str = "—") -> str:
+    if v is None:
+        return none
+    return format(v, spec) if spec else str(v)
+
+
+def _delta(v, spec: str) -> str:
+    return "" if v is None else f" ({v:+{spec}})"
+
+
+def _ratio(v, suffix: str = "x") -> str:
+    return "" if v is None else f" ({v:.2f}{suffix})"
+
+
+def rows(report: dict) -> tuple[list[str], list[list[str]]]:
+    task = report["recipe"]["task"]
+    sizes = report["recipe"]["measure"]["batch_sizes"]
+    head = ["stage", "kind", "effect"]
+    head += ["accuracy", "macro-F1"] if task == "classification" else ["loss", "perplexity"]
+    head += ["params", "non-zero", "disk MB"] + [f"b{b} p50 ms" for b in sizes]
+    if task == "causal_lm":
+        head.append("generate tok/s b1")
+    head += ["train s", "tokens/s", "MFU", "peak mem MB"]
+    body = []
+    for s in report["stages"]:
+        q, z, sp, c, vs = s["quality"], s["size"], s["speed"], s["cost"], s["vs_baseline"]
+        row = [s["name"], s["kind"], s["effect"]]
+        if task == "classification":
+            row += [_fmt(q.get("accuracy"), ".4f") + _delta(vs.get("quality_delta"), ".4f"),
+                    _fmt(q.get("f1_macro"), ".4f")]
+        else:
+            row += [_fmt(q.get("loss"), ".4f"),
+                    _fmt(q.get("perplexity"), ".2f") + _delta(vs.get("quality_delta"), ".2f")]
+        row += [f"{z['params']:,}", f"{z['nonzero_params']:,}",
+                f"{z['disk_bytes'] / 1e6:.1f}" + _ratio(vs.get("size_ratio"))]
+        for b in sizes:
+            row.append(_fmt(sp.get(f"latency_ms_b{b}_p50"), ".2f") + _ratio(vs.get(f"speedup_b{b}")))
+        if task == "causal_lm":
+            row.append(_fmt(sp.get("generate_tokens_per_s_b1"), ".1f") + _ratio(vs.get("speedup_generate_b1")))
+        row += [_fmt(c.get("wall_s"), ".1f") if s.get("training") else "—",
+                _fmt(c.get("tokens_per_s"), ",.0f"), _fmt(c.get("mfu"), ".1%"),
+                _fmt(None if c.get("peak_mem_bytes") is None else c["peak_mem_bytes"] / 1e6, ",.0f")]
+        body.append(row)
+    return head, body
