@@ -41,7 +41,7 @@ def test_on_a_cpu_nothing_is_converted_and_the_model_is_unchanged():
 def test_the_kernel_timing_says_why_it_did_not_run():
     from types import SimpleNamespace
 
-    from trainopt.compress.prune import time_sparse_kernels
+    from trainopt.compress.prune.kernels import time_sparse_kernels
     from trainopt.recipe import MeasureSpec
 
     model = torch.nn.Sequential(torch.nn.Linear(8, 8))

@@ -104,7 +104,7 @@ def _scales(x_max: torch.Tensor, weights: list[torch.Tensor], alpha: float) -> t
 @torch.no_grad()
 def smooth(model, batches, alpha: float) -> int:
     """Fold SmoothQuant scales into a Llama-family decoder, in place; returns the number of smoothed Linears."""
-    from .blocks import find_blocks
+    from ..blocks import find_blocks
 
     cfg = model.config
     if cfg.model_type not in SMOOTHABLE:
