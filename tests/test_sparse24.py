@@ -47,7 +47,7 @@ def test_the_kernel_timing_says_why_it_did_not_run():
     model = torch.nn.Sequential(torch.nn.Linear(8, 8))
     for device, extras, reason in ((torch.device("cpu"), {"measure_inputs": {1: {}}}, "CUDA only"),
                                    (torch.device("cuda"), {}, "measure.latency: false")):
-        ctx = SimpleNamespace(device=device, extras=extras, recipe=SimpleNamespace(measure=MeasureSpec()))
+        ctx = SimpleNamespace(device=device, measure_inputs=extras.get("measure_inputs"), recipe=SimpleNamespace(measure=MeasureSpec()))
         out = time_sparse_kernels(model, [("0", model[0])], ctx)
         assert out["measured"] is False and reason in out["reason"]
 
