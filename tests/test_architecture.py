@@ -132,4 +132,4 @@ def test_every_technique_has_its_card_and_its_stage_module():
         import importlib
 
         stage = importlib.import_module(tech.stage)
-        assert callable(stage.run) and callable(stage.summary), tech.stage
+        assert callable(stage.run), tech.stage

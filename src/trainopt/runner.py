@@ -89,15 +89,13 @@ def run(recipe=None, out: str | Path | None = None, overrides: list[str] | None 
             tokenizer.save_pretrained(str(tmp))
             os.replace(tmp, saved_tokenizer)
     log = MetricsLog(run_dir, recipe.run.tensorboard) if dd.is_main else NullLog()
-    ctx = RunContext(recipe=recipe, run_dir=run_dir, device=device, tokenizer=tokenizer, data=data, log=log,
-                     resume=resume, dist=dd, hooks=Hooks(on_eval=on_eval))
     hardware = measure.hardware_info(device)
     eval_split = data.test if data.test is not None else (data.validation or data.train)
     inputs = measure.fixed_inputs(eval_split, recipe.task, recipe.measure.batch_sizes, recipe.measure.seq_len) \
         if recipe.measure.latency else None
-    ctx.measure_inputs = inputs  # stages that time kernels of their own (2:4 sparse) use the same inputs
-    if recipe.task == "causal_lm":  # the fixed prompt of the generation benchmark
-        ctx.prompt = eval_split.blocks[:1, : min(32, eval_split.blocks.shape[1])]
+    prompt = eval_split.blocks[:1, : min(32, eval_split.blocks.shape[1])] if recipe.task == "causal_lm" else None
+    ctx = RunContext(recipe=recipe, run_dir=run_dir, device=device, tokenizer=tokenizer, data=data, log=log,
+                     resume=resume, dist=dd, hooks=Hooks(on_eval=on_eval), measure_inputs=inputs, prompt=prompt)
     meta = {"task": recipe.task, "labels": data.label_names, "max_length": recipe.data.max_length,
             "block_size": recipe.data.block_size, "clean": recipe.data.clean.model_dump(),
             "trainopt_version": __version__}

@@ -1,6 +1,6 @@
 """The technique table: every stage kind a recipe can name, its recipe schema and the module that runs it.
 
-Adding a technique = one folder (its `spec.py`, its stage module with `run`, `check` and `summary`, its card in
+Adding a technique = one folder (its `spec.py`, its stage module with `run`, optionally a `checks.py`, its card in
 docs/methods/) + one line here. The schema classes are imported (they need only pydantic, so parsing a recipe stays
 light); the stage module is named, and imported by `stage_module()` only when a stage of that kind runs or is checked
 against the machine — `trainopt check` and the `--nproc` launcher never import torch-heavy training code. The
@@ -23,7 +23,7 @@ from .train.spec import TrainStage
 @dataclass(frozen=True)
 class Technique:
     spec: type  # the stage's recipe schema (a StageBase with `kind: Literal[...]`)
-    stage: str  # the module with run(model, data, spec, ctx, stage_dir) -> (model, result) and summary(entry)
+    stage: str  # the module with run(model, data, spec, ctx, stage_dir) -> (model, result)
     checks: str | None  # a light module with check(spec, index, recipe, device): what this machine lacks for it
     card: str  # its method card
 

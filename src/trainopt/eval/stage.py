@@ -19,7 +19,3 @@ def run(model, data, stage: EvalStage, ctx, stage_dir: Path):
     return model, {"effect": "unchanged",
                    "cost": {"wall_s": round(time.perf_counter() - start, 2), "tokens_per_s": None, "mfu": None,
                             "peak_mem_bytes": measure.peak_memory_bytes(ctx.device)}}
-
-
-def summary(entry: dict) -> str:
-    return ""

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from ..compress.prune.summary import describe
 from .html import to_html
 from .rows import rows
 
@@ -85,8 +86,6 @@ def to_markdown(report: dict) -> str:
                       + (", stopped early" if t["stopped_early"] else "")
                       + (f", resumed from step {t['resumed_from_step']}" if t.get("resumed_from_step") else "")]
         if s.get("pruning"):
-            from ..compress.prune.summary import describe
-
             extra += ["", "Pruning: " + describe(s["pruning"])]
         if extra:
             lines += ["", f"## Stage `{s['name']}`"] + extra

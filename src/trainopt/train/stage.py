@@ -14,8 +14,3 @@ def run(model, data, stage: TrainStage, ctx, stage_dir: Path):
     return model, {"effect": "unchanged", "training": summary,
                    "cost": {"wall_s": summary["train_wall_s"], "tokens_per_s": summary["tokens_per_s"],
                             "mfu": summary["mfu"], "peak_mem_bytes": summary["peak_mem_bytes"]}}
-
-
-def summary(entry: dict) -> str:
-    t = entry.get("training") or {}
-    return f"{t.get('steps')} steps, {t.get('precision')}" if t else ""

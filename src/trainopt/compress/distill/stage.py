@@ -77,8 +77,3 @@ def run(model, data, stage: DistillStage, ctx, stage_dir):
                          "teacher_logits_cached": cache is not None},
         "cost": {"wall_s": round(summary["train_wall_s"] + cache_s, 2), "tokens_per_s": summary["tokens_per_s"],
                  "mfu": summary["mfu"], "peak_mem_bytes": summary["peak_mem_bytes"]}}
-
-
-def summary(entry: dict) -> str:
-    d = entry.get("distillation") or {}
-    return f"student {d.get('student_layers')} of {d.get('teacher_layers')} layers ({d.get('init')})" if d else ""

@@ -40,7 +40,6 @@ from .masks import (attach_masks, bake, calibration_batches, check_pattern, cubi
                     input_sq_norms, masks_from_scores, oriented, sparsity_report, targets)
 from .spec import PruneStage
 from .structured import apply_plan, plan_structure
-from .summary import summary  # noqa: F401 — the report's words, beside run and check
 
 
 # --------------------------------------------------------------------------------------------- the stage

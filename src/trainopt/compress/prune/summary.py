@@ -20,7 +20,3 @@ def describe(info: dict) -> str:
     elif k:
         line += f"; {k['reason']}"
     return line
-
-
-def summary(entry: dict) -> str:
-    return describe(entry["pruning"]) if entry.get("pruning") else ""

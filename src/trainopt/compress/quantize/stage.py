@@ -51,8 +51,3 @@ def run(model, data, stage: QuantizeStage, ctx, stage_dir):
                               "smoothed_linears": smoothed,
                               "smooth_alpha": stage.smooth.alpha if stage.smooth is not None else None}
     return model, result
-
-
-def summary(entry: dict) -> str:
-    q = entry.get("quantization") or {}
-    return f"{q.get('weights', q.get('method', ''))}; activations {q.get('activations', '')}".strip("; ")

@@ -187,7 +187,3 @@ def run(texts, stage, ctx, stage_dir: Path):
              "train_rows": len(augmented.train),
              "examples": [{"source": texts.train[i], "augmented": t} for t, i in zip(new_texts[:4], sources[:4])]}
     return augmented, entry
-
-
-def summary(entry: dict) -> str:
-    return f"{entry['originals']} training examples → {entry['train_rows']} ({entry['per_operation']})"
