@@ -111,7 +111,7 @@ def run_trainer(recipe, data, tokenizer, device, batch: int, steps: int, warmup:
     """The Hugging Face Trainer: bf16 + torch_compile + adamw_torch_fused, timed after `warmup` steps."""
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    from trainopt.train.loop import set_determinism
+    from trainopt.train.setup import set_determinism
 
     lm = recipe.task == "causal_lm"
     split = data.train

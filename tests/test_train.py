@@ -14,6 +14,7 @@ from trainopt.data.prepare import load_texts, tokenize
 from trainopt.models import load_model, load_tokenizer
 from trainopt.recipe import ScheduleSpec, load_recipe
 from trainopt.context import RunContext
+from trainopt.train.faults import Faults
 from trainopt.train.loop import train
 from trainopt.train.monitor import MetricsLog, read_metrics
 from trainopt.train.optim import lr_multiplier, param_groups
@@ -190,8 +191,7 @@ def test_sgd_label_smoothing_and_mfu_with_a_given_peak(tmp_path, tiny_bert_dir, 
 
 
 @pytest.mark.parametrize("fault", ["spike", "nan"])
-def test_instability_rolls_back_skips_the_window_and_recovers(tmp_path, tiny_bert_dir, reviews_dir, monkeypatch,
-                                                              fault):
+def test_instability_rolls_back_skips_the_window_and_recovers(tmp_path, tiny_bert_dir, reviews_dir, fault):
     """An injected loss spike (x1000) or NaN at step 25: back to the step-20 checkpoint, the 5 batches that led to
     it skipped, the learning rate halved; the run ends within 0.5 pt of the clean run's accuracy."""
     from trainopt.runner import run
@@ -200,8 +200,7 @@ def test_instability_rolls_back_skips_the_window_and_recovers(tmp_path, tiny_ber
                                    recovery={"min_history": 10})
     recipe["measure"]["latency"] = False
     clean = run(recipe, out=tmp_path / "clean")["stages"][0]
-    monkeypatch.setenv(f"TRAINOPT_FAULT_{fault.upper()}_AT_STEP", "25")
-    hit = run(recipe, out=tmp_path / "hit")["stages"][0]
+    hit = run(recipe, out=tmp_path / "hit", faults=Faults(**{f"{fault}_at": 25}))["stages"][0]
     assert clean["training"]["rollbacks"] == 0 and clean["training"]["spikes_skipped"] == 0
     t = hit["training"]
     assert t["rollbacks"] == 1 and t["lr_scale"] == 0.5 and t["skipped_batches"] == 5
@@ -213,11 +212,11 @@ def test_instability_rolls_back_skips_the_window_and_recovers(tmp_path, tiny_ber
     assert "rollback_" in (tmp_path / "hit" / "report.html").read_text()  # the events table
 
 
-def test_spike_without_rollbacks_left_is_skipped_not_applied(tmp_path, tiny_bert_dir, reviews_dir, monkeypatch):
+def test_spike_without_rollbacks_left_is_skipped_not_applied(tmp_path, tiny_bert_dir, reviews_dir):
     recipe, data, model, ctx = _setup(tmp_path, tiny_bert_dir, reviews_dir, max_steps=15, eval_every=None,
                                       checkpoint_every=5, keep_best=False, max_grad_norm=None,
                                       recovery={"min_history": 5, "max_rollbacks": 0})
-    monkeypatch.setenv("TRAINOPT_FAULT_SPIKE_AT_STEP", "12")
+    ctx.hooks.faults = Faults(spike_at=12)
     summary = train(model, data, recipe.stages[0], ctx, tmp_path / "s")
     assert summary["rollbacks"] == 0 and summary["spikes_skipped"] == 1 and summary["steps"] == 15
     events = [r for r in read_metrics(tmp_path) if r.get("event") == "spike_skipped"]
@@ -330,3 +329,15 @@ def test_sdpa_backend_is_checked_before_work_starts(tmp_path, tiny_bert_dir, rev
     model.set_attn_implementation("eager")
     with pytest.raises(RecipeError, match="eager attention"):
         train(model, data, recipe.stages[0], ctx, tmp_path / "s2")
+
+
+def test_faults_from_env_arm_the_first_attempt_on_the_named_rank_only():
+    env = {"TRAINOPT_FAULT_KILL_AT_STEP": "7", "TRAINOPT_FAULT_NAN_AT_STEP": "3",
+           "TRAINOPT_FAULT_KILL_IN_CHECKPOINT": "5:weights"}
+    f = Faults.from_env(env)
+    assert (f.kill_at, f.nan_at, f.spike_at, f.kill_in_checkpoint) == (7, 3, 0, "5:weights")
+    assert Faults.from_env({**env, "TORCHELASTIC_RESTART_COUNT": "1"}) == Faults()  # a restarted worker: none
+    assert Faults.from_env({**env, "TRAINOPT_FAULT_RANK": "1", "RANK": "0"}) == Faults()
+    assert Faults.from_env({**env, "TRAINOPT_FAULT_RANK": "1", "RANK": "1"}).kill_at == 7
+    assert f.take_loss_fault(2) is None and f.take_loss_fault(3) == "nan" and f.take_loss_fault(3) is None  # once
+    assert torch.isnan(f.corrupt(torch.tensor(1.0), "nan")) and f.corrupt(torch.tensor(2.0), "spike") == 2000

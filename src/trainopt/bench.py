@@ -52,7 +52,7 @@ PLAIN = {"precision": "fp32", "attention": "eager", "compile": False, "activatio
 def available(device: torch.device, task: str = "classification") -> list[str]:
     """The variants that make sense on this device and task (fp16 needs CUDA's GradScaler; bf16 needs native
     support; the fused LM losses need a causal LM, Liger a CUDA device and the liger-kernel package)."""
-    from .train.loop import resolve_precision
+    from .train.setup import resolve_precision
 
     names = ["baseline"]
     if resolve_precision("auto", device) == "bf16":
@@ -181,7 +181,8 @@ def _run_variant(recipe, stage, data, tokenizer, device, name: str, over: dict, 
                  run_dir: Path) -> dict:
     from .artifacts import load_model
     from .context import RunContext
-    from .train.loop import set_determinism, train
+    from .train.loop import train
+    from .train.setup import set_determinism
     from .train.monitor import MetricsLog, read_metrics
 
     settings = _settings(stage, {**over, "max_steps": steps, "eval_every": None, "checkpoint_every": 0,
@@ -260,7 +261,7 @@ def print_table(result: dict) -> None:
 def env_report() -> dict:
     """The hardware, the software and the settings trainopt would pick here."""
     from .version import __version__
-    from .train.loop import resolve_precision
+    from .train.setup import resolve_precision
 
     device = measure.pick_device("auto")
     hw = measure.hardware_info(device)

@@ -8,15 +8,19 @@ from pathlib import Path
 
 import torch
 
+from .train.faults import Faults
+
 
 @dataclass
 class Hooks:
     """Callbacks into the training loop, passed in rather than read from globals or environment variables.
 
     on_eval(stage_name, step, quality): after every validation inside training (a tuning study reports to its
-    pruner there; it may raise to stop the trial)."""
+    pruner there; it may raise to stop the trial).
+    faults: the injected kills, NaNs and spikes of the resume and recovery tests (train/faults.py); none by default."""
 
     on_eval: object = None
+    faults: Faults = field(default_factory=Faults)
 
 
 @dataclass

@@ -32,7 +32,8 @@ from .report import print_summary, write_report
 from .techniques import stage_module
 from .train import distributed
 from .version import __version__
-from .train.loop import set_determinism
+from .train.faults import Faults
+from .train.setup import set_determinism
 from .train.monitor import MetricsLog, NullLog, console
 from .validate import check_compat, validate  # noqa: F401 — re-exported: `trainopt.runner.validate` is public
 
@@ -54,11 +55,13 @@ def prepare_run_dir(recipe: Recipe, out: str | Path | None, resume: bool, overwr
 
 
 def run(recipe=None, out: str | Path | None = None, overrides: list[str] | None = None, resume: bool = False,
-        overwrite: bool = False, on_eval=None, show_summary: bool = True) -> dict:
+        overwrite: bool = False, on_eval=None, show_summary: bool = True, faults: Faults | None = None) -> dict:
     """Run a recipe (a path, a built-in name, a dict or a Recipe) and return the report as a dict.
 
     `on_eval(stage_name, step, quality)` is called after every validation evaluation inside training (a tuning
-    study reports to its pruner there)."""
+    study reports to its pruner there). `faults` injects kills, NaNs or spikes (the resume and recovery tests);
+    with none given, the TRAINOPT_FAULT_* variables are read here, once per run, so that a test can kill a real
+    `trainopt` process or torchrun worker."""
     t_start = time.perf_counter()
     recipe, device, texts = validate(recipe, overrides)
     dd, rank_device = distributed.from_env(recipe.run.device)  # under torchrun: this process's rank and device
@@ -95,7 +98,7 @@ def run(recipe=None, out: str | Path | None = None, overrides: list[str] | None 
         if recipe.measure.latency else None
     prompt = eval_split.blocks[:1, : min(32, eval_split.blocks.shape[1])] if recipe.task == "causal_lm" else None
     ctx = RunContext(recipe=recipe, run_dir=run_dir, device=device, tokenizer=tokenizer, data=data, log=log,
-                     resume=resume, dist=dd, hooks=Hooks(on_eval=on_eval), measure_inputs=inputs, prompt=prompt)
+                     resume=resume, dist=dd, hooks=Hooks(on_eval=on_eval, faults=faults or Faults.from_env()), measure_inputs=inputs, prompt=prompt)
     meta = {"task": recipe.task, "labels": data.label_names, "max_length": recipe.data.max_length,
             "block_size": recipe.data.block_size, "clean": recipe.data.clean.model_dump(),
             "trainopt_version": __version__}

@@ -70,9 +70,11 @@ def save_full_weights(state: dict, path) -> None:
 
 
 def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, scaler, train_state: dict,
-                    keep: int = 2, states: tuple[dict, dict] | None = None) -> Path:
+                    keep: int = 2, states: tuple[dict, dict] | None = None, faults=None) -> Path:
     """`states`: (model, optimizer) state dicts gathered from a sharded (FSDP2) model, written instead of the
-    module's own."""
+    module's own. `faults` (train/faults.py): the kill-safety harness may SIGKILL the process at a phase of this
+    write (weights written / manifest written / renamed)."""
+    kill = faults.kill_in if faults is not None else (lambda step, phase: None)
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"{PREFIX}{step:08d}"
     tmp = ckpt_root / f".tmp-{PREFIX}{step:08d}-{os.getpid()}"
@@ -82,7 +84,7 @@ def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, sca
         save_full_weights(states[0], tmp / "model.safetensors")
     else:
         st_save_model(model, str(tmp / "model.safetensors"))
-    _fault(step, "weights")
+    kill(step, "weights")
     rng = rng_state()
     torch.save({"optimizer": optimizer.state_dict() if states is None else states[1], "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
@@ -100,22 +102,15 @@ def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, sca
     with open(manifest, "rb") as fh:
         os.fsync(fh.fileno())
     _fsync_dir(tmp)
-    _fault(step, "manifest")
+    kill(step, "manifest")
     if final.exists():  # a re-run of the same step after a resume: replace it
         shutil.rmtree(final)
     os.replace(tmp, final)
     _fsync_dir(ckpt_root)
-    _fault(step, "renamed")
+    kill(step, "renamed")
     for old in list_checkpoints(ckpt_root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-def _fault(step: int, phase: str) -> None:
-    """Fault injection for the kill-safety harness: TRAINOPT_FAULT_KILL_IN_CHECKPOINT=STEP:PHASE kills the process
-    with SIGKILL at that point of that checkpoint's write (weights written / manifest written / renamed)."""
-    if os.environ.get("TRAINOPT_FAULT_KILL_IN_CHECKPOINT") == f"{step}:{phase}":
-        os.kill(os.getpid(), 9)
 
 
 def list_checkpoints(ckpt_root: Path) -> list[Path]:

@@ -220,14 +220,6 @@ def restarted() -> bool:
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
 
 
-def fault_armed() -> bool:
-    """Fault injection fires on the first attempt only, and (TRAINOPT_FAULT_RANK) on one rank if asked."""
-    if restarted():
-        return False
-    rank = os.environ.get("TRAINOPT_FAULT_RANK")
-    return rank is None or rank == os.environ.get("RANK", "0")
-
-
 def destroy() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

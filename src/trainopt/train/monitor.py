@@ -15,6 +15,42 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 console = Console(stderr=True)
 
 
+class Window:
+    """Training throughput between two log lines: tokens, summed step loss and steps, with the evaluation time
+    inside the window left out (it is not training). `close` logs the line (loss, lr, tokens/s, MFU, peak memory)
+    and starts the next window."""
+
+    def __init__(self, name: str, log, device, flops_peak: float | None):
+        self.name, self.log, self.device, self.flops_peak = name, log, device, flops_peak  # peak over every rank
+        self.flops_per_token: float | None = None  # set from the first batch's sequence length
+        self._reset()
+
+    def _reset(self) -> None:
+        self.tokens, self.loss, self.steps, self.eval_s, self.start = 0, 0.0, 0, 0.0, time.perf_counter()
+
+    def add(self, tokens: int, loss: float) -> None:
+        self.tokens += tokens
+        self.steps += 1
+        self.loss += loss if math.isfinite(loss) else 0.0
+
+    def close(self, step: int, epoch: int, lr: float, grad_norm, update) -> None:
+        from .. import measure
+
+        measure.sync(self.device)
+        elapsed = time.perf_counter() - self.start - self.eval_s
+        tps = self.tokens / elapsed if elapsed > 0 else None
+        mfu = tps * self.flops_per_token / self.flops_peak if (self.flops_peak and tps and self.flops_per_token) \
+            else None
+        mem = measure.peak_memory_bytes(self.device)
+        loss = self.loss / max(self.steps, 1)
+        self.log.log(self.name, step, loss=round(loss, 5), lr=lr, grad_norm=round(float(grad_norm), 4),
+                     tokens_per_s=round(tps or 0, 1), mfu=None if mfu is None else round(mfu, 4), epoch=epoch,
+                     peak_mem_bytes=mem)
+        update(info=f"loss {loss:.4f} lr {lr:.2e} {(tps or 0):,.0f} tok/s" + (f" MFU {mfu:.1%}" if mfu else "")
+                    + f" mem {mem / 2**20:,.0f} MiB")
+        self._reset()
+
+
 class MetricsLog:
     """Appends one JSON object per event to metrics.jsonl and mirrors scalars to TensorBoard."""
 

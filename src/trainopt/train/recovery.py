@@ -3,7 +3,10 @@ to the bad step, lower the learning rate)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+
+import torch
 
 from . import checkpoint as ckpt
 from .monitor import console
@@ -37,6 +40,74 @@ class SpikeGuard:
 
     def can_roll_back(self, rollbacks: int) -> bool:
         return self.spec.enabled and rollbacks < self.spec.max_rollbacks
+
+
+class StepGate:
+    """Decides, once a step's gradients are in, whether the optimizer applies it. A step whose loss or gradient is
+    not finite, or whose loss spiked, is rolled back to the last checkpoint when a rollback is left (the caller
+    re-reads the epoch's batches), else skipped. `apply` returns (state, the step's loss, rolled back?).
+
+    The host reads the loss every step to decide, which makes the CPU wait for the GPU before it can launch the next
+    step's kernels. Without recovery and with fused AdamW ("lazy"), the skip of a non-finite step is decided on the
+    device instead and the loss is read at log time only (`flush`): on a GPU the launches overlap its work."""
+
+    def __init__(self, engine, ckpt_root: Path, ctx):
+        stage, device = engine.stage, ctx.device
+        self.engine, self.ckpt_root, self.ctx, self.name = engine, ckpt_root, ctx, stage.name
+        self.guard = SpikeGuard(stage.recovery)
+        self.lazy = (not stage.recovery.enabled and engine.scaler is None
+                     and all(g.get("fused") for g in engine.optimizer.param_groups))
+        self.bad = torch.zeros((), device=device)  # non-finite steps (skipped on the GPU) since the last flush
+        self.loss = torch.zeros((), device=device)  # summed finite step losses since the last flush
+
+    def apply(self, state: TrainState, loss_total: torch.Tensor, grad_norm: torch.Tensor):
+        e = self.engine
+        optimizer, scaler = e.optimizer, e.scaler
+        if self.lazy:  # fused AdamW skips the update (and its step count) where found_inf ≠ 0
+            bad = (~torch.isfinite(loss_total) | ~torch.isfinite(grad_norm)).float()
+            optimizer.found_inf = bad
+            optimizer.step()
+            self.bad += bad
+            self.loss += torch.where(bad > 0, torch.zeros_like(loss_total), loss_total)
+            return state, 0.0, False  # nothing decided on the host; the loss is read at log time
+        loss_value = loss_total.item()
+        finite = math.isfinite(loss_value) and bool(torch.isfinite(grad_norm))
+        spike = finite and self.guard.is_spike(loss_value)
+        if finite and not spike:
+            self.guard.add(loss_value)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            return state, loss_value, False
+        reason = "nonfinite" if not finite else "spike"
+        target = ckpt.latest_checkpoint(self.ckpt_root) if self.guard.can_roll_back(state.rollbacks) else None
+        if target is not None:
+            state = roll_back(target, state, e.trainable, optimizer, e.scheduler, scaler, self.ctx.device, e.stage,
+                              self.ctx, loss_value, reason, self.guard.threshold, e.fsdp)
+            return state, loss_value, True
+        if spike:
+            state.spikes_skipped += 1
+            self.ctx.log.log(self.name, state.step + 1, event="spike_skipped", loss=loss_value,
+                             threshold=self.guard.threshold)
+        else:
+            state.skipped_nonfinite += 1
+            if scaler is not None:
+                scaler.update()
+            self.ctx.log.log(self.name, state.step + 1, event="nonfinite_skipped", loss=loss_value)
+        return state, loss_value, False
+
+    def flush(self, state: TrainState) -> float:
+        """Lazy mode: count the GPU-skipped steps since the last flush (events logged); their summed loss."""
+        if not self.lazy:
+            return 0.0
+        skipped, total = int(self.bad.item()), self.loss.item()
+        if skipped:
+            state.skipped_nonfinite += skipped
+            self.ctx.log.log(self.name, state.step, event="nonfinite_skipped", count=skipped)
+        self.bad, self.loss = torch.zeros_like(self.bad), torch.zeros_like(self.loss)
+        return total
 
 
 def roll_back(target: Path, state: TrainState, trainable, optimizer, scheduler, scaler, device, stage, ctx,

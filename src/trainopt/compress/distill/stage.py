@@ -19,7 +19,8 @@ from ...artifacts import load_saved
 from ...errors import RecipeError
 from ...models import resolve_model_ref
 from ...specbase import stage_key
-from ...train.loop import AUTOCAST, resolve_precision, train
+from ...train.loop import train
+from ...train.setup import AUTOCAST, resolve_precision
 from ...train.spec import as_train_stage
 from .losses import Projections, heads_per_layer, hidden_size, make_loss, teacher_logits
 from .spec import DistillStage

@@ -32,7 +32,8 @@ from ...artifacts import load_saved
 from ...compare import ACCELERATED_MIN_SPEEDUP
 from ...errors import RecipeError
 from ...specbase import stage_key
-from ...train.loop import AUTOCAST, resolve_precision, train
+from ...train.loop import train
+from ...train.setup import AUTOCAST, resolve_precision
 from ...train.spec import TrainSettings, as_train_stage
 from ..distill.losses import Projections, make_loss, teacher_logits
 from .kernels import best_sparse_speedup, time_sparse_kernels

@@ -1,0 +1,55 @@
+"""Fault injection for the resume and recovery tests (and `make stress`): a kill, a NaN or a x1000 loss spike at a
+given step, or a kill inside a checkpoint's write. The loop takes a `Faults` object from its RunContext; in-process
+tests build one directly, and a test that must kill a real process (a `trainopt run` subprocess, a torchrun worker)
+sets the TRAINOPT_FAULT_* variables, which the CLI reads once when it starts (`Faults.from_env`). Nothing below the
+CLI reads the environment for faults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+ENV = {"kill_at": "TRAINOPT_FAULT_KILL_AT_STEP", "nan_at": "TRAINOPT_FAULT_NAN_AT_STEP",
+       "spike_at": "TRAINOPT_FAULT_SPIKE_AT_STEP", "kill_in_checkpoint": "TRAINOPT_FAULT_KILL_IN_CHECKPOINT"}
+
+
+@dataclass
+class Faults:
+    kill_at: int = 0  # SIGKILL this process once it has finished optimizer step N (its checkpoint included)
+    nan_at: int = 0  # step N's loss becomes NaN (once)
+    spike_at: int = 0  # step N's loss is multiplied by 1000 (once)
+    kill_in_checkpoint: str | None = None  # "STEP:PHASE": SIGKILL inside that checkpoint's write (weights / manifest / renamed)
+
+    @classmethod
+    def from_env(cls, environ=None) -> Faults:
+        """The TRAINOPT_FAULT_* variables; armed on the first attempt only (not in a worker torchrun restarted), and,
+        with TRAINOPT_FAULT_RANK, on that rank only."""
+        env = os.environ if environ is None else environ
+        if int(env.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+            return cls()
+        rank = env.get("TRAINOPT_FAULT_RANK")
+        if rank is not None and rank != env.get("RANK", "0"):
+            return cls()
+        return cls(kill_at=int(env.get(ENV["kill_at"], "0")), nan_at=int(env.get(ENV["nan_at"], "0")),
+                   spike_at=int(env.get(ENV["spike_at"], "0")), kill_in_checkpoint=env.get(ENV["kill_in_checkpoint"]))
+
+    def take_loss_fault(self, step: int) -> str | None:
+        """'nan' or 'spike' when step `step`'s loss is to be corrupted; each fires once."""
+        for kind in ("nan", "spike"):
+            if getattr(self, f"{kind}_at") == step:
+                setattr(self, f"{kind}_at", 0)
+                return kind
+        return None
+
+    def corrupt(self, loss, kind: str | None):
+        return loss if kind is None else loss * (float("nan") if kind == "nan" else 1e3)
+
+    def kill_after(self, step: int) -> None:
+        if self.kill_at and step == self.kill_at:
+            os.kill(os.getpid(), 9)
+
+    def kill_in(self, step: int, phase: str) -> None:
+        if self.kill_in_checkpoint == f"{step}:{phase}":
+            os.kill(os.getpid(), 9)
+
+
