@@ -98,7 +98,8 @@ def run(recipe=None, out: str | Path | None = None, overrides: list[str] | None 
         if recipe.measure.latency else None
     prompt = eval_split.blocks[:1, : min(32, eval_split.blocks.shape[1])] if recipe.task == "causal_lm" else None
     ctx = RunContext(recipe=recipe, run_dir=run_dir, device=device, tokenizer=tokenizer, data=data, log=log,
-                     resume=resume, dist=dd, hooks=Hooks(on_eval=on_eval, faults=faults or Faults.from_env()), measure_inputs=inputs, prompt=prompt)
+                     resume=resume, dist=dd, hooks=Hooks(on_eval=on_eval, faults=faults or Faults.from_env()),
+                     measure_inputs=inputs, prompt=prompt)
     meta = {"task": recipe.task, "labels": data.label_names, "max_length": recipe.data.max_length,
             "block_size": recipe.data.block_size, "clean": recipe.data.clean.model_dump(),
             "trainopt_version": __version__}

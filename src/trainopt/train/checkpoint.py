@@ -20,6 +20,8 @@ import torch
 from safetensors.torch import load_model as st_load_model
 from safetensors.torch import save_model as st_save_model
 
+from .faults import Faults
+
 PREFIX = "step-"
 
 
@@ -74,7 +76,7 @@ def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, sca
     """`states`: (model, optimizer) state dicts gathered from a sharded (FSDP2) model, written instead of the
     module's own. `faults` (train/faults.py): the kill-safety harness may SIGKILL the process at a phase of this
     write (weights written / manifest written / renamed)."""
-    kill = faults.kill_in if faults is not None else (lambda step, phase: None)
+    kill = (faults or Faults()).kill_in
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"{PREFIX}{step:08d}"
     tmp = ckpt_root / f".tmp-{PREFIX}{step:08d}-{os.getpid()}"

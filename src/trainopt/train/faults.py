@@ -1,8 +1,9 @@
 """Fault injection for the resume and recovery tests (and `make stress`): a kill, a NaN or a x1000 loss spike at a
 given step, or a kill inside a checkpoint's write. The loop takes a `Faults` object from its RunContext; in-process
 tests build one directly, and a test that must kill a real process (a `trainopt run` subprocess, a torchrun worker)
-sets the TRAINOPT_FAULT_* variables, which the CLI reads once when it starts (`Faults.from_env`). Nothing below the
-CLI reads the environment for faults."""
+sets the TRAINOPT_FAULT_* variables, which `runner.run` reads once per run when it is given no `Faults`
+(`Faults.from_env`). Nothing below it reads the environment for faults. A NaN or spike fires once per run (in the first
+stage that reaches the step); a kill fires in every stage that reaches its step."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ class Faults:
     kill_at: int = 0  # SIGKILL this process once it has finished optimizer step N (its checkpoint included)
     nan_at: int = 0  # step N's loss becomes NaN (once)
     spike_at: int = 0  # step N's loss is multiplied by 1000 (once)
-    kill_in_checkpoint: str | None = None  # "STEP:PHASE": SIGKILL inside that checkpoint's write (weights / manifest / renamed)
+    # "STEP:PHASE": SIGKILL inside that checkpoint's write, PHASE one of weights / manifest / renamed
+    kill_in_checkpoint: str | None = None
 
     @classmethod
     def from_env(cls, environ=None) -> Faults:

@@ -41,6 +41,7 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
     device, run, bucket = ctx.device, ctx.recipe.run, ctx.recipe.data.bucket
     dd = ctx.dist or distributed.SINGLE  # data-parallel ranks (train/distributed.py)
     split, faults = data.train, ctx.hooks.faults
+    seq_len = split.blocks.shape[1] if ctx.recipe.task == "causal_lm" else None  # else each batch's width
     stage_dir.mkdir(parents=True, exist_ok=True)
     e = build(model, data, stage, ctx, dd, loss_fn, extra, plain=after_step is None)
     stage, optimizer, scheduler = e.stage, e.optimizer, e.scheduler
@@ -98,8 +99,7 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
             distributed.sync_extra(dd, extra)
             distributed.all_sum(dd, loss_total)  # the step's loss over every rank: every rank decides alike
             if window.flops_per_token is None:
-                window.flops_per_token = measure.flops_per_token(
-                    model, split.blocks.shape[1] if ctx.recipe.task == "causal_lm" else micro[0][0]["input_ids"].shape[1])
+                window.flops_per_token = measure.flops_per_token(model, seq_len or micro[0][0]["input_ids"].shape[1])
 
             # 3. Step, unless the loss or the gradient is not finite, or the loss spiked: then roll back to the
             #    last checkpoint and skip the data window that led here (or, with no rollback left, skip the step).

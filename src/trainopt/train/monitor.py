@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
     TimeRemainingColumn
 
+from .. import measure
+
 console = Console(stderr=True)
 
 
@@ -34,8 +36,6 @@ class Window:
         self.loss += loss if math.isfinite(loss) else 0.0
 
     def close(self, step: int, epoch: int, lr: float, grad_norm, update) -> None:
-        from .. import measure
-
         measure.sync(self.device)
         elapsed = time.perf_counter() - self.start - self.eval_s
         tps = self.tokens / elapsed if elapsed > 0 else None
