@@ -40,7 +40,8 @@ def main() -> None:
     times: dict[str, list[dict]] = {name: [] for name in models}
     for _ in range(args.rounds):
         for name, model in models.items():
-            times[name].append(measure.measure_latency(model, inputs, device, m.warmup, m.repeats, m.max_seconds))
+            times[name].append(measure.measure_latency(model, inputs, device, m.warmup, m.repeats, m.max_seconds)
+                               .to_json())
     first = next(iter(models))
     print(f"threads {torch.get_num_threads()}, {args.rounds} interleaved rounds of warm-up {m.warmup} + up to "
           f"{m.repeats} timed calls per batch size")

@@ -139,9 +139,9 @@ def end_to_end(cases: str, measure_kw: dict) -> list[dict]:
             torch._dynamo.reset()
             try:  # eager too: the direct call still has host work in every call (plan set-up, likely)
                 eager_d = tm.measure_latency(model, inputs, torch.device("cuda"), measure_kw["warmup"],
-                                             measure_kw["repeats"], measure_kw["max_seconds"])
+                                             measure_kw["repeats"], measure_kw["max_seconds"]).to_json()
                 eager_s = tm.measure_latency(sparse_model, inputs, torch.device("cuda"), measure_kw["warmup"],
-                                             measure_kw["repeats"], measure_kw["max_seconds"])
+                                             measure_kw["repeats"], measure_kw["max_seconds"]).to_json()
             except Exception as e:  # noqa: BLE001
                 eager_d, eager_s, row["eager_error"] = {}, {}, str(e)[:200]
         for b in batches:
@@ -206,7 +206,7 @@ def mask_matrix(batches: list[int], measure_kw: dict) -> list[dict]:
         for side, m in (("dense", model), ("sparse", sparse_model)):
             row = {"mask": mask, "side": side}
             row.update(tm.measure_latency(m, inputs, dev, measure_kw["warmup"], measure_kw["repeats"],
-                                          measure_kw["max_seconds"]))
+                                          measure_kw["max_seconds"]).to_json())
             for fn in (tm.measure_compiled_latency, tm.measure_graphed_latency):
                 try:
                     row.update(fn(m, inputs, dev, **measure_kw))

@@ -100,9 +100,12 @@ def test_predict_eval_report_commands(quickstart_run, capsys, tmp_path):
 
 
 def test_resume_skips_finished_stages(quickstart_run, tiny_bert_dir, capsys):
+    before = json.loads((quickstart_run / "report.json").read_text())["stages"]
     code = main(["run", "quickstart", "--out", str(quickstart_run), "--resume",
                  *quickstart_overrides(tiny_bert_dir)])
     assert code == 0 and "already done" in capsys.readouterr().err
+    # the finished stages are read back (typed) and written out again unchanged
+    assert json.loads((quickstart_run / "report.json").read_text())["stages"] == before
     code = main(["run", "quickstart", "--out", str(quickstart_run), "--resume", "--set", "run.seed=3"])
     assert code == 2 and "differs" in capsys.readouterr().err
 

@@ -13,6 +13,8 @@ import time
 
 import torch
 
+from .results import Latency, Speed
+
 # Dense peak FLOP/s per device kind and precision (vendor datasheets, no sparsity).
 # Override with run.peak_flops for any other device, including CPUs.
 PEAK_FLOPS = {
@@ -166,9 +168,10 @@ def fixed_inputs(split, task: str, batch_sizes: list[int], seq_len: int | None) 
 
 @torch.inference_mode()
 def measure_latency(model, inputs: dict[int, dict], device: torch.device, warmup: int, repeats: int,
-                    max_seconds: float, autocast_dtype: torch.dtype | None = None) -> dict:
+                    max_seconds: float, autocast_dtype: torch.dtype | None = None) -> Speed:
+    """Forward latency per batch size (p50, p95, repeats) and the throughput at the largest batch."""
     model.eval()
-    result = {}
+    speed = Speed(device=device.type, threads=torch.get_num_threads())
     for b, batch in sorted(inputs.items()):
         batch = {k: v.to(device) for k, v in batch.items()}
 
@@ -177,14 +180,10 @@ def measure_latency(model, inputs: dict[int, dict], device: torch.device, warmup
                 model(**batch)
 
         times = time_call(call, device, warmup, repeats, max_seconds)
-        result[f"latency_ms_b{b}_p50"] = round(percentile(times, 0.5), 3)
-        result[f"latency_ms_b{b}_p95"] = round(percentile(times, 0.95), 3)
-        result[f"latency_repeats_b{b}"] = len(times)
+        speed.latency[b] = Latency(round(percentile(times, 0.5), 3), round(percentile(times, 0.95), 3), len(times))
     big = max(inputs)
-    result["throughput_items_per_s"] = round(big / (result[f"latency_ms_b{big}_p50"] / 1000.0), 2)
-    result["threads"] = torch.get_num_threads()
-    result["device"] = device.type
-    return result
+    speed.throughput_items_per_s = round(big / (speed.p50(big) / 1000.0), 2)
+    return speed
 
 
 @torch.inference_mode()

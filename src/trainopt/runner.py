@@ -28,6 +28,7 @@ from .errors import RecipeError, TrainoptError
 from .evaluate import evaluate
 from .models import disk_bytes, load_tokenizer
 from .recipe import Recipe, dump_recipe
+from .results import Outcome, Size, Speed, StageResult
 from .report import print_summary, write_report
 from .techniques import stage_module
 from .train import distributed
@@ -105,7 +106,7 @@ def run(recipe=None, out: str | Path | None = None, overrides: list[str] | None 
             "trainopt_version": __version__}
 
     model = None
-    entries: list[dict] = []
+    results: list[StageResult] = []
     data_entries: list[dict] = []  # stages that change the training data (augment), not the model
     try:
         for stage in recipe.stages:
@@ -127,30 +128,31 @@ def run(recipe=None, out: str | Path | None = None, overrides: list[str] | None 
                               f"({entry['per_operation']})")
                 continue
             if resume and done.is_file():
-                entries.append(json.loads(done.read_text()))
+                results.append(StageResult.from_json(json.loads(done.read_text())))
                 model = None  # reload lazily from the finished stage's folder
                 console.print(f"[green]stage {stage.name} already done[/green]: skipped")
                 continue
             if stage.from_stage is not None:
-                parent = next(e for e in entries if e["name"] == stage.from_stage)
-                model, _, _ = load_saved(run_dir / parent["checkpoint"], recipe.task)
+                parent = next(r for r in results if r.name == stage.from_stage)
+                model, _, _ = load_saved(run_dir / parent.checkpoint, recipe.task)
             elif model is None:
-                model = _model_for(recipe, tokenizer, data, entries, run_dir)
+                model = _model_for(recipe, tokenizer, data, results, run_dir)
             stage_dir.mkdir(parents=True, exist_ok=True)
             console.rule(f"[bold]{stage.name}[/bold] ({stage.kind})")
-            model, result = module.run(model, data, stage, ctx, stage_dir)
-            entry = None
-            if dd.is_main:  # evaluated, measured and saved once; every rank gets the entry
-                entry = _measure_stage(model, data, stage, result, ctx, inputs, stage_dir, meta, entries)
-                _write_text(done, json.dumps(entry, indent=1))
+            model, outcome = module.run(model, data, stage, ctx, stage_dir)
+            result = None
+            if dd.is_main:  # evaluated, measured and saved once; every rank gets the result
+                result = _measure_stage(model, data, stage, outcome, ctx, inputs, stage_dir, meta, results)
+                _write_text(done, json.dumps(result.to_json(), indent=1))
                 shutil.rmtree(stage_dir / "checkpoints", ignore_errors=True)  # the model folder is the artifact
                 (stage_dir / "best.safetensors").unlink(missing_ok=True)
-            entries.append(distributed.broadcast_object(dd, entry))
+            results.append(distributed.broadcast_object(dd, result))
     finally:
         log.close()
 
     report = {"trainopt_version": __version__, "recipe": recipe.model_dump(mode="json"), "hardware": hardware,
-              "data": data.stats, "stages": entries, "augmentation": data_entries, "run_dir": str(run_dir),
+              "data": data.stats, "stages": [r.to_json() for r in results], "augmentation": data_entries,
+              "run_dir": str(run_dir),
               "total_wall_s": round(time.perf_counter() - t_start, 2)}
     if dd.is_main:
         write_report(run_dir, report)
@@ -161,60 +163,53 @@ def run(recipe=None, out: str | Path | None = None, overrides: list[str] | None 
     return report
 
 
-def _model_for(recipe, tokenizer, data, entries, run_dir):
-    if entries:  # continue from the last finished stage's saved model
-        model, _, _ = load_saved(run_dir / entries[-1]["checkpoint"], recipe.task)
+def _model_for(recipe, tokenizer, data, results: list[StageResult], run_dir):
+    if results:  # continue from the last finished stage's saved model
+        model, _, _ = load_saved(run_dir / results[-1].checkpoint, recipe.task)
         return model
     return load_model(recipe, tokenizer, data.label_names)
 
 
-def _measure_stage(model, data, stage, result, ctx: RunContext, inputs, stage_dir: Path, meta: dict,
-                   previous: list[dict]) -> dict:
+def _measure_stage(model, data, stage, outcome: Outcome, ctx: RunContext, inputs, stage_dir: Path, meta: dict,
+                   previous: list[StageResult]) -> StageResult:
+    """Save, evaluate and time a stage's model; label its effect and compare it with its parent and the baseline."""
     recipe = ctx.recipe
-    device = torch.device(result.get("measure_device", ctx.device.type))
+    device = torch.device(outcome.measure_device or ctx.device.type)
     model.eval()
-    stage_meta = {**meta, **({"quantization": result["quantization"]} if "quantization" in result else {})}
-    model_dir = save_model(model, ctx.tokenizer, stage_dir / "model", stage_meta)
+    model_dir = save_model(model, ctx.tokenizer, stage_dir / "model", {**meta, **outcome.saved_meta})
     params, nonzero = count_params(model)
-    entry = {"name": stage.name, "kind": stage.kind, "effect": result["effect"]}
     t0 = time.perf_counter()
+    quality: dict = {"accuracy": None, "f1_macro": None, "loss": None, "perplexity": None}
     if data.test is not None:
-        q = evaluate(model, data.test, recipe.task, 64, device)  # fp32: the saved model as plain HF loads it
+        quality = evaluate(model, data.test, recipe.task, 64, device)  # fp32: the saved model as plain HF loads it
         if recipe.task == "classification":
             names = data.label_names
-            q["per_class"] = {names[int(c)]: v for c, v in q["per_class"].items()}
-            q["labels"] = names
-    else:
-        q = {"accuracy": None, "f1_macro": None, "loss": None, "perplexity": None}
-    entry["quality"] = q
+            quality["per_class"] = {names[int(c)]: v for c, v in quality["per_class"].items()}
+            quality["labels"] = names
+    validation = None
     if recipe.measure.validation and data.validation is not None:
         vq = evaluate(model, data.validation, recipe.task, 64, device)
-        entry["validation_quality"] = {k: v for k, v in vq.items() if k in ("accuracy", "f1_macro", "loss",
-                                                                             "perplexity")}
-    entry["size"] = {"params": params, "nonzero_params": nonzero, "disk_bytes": disk_bytes(model_dir)}
+        validation = {k: v for k, v in vq.items() if k in ("accuracy", "f1_macro", "loss", "perplexity")}
+    m = recipe.measure
     if inputs is not None:
-        m = recipe.measure
-        entry["speed"] = measure.measure_latency(model, inputs, device, m.warmup, m.repeats, m.max_seconds)
+        speed = measure.measure_latency(model, inputs, device, m.warmup, m.repeats, m.max_seconds)
         if recipe.task == "causal_lm" and m.generate_tokens:
-            prompt = ctx.prompt
-            entry["speed"].update(measure.measure_generation(model, prompt, m.generate_tokens, device,
-                                                             min(m.repeats, 5), m.max_seconds))
+            speed.generation = measure.measure_generation(model, ctx.prompt, m.generate_tokens, device,
+                                                          min(m.repeats, 5), m.max_seconds)
     else:
-        entry["speed"] = {f"latency_ms_b{b}_p50": None for b in recipe.measure.batch_sizes}
-        entry["speed"]["throughput_items_per_s"] = None
-    entry["cost"] = dict(result.get("cost", {}))
-    entry["cost"]["eval_wall_s"] = round(time.perf_counter() - t0, 2)
-    for key in ("training", "quantization", "distillation", "pruning", "notes"):
-        if key in result:
-            entry[key] = result[key]
-    parent = next((e for e in previous if e["name"] == stage.from_stage), None) if stage.from_stage else \
+        speed = Speed.unmeasured(m.batch_sizes)
+    cost = {**outcome.cost, "eval_wall_s": round(time.perf_counter() - t0, 2)}
+    result = StageResult(name=stage.name, kind=stage.kind, effect=outcome.effect, quality=quality,
+                         size=Size(params, nonzero, disk_bytes(model_dir)), speed=speed, cost=cost,
+                         checkpoint=os.path.relpath(model_dir, ctx.run_dir), validation_quality=validation,
+                         details=outcome.details)
+    parent = next((r for r in previous if r.name == stage.from_stage), None) if stage.from_stage else \
         (previous[-1] if previous else None)
-    entry["effect"] = "baseline" if not previous else classify_effect(entry, parent, result.get("claims", "kernel"))
+    result.effect = "baseline" if not previous else classify_effect(result, parent, outcome)
     if parent is not None:
-        entry["vs_parent"] = {"stage": parent["name"], **compare(entry, parent, recipe.task)}
-    entry["vs_baseline"] = vs_baseline(entry, previous, recipe.task)
-    entry["checkpoint"] = os.path.relpath(model_dir, ctx.run_dir)
-    return entry
+        result.vs_parent = {"stage": parent.name, **compare(result, parent, recipe.task)}
+    result.vs_baseline = vs_baseline(result, previous, recipe.task)
+    return result
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..results import Outcome
 from .loop import train
 from .spec import TrainStage
 
 
 def run(model, data, stage: TrainStage, ctx, stage_dir: Path):
     summary = train(model, data, stage, ctx, stage_dir)
-    return model, {"effect": "unchanged", "training": summary,
-                   "cost": {"wall_s": summary["train_wall_s"], "tokens_per_s": summary["tokens_per_s"],
-                            "mfu": summary["mfu"], "peak_mem_bytes": summary["peak_mem_bytes"]}}
+    return model, Outcome.trained(summary)

@@ -18,6 +18,7 @@ import time
 from ...artifacts import load_saved
 from ...errors import RecipeError
 from ...models import resolve_model_ref
+from ...results import Outcome
 from ...specbase import stage_key
 from ...train.loop import train
 from ...train.setup import AUTOCAST, resolve_precision
@@ -69,12 +70,9 @@ def run(model, data, stage: DistillStage, ctx, stage_dir):
     if stage.loss.attention > 0:
         student.set_attn_implementation("sdpa")
     summary["teacher_cache_s"] = round(cache_s, 2)
-    return student, {
-        "effect": "compressed", "claims": "shape", "training": summary,
+    return student, Outcome.trained(summary, effect="compressed", extra_wall_s=cache_s, claims="shape", details={
         "distillation": {"student_layers": student.config.num_hidden_layers,
                          "teacher_layers": teacher.config.num_hidden_layers,
                          "init": init,
                          "layer_map": layer_map, "loss": stage.loss.model_dump(),
-                         "teacher_logits_cached": cache is not None},
-        "cost": {"wall_s": round(summary["train_wall_s"] + cache_s, 2), "tokens_per_s": summary["tokens_per_s"],
-                 "mfu": summary["mfu"], "peak_mem_bytes": summary["peak_mem_bytes"]}}
+                         "teacher_logits_cached": cache is not None}})

@@ -9,6 +9,7 @@ import copy
 import torch
 
 from ... import measure
+from ...results import latency_key
 from . import sparse24
 
 
@@ -16,8 +17,8 @@ from . import sparse24
 def _timings(model, inputs, device, m) -> dict:
     """Eager p50 latencies, CUDA-graph replays where the forward can be captured, and the compiled model replayed
     from graphs (torch.compile's reduce-overhead mode)."""
-    out = {k: v for k, v in measure.measure_latency(model, inputs, device, m.warmup, m.repeats, m.max_seconds).items()
-           if k.startswith("latency_ms_b") and k.endswith("_p50")}
+    speed = measure.measure_latency(model, inputs, device, m.warmup, m.repeats, m.max_seconds)
+    out = {latency_key(b): lat.p50_ms for b, lat in sorted(speed.latency.items())}
     try:
         out.update(measure.measure_graphed_latency(model, inputs, device, m.warmup, m.repeats, m.max_seconds))
     except (RuntimeError, ValueError) as e:

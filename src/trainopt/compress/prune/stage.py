@@ -31,6 +31,7 @@ from ... import measure
 from ...artifacts import load_saved
 from ...compare import ACCELERATED_MIN_SPEEDUP
 from ...errors import RecipeError
+from ...results import Outcome
 from ...specbase import stage_key
 from ...train.loop import train
 from ...train.setup import AUTOCAST, resolve_precision
@@ -168,21 +169,18 @@ def run(model, data, stage: PruneStage, ctx, stage_dir):
     modules, info, after_step, best_from = METHODS[stage.method](model, data, stage, ctx, stage_dir, index, calib_bs)
     prune_s = time.perf_counter() - start
 
-    result: dict = {"effect": "compressed"}
+    claims = "shape" if stage.method == "structured" else "mask"
     if settings is not None:
         loss_fn, cache_s = _recovery_loss(teacher, stage, data, ctx, settings, index)
         summary = train(model, data, settings, ctx, stage_dir, loss_fn=loss_fn, after_step=after_step,
                         best_from_step=best_from)
         summary["teacher_cache_s"] = round(cache_s, 2)
-        result["training"] = summary
-        result["cost"] = {"wall_s": round(summary["train_wall_s"] + prune_s + cache_s, 2),
-                          "tokens_per_s": summary["tokens_per_s"], "mfu": summary["mfu"],
-                          "peak_mem_bytes": summary["peak_mem_bytes"]}
+        outcome = Outcome.trained(summary, effect="compressed", extra_wall_s=prune_s + cache_s, claims=claims)
         info["recovery"] = (f"distill from stage {stage.teacher_stage}" if stage.teacher_stage else
                             "distill from the unpruned model" if stage.distill else "fine-tune")
     else:
-        result["cost"] = {"wall_s": round(prune_s, 2), "tokens_per_s": None, "mfu": None,
-                          "peak_mem_bytes": measure.peak_memory_bytes(device)}
+        outcome = Outcome(claims=claims, cost={"wall_s": round(prune_s, 2), "tokens_per_s": None, "mfu": None,
+                                               "peak_mem_bytes": measure.peak_memory_bytes(device)})
     bake(modules)
     model.eval()
     if modules:
@@ -193,9 +191,8 @@ def run(model, data, stage: PruneStage, ctx, stage_dir):
             info["sparse_kernels"] = kernels
             best = best_sparse_speedup(kernels, max(ctx.recipe.measure.batch_sizes))
             if kernels.get("measured") and best >= ACCELERATED_MIN_SPEEDUP:
-                result["effect"] = "accelerated"
+                outcome.effect = "accelerated"  # the stage timed a faster kernel of its own
     info["prune_s"] = round(prune_s, 2)
-    result["pruning"] = info
-    result["claims"] = "shape" if stage.method == "structured" else "mask"
-    return model, result
+    outcome.details["pruning"] = info
+    return model, outcome
 

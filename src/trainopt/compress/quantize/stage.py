@@ -7,6 +7,7 @@ import time
 
 import torch
 
+from ...results import Outcome
 from ...train.loop import train
 from ...train.spec import as_train_stage
 from . import dynamic, weight_only
@@ -19,13 +20,11 @@ def run(model, data, stage: QuantizeStage, ctx, stage_dir):
     if stage.method != "dynamic_int8":  # torchao weight-only (weight_only.py), on the run's device
         info = weight_only.apply(model, stage.method, stage.group_size, stage.embeddings, stage.skip, ctx.device,
                                  stage.int4_qparams, stage.embedding_bits, stage.embedding_group_size)
-        return model, {"effect": "compressed", "measure_device": ctx.device.type, "quantization": {
-            **info, "weights": f"{stage.method[12:]} weight-only (torchao)", "activations": "floating point",
-            "weight_bytes_in_memory": weight_only.weight_bytes(model)},
-            "cost": {"wall_s": round(time.perf_counter() - start, 2), "tokens_per_s": None, "mfu": None,
-                     "peak_mem_bytes": None}}
+        quantization = {**info, "weights": f"{stage.method[12:]} weight-only (torchao)",
+                        "activations": "floating point", "weight_bytes_in_memory": weight_only.weight_bytes(model)}
+        return model, Outcome(measure_device=ctx.device.type, cost=_cost(start), details={
+            "quantization": quantization}, saved_meta={"quantization": quantization})
     modules = dynamic.plan(model, stage.embeddings, stage.skip)
-    result: dict = {"effect": "compressed"}
     smoothed = 0
     if stage.smooth is not None:
         model.cpu().eval()
@@ -33,21 +32,26 @@ def run(model, data, stage: QuantizeStage, ctx, stage_dir):
         idx = list(range(min(len(split), stage.smooth.calibration_batches * 4)))
         batches = [{"input_ids": split.collate(idx[i: i + 4])["input_ids"]} for i in range(0, len(idx), 4)]
         smoothed = dynamic.smooth(model, batches, stage.smooth.alpha)
+    outcome = None
     if stage.qat is not None:
         dynamic.insert_fake_quant(model, modules["linear"])
         summary = train(model, data, as_train_stage(stage.qat, stage.name), ctx, stage_dir)
         dynamic.remove_fake_quant(model, modules["linear"])
-        result["training"] = summary
-        result["cost"] = {"wall_s": summary["train_wall_s"], "tokens_per_s": summary["tokens_per_s"],
-                          "mfu": summary["mfu"], "peak_mem_bytes": summary["peak_mem_bytes"]}
+        outcome = Outcome.trained(summary, effect="compressed")
     model = dynamic.convert(model, modules)
-    result["measure_device"] = "cpu"  # the dynamic int8 kernels run on the CPU: measure them there
-    result.setdefault("cost", {"wall_s": round(time.perf_counter() - start, 2), "tokens_per_s": None,
-                               "mfu": None, "peak_mem_bytes": None})
-    result["quantization"] = {"method": stage.method, "qat": stage.qat is not None,
-                              "linear_modules": len(modules["linear"]), "embeddings": modules["embedding"],
-                              "weights": "int8 per output channel (symmetric); embeddings 8-bit per row",
-                              "activations": "int8 dynamic, per tensor", "backend": torch.backends.quantized.engine,
-                              "smoothed_linears": smoothed,
-                              "smooth_alpha": stage.smooth.alpha if stage.smooth is not None else None}
-    return model, result
+    outcome = outcome or Outcome(cost=_cost(start))
+    outcome.measure_device = "cpu"  # the dynamic int8 kernels run on the CPU: measure them there
+    quantization = {"method": stage.method, "qat": stage.qat is not None,
+                    "linear_modules": len(modules["linear"]), "embeddings": modules["embedding"],
+                    "weights": "int8 per output channel (symmetric); embeddings 8-bit per row",
+                    "activations": "int8 dynamic, per tensor", "backend": torch.backends.quantized.engine,
+                    "smoothed_linears": smoothed,
+                    "smooth_alpha": stage.smooth.alpha if stage.smooth is not None else None}
+    outcome.details["quantization"] = quantization
+    outcome.saved_meta["quantization"] = quantization
+    return model, outcome
+
+
+def _cost(start: float) -> dict:
+    return {"wall_s": round(time.perf_counter() - start, 2), "tokens_per_s": None, "mfu": None,
+            "peak_mem_bytes": None}
