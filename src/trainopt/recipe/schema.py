@@ -4,12 +4,12 @@ search settings."""
 from __future__ import annotations
 
 import difflib
-import re
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, model_validator
 
 from ..errors import RecipeError
+from ..results import batch_of_latency_key
 from ..specbase import NAME, Strict, stage_key
 from ..techniques import TECHNIQUES
 from ..tune.spec import SearchSpec
@@ -144,9 +144,9 @@ class Recipe(Strict):
                     close = difflib.get_close_matches(obj.stage, names, n=1)
                     raise RecipeError(f"search.objectives.{j}.stage", f"no stage named '{obj.stage}'",
                                       f"did you mean '{close[0]}'?" if close else f"stages: {names}")
-                lat = re.fullmatch(r"latency_ms_b(\d+)_p50", obj.metric)
-                if lat and int(lat.group(1)) not in self.measure.batch_sizes:
-                    raise RecipeError(f"search.objectives.{j}.metric", f"batch size {lat.group(1)} is not measured",
+                batch = batch_of_latency_key(obj.metric)
+                if batch is not None and batch not in self.measure.batch_sizes:
+                    raise RecipeError(f"search.objectives.{j}.metric", f"batch size {batch} is not measured",
                                       f"use one of measure.batch_sizes {self.measure.batch_sizes}")
         return self
 

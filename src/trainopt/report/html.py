@@ -14,6 +14,7 @@ import io
 import math
 from collections import defaultdict
 
+from ..results import latency_key
 from .rows import rows
 
 CSS = """
@@ -112,7 +113,7 @@ def tradeoff_chart(report: dict, plt) -> str:
     task = report["recipe"]["task"]
     metric = "accuracy" if task == "classification" else "perplexity"
     b = max(report["recipe"]["measure"]["batch_sizes"])
-    pts = [(s["name"], s["speed"].get(f"latency_ms_b{b}_p50"), s["quality"].get(metric), s["size"]["disk_bytes"])
+    pts = [(s["name"], s["speed"].get(latency_key(b)), s["quality"].get(metric), s["size"]["disk_bytes"])
            for s in report["stages"]]
     pts = [p for p in pts if p[1] is not None and p[2] is not None]
     if not pts:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..results import latency_key
+
 
 def _fmt(v, spec: str = "", none: str = "—") -> str:
     if v is None:
@@ -39,7 +41,7 @@ def rows(report: dict) -> tuple[list[str], list[list[str]]]:
         row += [f"{z['params']:,}", f"{z['nonzero_params']:,}",
                 f"{z['disk_bytes'] / 1e6:.1f}" + _ratio(vs.get("size_ratio"))]
         for b in sizes:
-            row.append(_fmt(sp.get(f"latency_ms_b{b}_p50"), ".2f") + _ratio(vs.get(f"speedup_b{b}")))
+            row.append(_fmt(sp.get(latency_key(b)), ".2f") + _ratio(vs.get(f"speedup_b{b}")))
         if task == "causal_lm":
             row.append(_fmt(sp.get("generate_tokens_per_s_b1"), ".1f") + _ratio(vs.get("speedup_generate_b1")))
         row += [_fmt(c.get("wall_s"), ".1f") if s.get("training") else "—",

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import difflib
-import re
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from ..results import batch_of_latency_key
 from ..specbase import Strict
 
 QUALITY_METRICS = ("accuracy", "f1_macro", "loss", "perplexity")
@@ -73,7 +73,7 @@ class ObjectiveSpec(Strict):
     @model_validator(mode="after")
     def _metric(self):
         m = self.metric
-        if not (m in QUALITY_METRICS or m in OTHER_METRICS or re.fullmatch(r"latency_ms_b\d+_p50", m)):
+        if not (m in QUALITY_METRICS or m in OTHER_METRICS or batch_of_latency_key(m) is not None):
             close = difflib.get_close_matches(m, [*QUALITY_METRICS, *OTHER_METRICS, "latency_ms_b32_p50"], n=1)
             raise ValueError(f"unknown objective metric '{m}'" + (f"; did you mean '{close[0]}'?" if close else
                              "; use a quality metric (accuracy, f1_macro, loss, perplexity), latency_ms_b<N>_p50, "
