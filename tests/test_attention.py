@@ -83,18 +83,21 @@ def test_the_recipe_check_refuses_sdpa_causal_outside_causal_lm():
 
 
 def test_switch_points_the_model_at_the_choice_or_refuses_it_with_the_key():
-    from types import SimpleNamespace
-
+    from trainopt import load_recipe
     from trainopt.errors import RecipeError
 
+    def stage(choice):  # a parsed recipe's stage: its errors name `stages.<index>.<key>`, as every recipe error does
+        recipe = load_recipe("lm-scratch", [f"stages.pretrain.attention={choice}"])
+        return recipe.stages[recipe.stage_index("pretrain")]
+
     _, model = _pair()
-    attention.switch(model, SimpleNamespace(name="pretrain", attention="eager", sdpa_backend="auto"))
+    attention.switch(model, stage("eager"))
     assert model.config._attn_implementation == "eager"
-    attention.switch(model, SimpleNamespace(name="pretrain", attention="sdpa_causal", sdpa_backend="auto"))
+    attention.switch(model, stage("sdpa_causal"))
     assert model.config._attn_implementation == attention.SDPA_KEY
     with pytest.raises(RecipeError) as e:  # flash-attn 2 is not installed here
-        attention.switch(model, SimpleNamespace(name="pretrain", attention="flash_attention_2", sdpa_backend="auto"))
-    assert e.value.key == "stages.pretrain.attention"
+        attention.switch(model, stage("flash_attention_2"))
+    assert e.value.key == "stages.1.attention"
     model.config.attn_pdrop = 0.1
     with pytest.raises(RecipeError, match="dropout"):
-        attention.switch(model, SimpleNamespace(name="pretrain", attention="fa4", sdpa_backend="auto"))
+        attention.switch(model, stage("fa4"))

@@ -63,6 +63,18 @@ def test_overrides_by_name_and_index():
     assert "key.path=value" in _error(BASE, ["stages.0.epochs"])
 
 
+def test_every_training_names_its_errors_by_index():
+    """One spelling for every error key, also for errors raised once the model is loaded: `stages.<i>[.sub].<key>`,
+    kept through the copies the loop makes (auto micro-batch) and nested trainings run as train stages."""
+    from trainopt.train.spec import as_train_stage
+
+    r = load_recipe("quickstart")
+    assert r.stages[0].key_of("fp8") == "stages.0.fp8"
+    assert r.stages[0].model_copy(update={"batch_size": 4}).key_of("fp8") == "stages.0.fp8"
+    assert as_train_stage(r.stages[1].train, "pruned").key_of("lm_loss") == "stages.1.train.lm_loss"
+    assert as_train_stage(r.stages[2].train, "student").key_of("attention") == "stages.2.train.attention"
+
+
 def test_malformed_yaml(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  path: x\n stages: [\n")

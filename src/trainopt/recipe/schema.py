@@ -129,6 +129,9 @@ class Recipe(Strict):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"stage names must be unique; '{dup[0]}' appears twice (give each stage a name:)")
+        for i, stage in enumerate(self.stages):  # each training knows where it sits, for the errors it raises
+            for sub, settings in stage.trainings():
+                settings.set_key(stage_key(i, sub))
         for i, stage in enumerate(self.stages):
             for key in ("from_stage", "teacher_stage"):
                 ref = getattr(stage, key, None)

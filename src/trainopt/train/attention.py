@@ -100,7 +100,7 @@ def switch(model, stage) -> None:
     here, with the reason."""
     from ..errors import RecipeError
 
-    key = f"stages.{stage.name}.attention"
+    key = stage.key_of("attention")
     if stage.attention in KERNELS:
         prepare, what = KERNELS[stage.attention]
         impl = prepare(model, key)
@@ -135,7 +135,7 @@ def _check_sdpa_backend(model, stage) -> None:
     from ..errors import RecipeError
     from .monitor import console
 
-    key = f"stages.{stage.name}.sdpa_backend"
+    key = stage.key_of("sdpa_backend")
     impl = getattr(model.config, "_attn_implementation", None)
     if impl not in ("sdpa", SDPA_KEY):
         raise RecipeError(key, f"this model runs {impl or 'its own'} attention, not PyTorch's "

@@ -88,7 +88,7 @@ def build(model, data, stage, ctx, dd, loss_fn=None, extra: torch.nn.Module | No
     if fused_head:
         why = check_supported(model, stage.lm_loss, device)
         if why:
-            raise RecipeError(f"stages.{stage.name}.lm_loss", why, "set lm_loss: full")
+            raise RecipeError(stage.key_of("lm_loss"), why, "set lm_loss: full")
 
     def wrap_loss(m):
         return TrainLoss(m, task, stage.label_smoothing, stage.lm_loss, stage.lm_loss_chunk,
@@ -178,7 +178,7 @@ def accelerate(model, stage) -> dict | None:
     switch(model, stage)
     if stage.activation_checkpointing:
         if not getattr(model, "supports_gradient_checkpointing", False):
-            raise RecipeError(f"stages.{stage.name}.activation_checkpointing",
+            raise RecipeError(stage.key_of("activation_checkpointing"),
                               f"{type(model).__name__} does not support activation checkpointing", "set it to false")
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if stage.fp8 == "off":
@@ -187,11 +187,11 @@ def accelerate(model, stage) -> dict | None:
 
     why = fp8.why_unsupported(next(model.parameters()).device)
     if why:
-        raise RecipeError(f"stages.{stage.name}.fp8", why, "set fp8: off")
+        raise RecipeError(stage.key_of("fp8"), why, "set fp8: off")
     info = fp8.enable(model, stage.fp8)
     if not info["fp8_linears"]:
         fp8.disable(model)
-        raise RecipeError(f"stages.{stage.name}.fp8", "no Linear of this model qualifies (widths must be multiples "
+        raise RecipeError(stage.key_of("fp8"), "no Linear of this model qualifies (widths must be multiples "
                           "of 16; the output head stays in high precision)", "set fp8: off")
     console.print(f"fp8 ({stage.fp8}): {info['fp8_linears']} Linears")
     return info

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from ..specbase import NAME, StageBase, Strict
 
@@ -70,6 +70,16 @@ class ProfileSpec(Strict):
 
 class TrainSettings(Strict):
     """How to train: used by `train` stages and by stages that fine-tune internally (QAT, recovery)."""
+
+    _key: str = PrivateAttr("")  # where these settings sit in the recipe (`stages.<i>` or `stages.<i>.train`)
+
+    def set_key(self, key: str) -> None:
+        self._key = key
+
+    def key_of(self, field: str) -> str:
+        """The recipe key an error about `field` names: `stages.<i>[.train].<field>` (set when the recipe is
+        parsed; settings built in Python, outside a recipe, name the stage instead)."""
+        return f"{self._key or 'stages.' + getattr(self, 'name', 'train')}.{field}"
 
     epochs: float = Field(1.0, gt=0.0, le=1000.0)
     max_steps: int | None = Field(None, ge=1)
@@ -138,4 +148,6 @@ class TrainStage(StageBase, TrainSettings):
 def as_train_stage(settings: TrainSettings, name: str) -> TrainStage:
     """The training a prune / distill / quantize stage runs inside itself, as a train stage named after it (the one
     place a nested `train:` / `qat:` block becomes a TrainStage)."""
-    return TrainStage(kind="train", name=name, **settings.model_dump())
+    stage = TrainStage(kind="train", name=name, **settings.model_dump())
+    stage.set_key(settings._key)
+    return stage
