@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from trainopt.cli import main
@@ -97,6 +99,9 @@ def test_cli_errors_exit_2_and_create_nothing(tmp_path, capsys, tiny_bert_dir, r
     import yaml
 
     recipe.write_text(yaml.safe_dump(classification_recipe(tiny_bert_dir, reviews_dir)))
+    broken = tmp_path / "broken-model"  # a model folder whose config.json is cut short
+    shutil.copytree(tiny_bert_dir, broken)
+    (broken / "config.json").write_text((broken / "config.json").read_text()[:40])
     cases = [
         ["--set", "stages.0.optimizer.lrr=1"],                 # unknown key
         ["--set", "data.source=/no/such/file.jsonl"],          # missing file
@@ -105,9 +110,12 @@ def test_cli_errors_exit_2_and_create_nothing(tmp_path, capsys, tiny_bert_dir, r
         ["--set", "model.path=builtin:minilm"],                # unknown built-in
         ["--set", "stages.0.metric=bleu"],                     # not a metric of the task
         ["--set", "data.validation_fraction=0", "--set", "stages.0.early_stopping={patience: 2}"],
+        # what depends on the model itself is checked on its class (meta device) before work starts too
+        ["--set", "stages.0.attention=flash_attention_2"],     # flash-attn 2 is not installed here
+        ["--set", f"model.path={broken}"],                     # unreadable config.json
     ]
     keys = ["stages.0.optimizer.lrr", "data.source", "data.text_column", "stages.0.precision", "model.path",
-            "stages.0.metric", "stages.0.early_stopping"]
+            "stages.0.metric", "stages.0.early_stopping", "stages.0.attention", "model.path"]
     for extra, key in zip(cases, keys):
         code, err = _cli(["run", str(recipe), "--out", str(out), *extra], capsys)
         assert code == 2, err

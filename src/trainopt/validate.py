@@ -37,6 +37,97 @@ def check_compat(recipe: Recipe, device: torch.device) -> None:
                           "causal_lm data has no labels", "remove it, or set task: classification")
 
 
+def check_model(recipe: Recipe, device: torch.device) -> None:
+    """What depends on the model itself, checked on the recipe's model class built from its config on the meta device
+    (no weights read, no memory): its config loads, and every training's attention choice, fused LM head, activation
+    checkpointing and fp8 apply to it — the same checks the loop makes once the model is loaded, now made before any
+    run directory exists. Trainings after a distillation to a student of another config, and fp8 after a stage that
+    changes shapes, are left to the loop's own check. A folder only trainopt's loader rebuilds (pruned shapes,
+    quantized weights) and remote code are not built here."""
+    config = _config(recipe)  # a model folder whose config.json cannot be read is refused here, whatever it trains
+    for i, stage in enumerate(recipe.stages):
+        for _, settings in stage.trainings():
+            if config is None or (settings.attention == "auto" and settings.lm_loss == "full"
+                                  and settings.fp8 == "off" and not settings.activation_checkpointing):
+                continue
+            _check_on_model(_meta_model(recipe, config), settings, recipe.task, device, shapes_kept=all(
+                s.kind not in ("prune", "distill") for s in recipe.stages[:i]))
+        if stage.kind == "distill" and stage.student.config:
+            return  # later trainings train a model of another config
+
+
+def _check_on_model(model, settings, task: str, device: torch.device, shapes_kept: bool) -> None:
+    from .train import attention
+    from .train.linear_ce import check_supported
+
+    if settings.lm_loss != "full" and task == "causal_lm":
+        why = check_supported(model, settings.lm_loss, device)
+        if why:
+            raise RecipeError(settings.key_of("lm_loss"), why, "set lm_loss: full")
+    if settings.activation_checkpointing and not getattr(model, "supports_gradient_checkpointing", False):
+        raise RecipeError(settings.key_of("activation_checkpointing"),
+                          f"{type(model).__name__} does not support activation checkpointing", "set it to false")
+    if settings.fp8 != "off" and shapes_kept:
+        from .train import fp8
+
+        if not fp8.eligible(model):
+            raise RecipeError(settings.key_of("fp8"), "no Linear of this model qualifies (widths must be multiples "
+                              "of 16; the output head stays in high precision)", "set fp8: off")
+    if settings.attention != "auto":
+        attention.switch(model, settings)
+
+
+def _config(recipe: Recipe):
+    """The starting model's transformers config; None where only trainopt's loader rebuilds the model (pruned shapes,
+    quantized weights: their own checks run when they load) or remote code would run."""
+    from transformers import AutoConfig
+
+    from .hf import quiet_transformers
+
+    spec = recipe.model
+    if spec.trust_remote_code:
+        return None
+    quiet_transformers()
+    if spec.config is not None:
+        cfg = dict(spec.config)
+        model_type = cfg.pop("model_type")
+        try:
+            return AutoConfig.for_model(model_type, **cfg)
+        except (ValueError, TypeError) as e:
+            raise RecipeError("model.config", str(e).splitlines()[0][:200], "check model_type and its keys") from None
+    path = resolve_model_ref(spec.path)
+    meta = path / "trainopt.json"
+    if meta.is_file() and {"structure", "quantization"} & set(_json(meta)):
+        return None
+    try:
+        return AutoConfig.from_pretrained(str(path))
+    except Exception as e:  # noqa: BLE001 — any unreadable config is the same error for the user
+        raise RecipeError("model.path", f"{path} is not a loadable HF checkpoint folder "
+                          f"({str(e).splitlines()[0][:160]})", "give a folder with a valid config.json") from None
+
+
+def _meta_model(recipe: Recipe, config):
+    """The recipe's model class with its config's shapes on the meta device: no weights read, no memory."""
+    from .hf import auto_class
+
+    with torch.device("meta"):
+        try:
+            return auto_class(recipe.task).from_config(config)
+        except (ValueError, KeyError) as e:
+            raise RecipeError("model.path" if recipe.model.path else "model.config",
+                              f"transformers cannot build a {recipe.task} model from this config "
+                              f"({str(e).splitlines()[0][:160]})", "use a model of a supported architecture") from None
+
+
+def _json(path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise RecipeError("model.path", f"{path} is not valid JSON ({str(e)[:120]})",
+                          "restore the file, or point model.path at another folder") from None
+    return data if isinstance(data, dict) else {}
+
+
 def _check_validation(recipe: Recipe, texts) -> None:
     for i, stage in enumerate(recipe.stages):
         if getattr(stage, "early_stopping", None) and not texts.validation:
@@ -61,6 +152,7 @@ def validate(recipe=None, overrides: list[str] | None = None):
     check_paths(recipe)
     device = measure.pick_device(recipe.run.device)
     check_compat(recipe, device)
+    check_model(recipe, device)
     labels = _saved_labels(recipe)
     if labels:
         recipe.data.labels = labels

@@ -49,6 +49,25 @@ def why_unsupported(device: torch.device) -> str | None:
     return None
 
 
+def eligible(model: nn.Module) -> list[str]:
+    """The projections enable() converts: exactly nn.Linear, or GPT-2's Conv1D, both widths multiples of 16 (fp8
+    GEMM tiles), output heads kept in high precision. Works on a meta-device model (the recipe check)."""
+    heads = _head_ids(model)
+    names = []
+    for name, mod in model.named_modules():
+        if id(mod) in heads:
+            continue
+        if type(mod) is nn.Linear:
+            n_in, n_out = mod.in_features, mod.out_features
+        elif type(mod).__name__ == "Conv1D":
+            n_in, n_out = mod.weight.shape
+        else:
+            continue
+        if n_in % 16 == 0 and n_out % 16 == 0:
+            names.append(name)
+    return names
+
+
 def _head_ids(model: nn.Module) -> set[int]:
     heads = set()
     get = getattr(model, "get_output_embeddings", None)
