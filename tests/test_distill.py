@@ -105,3 +105,18 @@ def test_kd_loss_is_zero_when_student_equals_teacher(tiny_bert_dir):
     batch = {"input_ids": torch.tensor([[101, 2000, 2001, 102], [101, 2002, 102, 0]]),
              "attention_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]), "labels": torch.tensor([0, 1])}
     assert fn(student, batch, 2).abs().item() < 1e-6
+
+
+def test_an_attention_loss_across_pruned_heads_is_refused_before_work():
+    import torch
+
+    from trainopt.errors import RecipeError
+    from trainopt.recipe import load_recipe
+    from trainopt.validate import check_compat
+
+    raw = load_recipe("quickstart").model_dump(mode="json")
+    raw["stages"][2]["teacher_stage"] = "finetune"  # the quickstart prunes heads in between
+    raw["stages"][2]["loss"]["attention"] = 1.0
+    with pytest.raises(RecipeError) as e:
+        check_compat(load_recipe(raw), torch.device("cpu"))
+    assert e.value.key == "stages.2.loss.attention" and "prunes attention heads" in e.value.problem

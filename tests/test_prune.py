@@ -352,3 +352,41 @@ def test_global_ranking_and_magnitude_importance_give_per_layer_counts(minilm_to
     assert all(len(h) >= 1 for h in plan["heads"])
     apply_plan(model, plan)
     assert detect_structure(model)["intermediate"] == [len(f) for f in plan["ffn"]]
+
+
+def _lm_prune_recipe(model_config: dict, **prune) -> dict:
+    return {"task": "causal_lm", "model": {"config": model_config, "tokenizer": "builtin:smollm2-135m"},
+            "data": {"source": "builtin:austen"}, "stages": [{"kind": "train", "name": "pre"},
+                                                             {"kind": "prune", "name": "p", **prune}]}
+
+
+LLAMA_GQA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100}
+
+
+@pytest.mark.parametrize("model_config, prune, key", [
+    (LLAMA_GQA, {"method": "structured", "structured": {"heads": 0.5}}, "stages.1.structured.heads"),
+    ({"model_type": "gpt2", "n_embd": 18, "n_head": 2, "n_layer": 1, "vocab_size": 100},
+     {"pattern": "2:4"}, "stages.1.pattern"),  # Conv1D inputs 18 wide: no 2:4 groups
+    (LLAMA_GQA, {"skip": ["layers"]}, "stages.1.skip"),  # nothing left to prune
+])
+def test_prune_settings_the_model_cannot_take_are_refused_before_work(model_config, prune, key):
+    """Checked on the model's class and shapes built on the meta device (validate.check_model), before any data is
+    read or a run directory exists; the same errors the stage raises on the loaded model."""
+    from trainopt.validate import check_model
+
+    recipe = load_recipe(_lm_prune_recipe(model_config, **prune))
+    with pytest.raises(RecipeError) as e:
+        check_model(recipe, torch.device("cpu"))
+    assert e.value.key == key
+    check_model(load_recipe(_lm_prune_recipe(model_config)), torch.device("cpu"))  # magnitude pruning: fine
+
+
+def test_an_attention_loss_with_pruned_heads_is_refused_from_the_recipe_alone():
+    from trainopt.validate import check_compat
+
+    raw = _lm_prune_recipe(LLAMA_GQA, method="structured", structured={"ffn": 0.5, "heads": 0.5},
+                           train={"max_steps": 2}, distill={"attention": 1.0})
+    with pytest.raises(RecipeError) as e:
+        check_compat(load_recipe(raw), torch.device("cpu"))
+    assert e.value.key == "stages.1.distill.attention"

@@ -24,7 +24,9 @@ from .train.spec import TrainStage
 class Technique:
     spec: type  # the stage's recipe schema (a StageBase with `kind: Literal[...]`)
     stage: str  # the module with run(model, data, spec, ctx, stage_dir) -> (model, result)
-    checks: str | None  # a light module with check(spec, index, recipe, device): what this machine lacks for it
+    # a light module with check(spec, index, recipe, device) (what this machine lacks for it) and optionally
+    # check_model(spec, index, model, shapes_kept) (what it cannot do to the recipe's model, on a meta-device copy)
+    checks: str | None
     card: str  # its method card
 
 
@@ -33,8 +35,10 @@ TECHNIQUES: dict[str, Technique] = {
     "eval": Technique(EvalStage, "trainopt.eval.stage", None, "docs/recipe.md"),
     "quantize": Technique(QuantizeStage, "trainopt.compress.quantize.stage", "trainopt.compress.quantize.checks",
                           "docs/methods/quantize.md"),
-    "distill": Technique(DistillStage, "trainopt.compress.distill.stage", None, "docs/methods/distill.md"),
-    "prune": Technique(PruneStage, "trainopt.compress.prune.stage", None, "docs/methods/prune.md"),
+    "distill": Technique(DistillStage, "trainopt.compress.distill.stage", "trainopt.compress.distill.checks",
+                         "docs/methods/distill.md"),
+    "prune": Technique(PruneStage, "trainopt.compress.prune.stage", "trainopt.compress.prune.checks",
+                       "docs/methods/prune.md"),
     "augment": Technique(AugmentStage, "trainopt.data.augment.stage", "trainopt.data.augment.checks",
                          "docs/methods/augment.md"),
 }

@@ -39,21 +39,27 @@ def check_compat(recipe: Recipe, device: torch.device) -> None:
 
 def check_model(recipe: Recipe, device: torch.device) -> None:
     """What depends on the model itself, checked on the recipe's model class built from its config on the meta device
-    (no weights read, no memory): its config loads, and every training's attention choice, fused LM head, activation
-    checkpointing and fp8 apply to it — the same checks the loop makes once the model is loaded, now made before any
-    run directory exists. Trainings after a distillation to a student of another config, and fp8 after a stage that
-    changes shapes, are left to the loop's own check. A folder only trainopt's loader rebuilds (pruned shapes,
-    quantized weights) and remote code are not built here."""
+    (no weights read, no memory) before any run directory exists: its config loads; every training's attention choice,
+    fused LM head, activation checkpointing and fp8 apply to it; and each technique's own `check_model` (its checks
+    module in techniques.py: e.g. an architecture structured pruning cannot shrink, 2:4 widths). The loop and the
+    stages check again once the model is loaded. Checks stop at a distillation to a student of another config (later
+    stages see another class); width checks stop at the first stage that changes shapes. A folder only trainopt's
+    loader rebuilds (pruned shapes, quantized weights) and remote code are not built here."""
     config = _config(recipe)  # a model folder whose config.json cannot be read is refused here, whatever it trains
+    if config is None:
+        return
     for i, stage in enumerate(recipe.stages):
+        shapes_kept = all(s.kind not in ("prune", "distill") for s in recipe.stages[:i])
+        checks = checks_module(stage.kind)
+        if checks is not None and hasattr(checks, "check_model"):
+            checks.check_model(stage, i, _meta_model(recipe, config), shapes_kept)
         for _, settings in stage.trainings():
-            if config is None or (settings.attention == "auto" and settings.lm_loss == "full"
-                                  and settings.fp8 == "off" and not settings.activation_checkpointing):
+            if settings.attention == "auto" and settings.lm_loss == "full" and settings.fp8 == "off" \
+                    and not settings.activation_checkpointing:
                 continue
-            _check_on_model(_meta_model(recipe, config), settings, recipe.task, device, shapes_kept=all(
-                s.kind not in ("prune", "distill") for s in recipe.stages[:i]))
+            _check_on_model(_meta_model(recipe, config), settings, recipe.task, device, shapes_kept)
         if stage.kind == "distill" and stage.student.config:
-            return  # later trainings train a model of another config
+            return  # later stages train a model of another config
 
 
 def _check_on_model(model, settings, task: str, device: torch.device, shapes_kept: bool) -> None:

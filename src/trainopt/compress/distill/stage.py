@@ -47,9 +47,10 @@ def run(model, data, stage: DistillStage, ctx, stage_dir):
     init = "config" if stage.student.config else f"input-model layers {layer_map}"
     if model.config.num_hidden_layers != teacher.config.num_hidden_layers:
         layer_map = default_layers(teacher.config.num_hidden_layers, student.config.num_hidden_layers)
-    if stage.loss.attention > 0 and any(heads_per_layer(student)[si] != heads_per_layer(teacher)[ti] for si, ti in enumerate(layer_map)):
-        raise RecipeError(stage_key(ctx.recipe.stage_index(stage.name), "loss.attention"), "student and teacher attention heads differ (pruned heads?)",
-                          "set loss.attention: 0")
+    heads_differ = any(heads_per_layer(student)[si] != heads_per_layer(teacher)[ti] for si, ti in enumerate(layer_map))
+    if stage.loss.attention > 0 and heads_differ:  # a teacher folder; an earlier stage's is refused by checks.py
+        raise RecipeError(stage_key(ctx.recipe.stage_index(stage.name), "loss.attention"),
+                          "student and teacher attention heads differ (pruned heads?)", "set loss.attention: 0")
     for p in student.parameters():
         p.requires_grad_(True)
     if stage.loss.attention > 0:

@@ -23,7 +23,7 @@ def oriented(m, t: torch.Tensor) -> torch.Tensor:
     return t.t() if _is_conv1d(m) else t
 
 
-def targets(model: torch.nn.Module, stage: PruneStage) -> list[tuple[str, torch.nn.Module]]:
+def targets(model: torch.nn.Module, stage: PruneStage, index: int) -> list[tuple[str, torch.nn.Module]]:
     """(name, module) of every module whose weight is pruned, each weight once (tied weights)."""
     _, _, blocks = find_blocks(model)
     in_blocks = {id(m) for m in blocks.modules()}
@@ -47,7 +47,7 @@ def targets(model: torch.nn.Module, stage: PruneStage) -> list[tuple[str, torch.
             seen.add(id(m.weight))
             out.append((name, m))
     if not out:
-        raise RecipeError("stages.skip", "nothing left to prune", "skip fewer modules")
+        raise RecipeError(stage_key(index, "skip"), "nothing left to prune", "skip fewer modules")
     return out
 
 

@@ -30,9 +30,7 @@ import torch
 from ... import measure
 from ...artifacts import load_saved
 from ...compare import ACCELERATED_MIN_SPEEDUP
-from ...errors import RecipeError
 from ...results import Outcome
-from ...specbase import stage_key
 from ...train.loop import train
 from ...train.setup import AUTOCAST, resolve_precision
 from ...train.spec import TrainSettings, as_train_stage
@@ -51,10 +49,7 @@ def _recovery_loss(teacher, stage: PruneStage, data, ctx, settings, index: int):
         return None, 0.0
     task, device = ctx.recipe.task, ctx.device
     w = stage.distill
-    if w.attention and stage.method == "structured" and stage.structured.heads:
-        raise RecipeError(stage_key(index, "distill.attention"), "pruned heads have no teacher head to match",
-                          "set distill.attention: 0")
-    if w.attention:
+    if w.attention:  # (pruned heads with an attention loss are refused by checks.py before any work)
         teacher.set_attn_implementation("eager")
     n = teacher.config.num_hidden_layers
     hidden = teacher.config.hidden_size
@@ -107,7 +102,7 @@ def _structured(model, data, stage: PruneStage, ctx, stage_dir, index: int, cali
 def _unstructured(model, data, stage: PruneStage, ctx, stage_dir, index: int, calib_bs: int):
     """Magnitude, Wanda or gradual masks on the target Linears: (modules, info, after_step, best_from_step)."""
     info: dict = {"method": stage.method, "pattern": stage.pattern, "target_sparsity": stage.sparsity}
-    modules = targets(model, stage)
+    modules = targets(model, stage, index)
     check_pattern(modules, stage.pattern, index)
     weights = [oriented(m, m.weight.detach().abs().float()) for _, m in modules]
     after_step = best_from = None

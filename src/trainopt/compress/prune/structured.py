@@ -75,15 +75,22 @@ def choose(scores: list[torch.Tensor], fraction: float, same_per_layer: bool) ->
     return out
 
 
-def plan_structure(model, stage: PruneStage, batches, task: str, index: int) -> dict:
-    spec = stage.structured
+def check_architecture(model, stage: PruneStage, index: int) -> dict:
+    """The model's block layout, or the recipe error for an architecture structured pruning cannot shrink (run on the
+    meta-device model before any work, and again on the loaded model)."""
     lay = layout(model)
     if lay is None:
         raise RecipeError(stage_key(index, "method"), f"structured pruning knows BERT- and Llama-style blocks, not "
                           f"{type(model).__name__}", "use method: magnitude or wanda")
-    if spec.heads and "q" not in lay:
+    if stage.structured.heads and "q" not in lay:
         raise RecipeError(stage_key(index, "structured.heads"), f"head pruning is not supported for "
                           f"{model.config.model_type} (grouped key/value heads)", "prune ffn only (heads: 0)")
+    return lay
+
+
+def plan_structure(model, stage: PruneStage, batches, task: str, index: int) -> dict:
+    spec = stage.structured
+    check_architecture(model, stage, index)
     scores = structure_scores(model, batches, task, spec.importance)
     plan = {"heads": None, "ffn": choose([s[1] for s in scores], spec.ffn, spec.same_per_layer)}
     if spec.heads:
