@@ -1,6 +1,8 @@
 """`trainopt run`: validate the recipe, prepare data and model, run the stages, measure each, write the report.
 
 Run directory layout:
+  .trainopt-run          marks the folder as trainopt's (only such a folder is resumed or deleted by --overwrite)
+  .trainopt.lock         locked by the process writing the run (a second run into the folder is refused)
   recipe.yaml            the fully resolved recipe
   data.json              data statistics (rows, cleaning counts, labels, tokens)
   stages/<name>/model/   the stage's model (save_pretrained folder, safetensors, tokenizer, label map)
@@ -24,11 +26,12 @@ from .artifacts import count_params, load_model, load_saved, save_model
 from .compare import classify_effect, compare, vs_baseline
 from .context import Hooks, RunContext
 from .data.prepare import tokenize
-from .errors import RecipeError, TrainoptError
+from .errors import RecipeError
 from .evaluate import evaluate
 from .models import disk_bytes, load_tokenizer
 from .recipe import Recipe, dump_recipe
 from .results import Outcome, Size, Speed, StageResult
+from .rundir import RunLock, claim, is_trainopt_run
 from .report import print_summary, write_report
 from .techniques import stage_module
 from .train import distributed
@@ -39,20 +42,19 @@ from .train.monitor import MetricsLog, NullLog, console
 from .validate import check_compat, validate  # noqa: F401 — re-exported: `trainopt.runner.validate` is public
 
 
-def prepare_run_dir(recipe: Recipe, out: str | Path | None, resume: bool, overwrite: bool) -> Path:
+def prepare_run_dir(recipe: Recipe, out: str | Path | None, resume: bool, overwrite: bool) -> tuple[Path, RunLock]:
+    """The run directory, claimed and locked for this process (rundir.py: --overwrite deletes only a directory
+    trainopt created and that holds none of the run's inputs; --resume continues only a trainopt run)."""
     run_dir = Path(out) if out else Path("runs") / recipe.name
     recipe_file = run_dir / "recipe.yaml"
-    if resume:
-        if recipe_file.is_file() and recipe_file.read_text() != dump_recipe(recipe):
-            raise RecipeError("", f"the recipe differs from the one {run_dir} was started with",
-                              "resume with the same recipe and --set values, or pass --overwrite to start over")
-        return run_dir
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise TrainoptError(f"run directory {run_dir} already exists; pass --resume to continue it, "
-                                "--overwrite to replace it, or --out DIR for a new one")
-        shutil.rmtree(run_dir)
-    return run_dir
+    if resume and is_trainopt_run(run_dir) and recipe_file.is_file() and \
+            recipe_file.read_text() != dump_recipe(recipe):
+        raise RecipeError("", f"the recipe differs from the one {run_dir} was started with",
+                          "resume with the same recipe and --set values, or pass --overwrite to start over")
+    inputs = {"data.source": recipe.data.source, "data.validation_source": recipe.data.validation_source,
+              "data.test_source": recipe.data.test_source, "model.path": recipe.model.path,
+              "model.tokenizer": recipe.model.tokenizer}
+    return run_dir, claim(run_dir, resume, overwrite, inputs)
 
 
 def run(recipe=None, out: str | Path | None = None, overrides: list[str] | None = None, resume: bool = False,
@@ -70,10 +72,22 @@ def run(recipe=None, out: str | Path | None = None, overrides: list[str] | None 
     if recipe.run.threads:
         torch.set_num_threads(recipe.run.threads)
     console.quiet = not dd.is_main  # one voice: rank 0 prints, logs and writes the run directory
-    run_dir = prepare_run_dir(recipe, out, resume, overwrite) if dd.is_main else \
-        (Path(out) if out else Path("runs") / recipe.name)
-    distributed.barrier(dd)
+    lock = None
+    if dd.is_main:
+        run_dir, lock = prepare_run_dir(recipe, out, resume, overwrite)
+    else:
+        run_dir = Path(out) if out else Path("runs") / recipe.name
+    try:
+        distributed.barrier(dd)
+        return _execute(recipe, device, texts, dd, run_dir, resume, on_eval, show_summary, faults, t_start)
+    finally:
+        if lock is not None:
+            lock.release()
 
+
+def _execute(recipe: Recipe, device, texts, dd, run_dir: Path, resume: bool, on_eval, show_summary: bool,
+             faults: Faults | None, t_start: float) -> dict:
+    """The run itself, in a claimed run directory: data, the stages in order, the report."""
     set_determinism(recipe.run.seed, recipe.run.deterministic)
     saved_tokenizer = run_dir / "tokenizer"
     if (resume or not dd.is_main) and saved_tokenizer.is_dir():  # a trained tokenizer must not change between a

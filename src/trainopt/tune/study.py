@@ -27,8 +27,9 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import RecipeError, TrainoptError
+from ..errors import RecipeError
 from ..recipe import SearchSpec
+from ..rundir import RunLock, claim, made_by_trainopt
 from ..train.monitor import console
 from .space import load_study_recipe
 from .storage import open_study, optuna_module, safe_url, storage_url
@@ -114,8 +115,16 @@ def tune(recipe=None, out: str | Path | None = None, overrides: list[str] | None
     run_dir = Path(out) if out else Path("runs") / f"tune-{recipe.name}"
     if workers < 1:
         raise RecipeError("--workers", f"{workers} is out of range", "use 1 or more")
-    if worker_index is None:
-        _prepare_dir(run_dir, raw, resume, overwrite)
+    lock = _prepare_dir(run_dir, raw, resume, overwrite) if worker_index is None else None  # workers join it
+    try:
+        return _study(raw, recipe, search, run_dir, resume, storage, study_name, workers, worker_index, nproc)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _study(raw, recipe, search, run_dir: Path, resume: bool, storage, study_name, workers: int, worker_index,
+           nproc: int) -> dict:
     url = storage_url(search, run_dir, storage)
     name = study_name or search.study_name or recipe.name
     seed = (search.seed if search.seed is not None else recipe.run.seed) + (worker_index or 0)
@@ -138,22 +147,22 @@ def tune(recipe=None, out: str | Path | None = None, overrides: list[str] | None
     return summary
 
 
-def _prepare_dir(run_dir: Path, raw: dict, resume: bool, overwrite: bool) -> None:
+def _prepare_dir(run_dir: Path, raw: dict, resume: bool, overwrite: bool) -> RunLock:
+    """The study directory, claimed and locked (rundir.py: only a study trainopt made is resumed or replaced)."""
     recipe_file = run_dir / "recipe.yaml"
     text = yaml.safe_dump(raw, sort_keys=False, width=110)
-    if resume:
-        if recipe_file.is_file() and yaml.safe_load(recipe_file.read_text()) != yaml.safe_load(text):
-            raise RecipeError("", f"the recipe differs from the one {run_dir} was started with",
-                              "resume with the same recipe and --set values, or pass --overwrite to start over")
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise TrainoptError(f"run directory {run_dir} already exists; pass --resume to continue the study, "
-                                "--overwrite to replace it, or --out DIR for a new one")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume and made_by_trainopt(run_dir, "study") == "study" and recipe_file.is_file() and \
+            yaml.safe_load(recipe_file.read_text()) != yaml.safe_load(text):
+        raise RecipeError("", f"the recipe differs from the one {run_dir} was started with",
+                          "resume with the same recipe and --set values, or pass --overwrite to start over")
+    data = raw.get("data") or {}
+    inputs = {f"data.{k}": data.get(k) for k in ("source", "validation_source", "test_source")}
+    inputs.update({f"model.{k}": (raw.get("model") or {}).get(k) for k in ("path", "tokenizer")})
+    lock = claim(run_dir, resume, overwrite, inputs, kind="study")
     tmp = recipe_file.with_name("recipe.yaml.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, recipe_file)
+    return lock
 
 
 def _fail_running(study) -> None:

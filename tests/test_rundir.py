@@ -1,0 +1,93 @@
+"""Nothing lost: --overwrite deletes only a run directory trainopt created and that holds none of the run's inputs,
+--resume continues only a trainopt run, and two processes cannot write one run directory at once."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import yaml
+
+from trainopt.cli import main
+from trainopt.errors import TrainoptError
+from trainopt.rundir import LOCK, MARKER, RunLock, claim
+
+from .conftest import classification_recipe
+
+
+@pytest.fixture
+def recipe(tmp_path, tiny_bert_dir, reviews_dir):
+    raw = classification_recipe(tiny_bert_dir, reviews_dir, max_steps=2, eval_every=2, checkpoint_every=2)
+    raw["measure"]["latency"] = False
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _cli(args, capsys):
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err.strip()
+
+
+def test_overwrite_and_resume_refuse_a_folder_trainopt_did_not_create(tmp_path, recipe, capsys):
+    user = tmp_path / "thesis"
+    (user / "photos").mkdir(parents=True)
+    (user / "thesis.tex").write_text("years of work")
+    for flag in ("--overwrite", "--resume"):
+        code, err = _cli(["run", recipe, "--out", user, flag], capsys)
+        assert code == 2 and "trainopt did not create it" in err and len(err.splitlines()) == 1, err
+    assert sorted(p.name for p in user.iterdir()) == ["photos", "thesis.tex"]  # nothing added, nothing removed
+
+
+def test_overwrite_replaces_a_run_but_never_the_data_it_reads(tmp_path, recipe, reviews_dir, capsys):
+    out = tmp_path / "run"
+    assert _cli(["run", recipe, "--out", out], capsys)[0] == 0
+    assert (out / MARKER).is_file()
+    (out / "stale.txt").write_text("from the first run")
+    assert _cli(["run", recipe, "--out", out, "--overwrite"], capsys)[0] == 0
+    assert not (out / "stale.txt").exists() and (out / "report.json").is_file()
+    # a run whose data lives inside the folder --overwrite would delete is refused, the data kept
+    inside = out / "mydata"
+    inside.mkdir()
+    for f in reviews_dir.iterdir():
+        (inside / f.name).write_bytes(f.read_bytes())
+    code, err = _cli(["run", recipe, "--out", out, "--overwrite", "--set", f"data.source={inside}"], capsys)
+    assert code == 2 and "data.source" in err and (inside / "train.jsonl").is_file(), err
+
+
+def test_overwrite_refuses_the_folder_it_is_run_from(tmp_path, recipe, capsys, monkeypatch):
+    out = tmp_path / "run"
+    assert _cli(["run", recipe, "--out", out], capsys)[0] == 0
+    monkeypatch.chdir(out)
+    code, err = _cli(["run", recipe, "--out", ".", "--overwrite"], capsys)
+    assert code == 2 and "current directory" in err and (out / "report.json").is_file(), err
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_run(tmp_path):
+    run_dir = tmp_path / "run"
+    first = claim(run_dir, resume=False, overwrite=False, inputs={})
+    assert (run_dir / MARKER).is_file() and (run_dir / LOCK).read_text() == str(os.getpid())
+    (run_dir / "metrics.jsonl").write_text("{}\n")
+    with pytest.raises(TrainoptError, match="another trainopt process"):
+        claim(run_dir, resume=False, overwrite=True, inputs={})  # would have deleted the first run's files
+    assert (run_dir / "metrics.jsonl").is_file()
+    first.release()
+    second = claim(run_dir, resume=True, overwrite=False, inputs={})
+    second.release()
+    with pytest.raises(TrainoptError, match="is a file"):
+        claim(run_dir / "metrics.jsonl", resume=False, overwrite=True, inputs={})
+    assert isinstance(first, RunLock)
+
+
+def test_tune_refuses_to_replace_a_folder_it_did_not_create_or_a_run(tmp_path, recipe, capsys):
+    user = tmp_path / "notes"
+    user.mkdir()
+    (user / "todo.txt").write_text("keep me")
+    code, err = _cli(["tune", "tune-quickstart", "--out", user, "--overwrite"], capsys)
+    assert code == 2 and "trainopt did not create it" in err, err
+    assert [p.name for p in user.iterdir()] == ["todo.txt"]
+    run_dir = tmp_path / "run"
+    claim(run_dir, resume=False, overwrite=False, inputs={}).release()  # a trainopt run directory
+    (run_dir / "report.json").write_text("{}")
+    code, err = _cli(["tune", "tune-quickstart", "--out", run_dir, "--overwrite"], capsys)
+    assert code == 2 and "not a study directory" in err and (run_dir / "report.json").is_file(), err
