@@ -29,7 +29,7 @@ demo: fetch
 # The tests need the two Debian data sets and WordNet (a few MB); they build their tiny models themselves.
 test: install
 	$(BIN)/trainopt data fetch --only fine_foods,austen,wordnet,apertium
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=12
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
