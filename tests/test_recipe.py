@@ -44,6 +44,14 @@ BASE = {"model": {"path": "builtin:minilm-l6"}, "stages": [{"kind": "train", "na
     ("model.config={model_type: gpt2}", ["model", "exclusive"]),
     ("stages.0.schedule={warmup_steps: 3, warmup_ratio: 0.1}", ["schedule.warmup_steps", "not both"]),
     ("name=bad name!", ["name", "not a valid name"]),
+    # values the schema took and the run crashed on (OverflowError, file name too long): refused up front
+    ("run.seed=100000000000000000000000", ["run.seed", "too large", "2147483647"]),
+    ("run.threads=1.0e+30", ["run.threads"]),
+    ("stages.0.recovery.window=99999999999999999999", ["stages.0.recovery.window", "too large"]),
+    ("measure.batch_sizes=[1000000000000]", ["measure.batch_sizes", "too large"]),
+    ("stages.0.optimizer.eps=.inf", ["stages.0.optimizer.eps", "finite"]),
+    ("model.dropout=.nan", ["model.dropout", "finite"]),
+    ("name=" + "a" * 300, ["name", "up to 100"]),
 ])
 def test_bad_values_are_one_line(override, expect):
     msg = _error(BASE, [override])
@@ -134,3 +142,11 @@ def test_cli_existing_run_dir_needs_resume_or_overwrite(tmp_path, capsys, tiny_b
     code, err = _cli(["run", str(recipe), "--out", str(out)], capsys)
     assert code == 2 and "--resume" in err and "--overwrite" in err
     assert (out / "something").exists()
+
+
+def test_an_unknown_home_directory_is_a_one_line_error():
+    from trainopt.recipe import check_paths
+
+    with pytest.raises(RecipeError) as e:
+        check_paths(load_recipe({**BASE, "data": {"source": "~nosuchuser-trainopt/x.jsonl"}}))
+    assert e.value.key == "data.source" and "no such user" in e.value.problem

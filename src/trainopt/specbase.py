@@ -4,15 +4,40 @@ pulling in torch or any other technique (and `trainopt check` stays light)."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 BUILTIN_MODELS = ("builtin:minilm-l6", "builtin:smollm2-135m")
 BUILTIN_DATA = ("builtin:fine_foods", "builtin:austen")
-NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"  # also a file name: at most 100 characters
+INT_MAX = 2**31 - 1  # the largest integer any key takes: seeds, thread counts, steps and sizes all fit below it
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Unknown keys are errors; floats are finite (no .inf / .nan); integers, also inside lists and mappings, stay
+    within ±INT_MAX (a 10**23 seed or thread count is refused here, not by an OverflowError mid-run)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _bounded_integers(cls, value):
+        _check_integers(value, 0)
+        return value
+
+
+def _check_integers(value, depth: int) -> None:
+    if isinstance(value, bool) or depth > 20:
+        return
+    if isinstance(value, int):
+        if abs(value) > INT_MAX:
+            raise ValueError(f"{str(value)[:20]}{'…' if len(str(value)) > 20 else ''} is too large; integers here "
+                             f"are at most {INT_MAX}")
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _check_integers(v, depth + 1)
+    elif isinstance(value, dict):
+        for v in value.values():
+            _check_integers(v, depth + 1)
 
 
 class StageBase(Strict):

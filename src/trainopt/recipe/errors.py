@@ -43,7 +43,7 @@ def one_line(e: ValidationError) -> RecipeError:
                            .replace("Value should", "it should").replace("List should", "it should"))
     if typ == "string_pattern_mismatch":
         return RecipeError(key, f"{_short(value)} is not a valid name",
-                           "use letters, digits, '_', '-' and '.' (starting with a letter or digit)")
+                           "use up to 100 letters, digits, '_', '-' and '.' (starting with a letter or digit)")
     if typ == "value_error":
         text = msg.removeprefix("Value error, ")
         return RecipeError(key or "recipe", text)

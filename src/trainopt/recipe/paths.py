@@ -33,5 +33,10 @@ def check_paths(recipe: Recipe) -> None:
                 raise RecipeError(key, f"unknown built-in '{ref}'",
                                   f"did you mean '{close[0]}'?" if close else f"built-ins: {', '.join(builtins)}")
             continue
-        if not Path(ref).expanduser().exists():
+        try:
+            local = Path(ref).expanduser()
+        except RuntimeError:  # ~user of a user this machine does not know
+            raise RecipeError(key, f"cannot expand {ref.split('/')[0]} in {ref}: no such user here",
+                              "give the full path") from None
+        if not local.exists():
             raise RecipeError(key, f"path {ref} does not exist", "give an existing local path (or a builtin:… name)")
