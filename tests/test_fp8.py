@@ -189,3 +189,31 @@ def test_fp8_adds_no_graph_break_under_compile_and_autocast(recipe):
     m = _tiny_gpt2().train()
     fp8.enable(m, recipe)
     assert breaks(m) == breaks(plain)
+
+
+def test_fp8_and_fused_head_checks_run_on_the_meta_model_before_work():
+    """validate.check_model builds the model class from its config on the meta device: fp8 with no Linear of a
+    multiple-of-16 width is refused with the stage's key, as the loop would once the model is loaded."""
+    import torch
+
+    from trainopt.errors import RecipeError
+    from trainopt.models import model_config
+    from trainopt.recipe import load_recipe
+    from trainopt.train import fp8
+    from trainopt.validate import _meta_model, check_model
+
+    def recipe(width, **stage):
+        return load_recipe({"task": "causal_lm", "model": {"config": {"model_type": "gpt2", "n_embd": width,
+                                                                      "n_head": 2, "n_layer": 1, "vocab_size": 64},
+                                                      "train_tokenizer": {"vocab_size": 300}},
+                            "stages": [{"kind": "train", "name": "pre", **stage}]})
+
+    def eligible(width):
+        r = recipe(width)
+        return fp8.eligible(_meta_model(r, model_config(r.model)))
+
+    assert len(eligible(32)) == 4 and eligible(24) == []  # qkv, proj, fc, fc-proj; 24 is no multiple of 16
+    with pytest.raises(RecipeError) as e:
+        check_model(recipe(24, fp8="tensorwise"), torch.device("cpu"))
+    assert e.value.key == "stages.0.fp8"
+    check_model(recipe(32, fp8="tensorwise", activation_checkpointing=True, lm_loss="chunked"), torch.device("cpu"))

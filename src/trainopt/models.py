@@ -74,36 +74,48 @@ def _set_dropout(config, p: float | None) -> None:
             setattr(config, key, p)
 
 
-def load_model(recipe, tokenizer, label_names: list[str] | None = None):
-    """Load a local checkpoint as the recipe's task, or build a fresh model from model.config."""
+def model_config(spec, tokenizer=None, **extra):
+    """The transformers config of the recipe's `model:` (built from model.config, or read from model.path's
+    config.json), or the recipe error naming the key. `tokenizer` fills a fresh config's vocabulary size and special
+    token ids; `extra` (label maps) goes into a fresh config. Shared by the loader and the check before work (validate.py)."""
     from transformers import AutoConfig
 
     quiet_transformers()
+    if spec.config is not None:
+        cfg = dict(spec.config)
+        model_type = cfg.pop("model_type")
+        if tokenizer is not None:
+            cfg.setdefault("vocab_size", len(tokenizer))
+            for attr in ("bos_token_id", "eos_token_id", "pad_token_id"):
+                if getattr(tokenizer, attr, None) is not None:
+                    cfg.setdefault(attr, getattr(tokenizer, attr))
+        try:
+            return AutoConfig.for_model(model_type, **cfg, **extra)
+        except (ValueError, TypeError) as e:
+            raise RecipeError("model.config", str(e).splitlines()[0][:200], "check model_type and its keys") from None
+    path = resolve_model_ref(spec.path)
+    try:
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=spec.trust_remote_code)
+    except Exception as e:  # noqa: BLE001 — any unreadable config is the same error for the user
+        raise RecipeError("model.path", f"{path} is not a loadable HF checkpoint folder "
+                          f"({str(e).splitlines()[0][:160]})", "give a folder with config.json and weights") from None
+    return config
+
+
+def load_model(recipe, tokenizer, label_names: list[str] | None = None):
+    """Load a local checkpoint as the recipe's task, or build a fresh model from model.config."""
     spec, task = recipe.model, recipe.task
     label_kwargs = {}
     if task == "classification":
         label_kwargs = {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
                         "label2id": {n: i for i, n in enumerate(label_names)}}
     if spec.config is not None:
-        cfg = dict(spec.config)
-        model_type = cfg.pop("model_type")
-        cfg.setdefault("vocab_size", len(tokenizer))
-        for attr in ("bos_token_id", "eos_token_id", "pad_token_id"):
-            if getattr(tokenizer, attr, None) is not None:
-                cfg.setdefault(attr, getattr(tokenizer, attr))
-        try:
-            config = AutoConfig.for_model(model_type, **cfg, **label_kwargs)
-        except (ValueError, TypeError) as e:
-            raise RecipeError("model.config", str(e).splitlines()[0][:200], "check model_type and its keys") from None
+        config = model_config(spec, tokenizer, **label_kwargs)
         _set_dropout(config, spec.dropout)
         torch.manual_seed(recipe.run.seed)
         return auto_class(task).from_config(config)
     path = resolve_model_ref(spec.path)
-    try:
-        config = AutoConfig.from_pretrained(str(path), trust_remote_code=spec.trust_remote_code)
-    except Exception as e:
-        raise RecipeError("model.path", f"{path} is not a loadable HF checkpoint folder "
-                          f"({str(e).splitlines()[0][:160]})", "give a folder with config.json and weights") from None
+    config = model_config(spec)
     for k, v in label_kwargs.items():
         setattr(config, k, v)
     _set_dropout(config, spec.dropout)
