@@ -64,7 +64,7 @@ def test_measure_latency_returns_typed_speed():
 def test_effect_labels_follow_what_the_technique_claims_and_what_was_measured():
     parent = _result("parent")
     faster_smaller = _result("q", p50=(1.0, 20.0), disk=300)
-    assert classify_effect(faster_smaller, parent, Outcome(claims="kernel")) == "accelerated"
+    assert classify_effect(faster_smaller, parent, Outcome(claims="kernel")) == "accelerated"  # timed separately
     same_speed_smaller = _result("q", p50=(2.0, 39.0), disk=300)  # 1.03x: within noise
     assert classify_effect(same_speed_smaller, parent, Outcome(claims="kernel")) == "smaller"
     other_device = _result("q", p50=(1.0, 20.0), disk=1000, device="cuda")  # timed elsewhere: no speed claim
@@ -81,4 +81,4 @@ def test_compare_reports_ratios_against_the_base():
     base, stage = _result("base"), _result("s", p50=(1.0, 10.0), disk=250, quality=0.85)
     out = compare(stage, base, "classification")
     assert out == {"quality_metric": "accuracy", "quality_delta": -0.05, "speedup_b1": 2.0, "speedup_b32": 4.0,
-                   "size_ratio": 0.25}
+                   "timed": "separately", "size_ratio": 0.25}

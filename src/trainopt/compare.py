@@ -1,29 +1,36 @@
-"""How a stage compares with the model it came from and with the baseline: ratios and the effect label, with the one
-threshold every label uses. Shared by the runner and the stages that time kernels of their own."""
+"""How a stage compares with the model it came from and with the baseline: ratios (with their 95% intervals where
+the models were timed interleaved, timing.py) and the effect label, with the one threshold every label uses. Shared
+by the runner and the stages that time kernels of their own."""
 
 from __future__ import annotations
 
 from .results import Outcome, StageResult
+from .timing import Timing
 
 ACCELERATED_MIN_SPEEDUP = 1.10  # below this, a latency difference on a shared CPU is within noise
 
 
-def classify_effect(result: StageResult, parent: StageResult | None, outcome: Outcome) -> str:
+def classify_effect(result: StageResult, parent: StageResult | None, outcome: Outcome, timing: Timing | None = None,
+                    notes: list[str] | None = None) -> str:
     """A compression stage's label, from measurements against the model it came from.
 
     `outcome.claims` says what the technique changes: "kernel" (quantization: another kernel runs, so `accelerated`
-    when measured ≥ 1.10x faster at the largest batch, else `smaller` if fewer bytes), "shape" (distillation,
-    structured pruning: the tensors shrank, so `smaller`; the speed columns show what that bought), "mask"
-    (unstructured pruning: zeros in dense tensors, so `masked` — a stage that times a sparse kernel of its own
-    returns `accelerated` itself)."""
+    when measured ≥ 1.10x faster at the largest batch — with `timing` (the stage and its parent timed interleaved),
+    when the lower end of the ratio's 95% interval clears 1.10x on a machine that was not busy — else `smaller` if
+    fewer bytes), "shape" (distillation, structured pruning: the tensors shrank, so `smaller`; the speed columns show
+    what that bought), "mask" (unstructured pruning: zeros in dense tensors, so `masked` — a stage that times a
+    sparse kernel of its own returns `accelerated` itself). Why a faster-looking stage was not labelled
+    `accelerated` is appended to `notes`."""
     if outcome.effect != "compressed":
         return outcome.effect
     if parent is not None:
         big = result.speed.largest_batch
         if big is not None and outcome.claims == "kernel":
-            new, old = result.speed.p50(big), parent.speed.p50(big)
-            if new and old and result.speed.device == parent.speed.device and old / new >= ACCELERATED_MIN_SPEEDUP:
+            faster, why = _faster(result, parent, big, timing)
+            if faster:
                 return "accelerated"
+            if why and notes is not None:
+                notes.append(why)
         if outcome.claims != "mask" and result.size.disk_bytes < parent.size.disk_bytes:
             return "smaller"
     if result.size.nonzero_params < result.size.params:
@@ -31,21 +38,56 @@ def classify_effect(result: StageResult, parent: StageResult | None, outcome: Ou
     return "unchanged"
 
 
-def vs_baseline(result: StageResult, previous: list[StageResult], task: str) -> dict:
+def _faster(result: StageResult, parent: StageResult, batch: int, timing: Timing | None) -> tuple[bool, str | None]:
+    threshold = ACCELERATED_MIN_SPEEDUP
+    ratio = _interleaved(timing, parent.name, result.name, batch)
+    if ratio is None:  # timed separately: the point figures, on one device
+        new, old = result.speed.p50(batch), parent.speed.p50(batch)
+        same = result.speed.device == parent.speed.device
+        return bool(new and old and same and old / new >= threshold), None
+    point, lo, hi = ratio
+    if point < threshold:
+        return False, None
+    if lo < threshold:
+        return False, (f"{point:.2f}x faster than {parent.name} at batch {batch}, but the 95% interval "
+                       f"{lo:.2f}–{hi:.2f}x does not clear {threshold:.2f}x: not labelled accelerated")
+    if not result.speed.reliable:
+        return False, (f"{point:.2f}x faster than {parent.name} at batch {batch}, but the timing is unreliable ("
+                       + "; ".join(result.speed.timing.get("warnings", [])) + "): not labelled accelerated")
+    return True, None
+
+
+def _interleaved(timing: Timing | None, ref: str, new: str, batch: int):
+    if timing is None or ref not in timing.rounds or new not in timing.rounds:
+        return None
+    return timing.speedup(ref, new, batch)
+
+
+def vs_baseline(result: StageResult, previous: list[StageResult], task: str, timing: Timing | None = None) -> dict:
     base = next((e for e in previous if e.effect == "baseline"), result)
-    return compare(result, base, task)
+    return compare(result, base, task, timing)
 
 
-def compare(result: StageResult, base: StageResult, task: str) -> dict:
-    """quality_delta = stage − base in the task's metric; speedup_b<N> = base latency / stage latency at batch N;
+def compare(result: StageResult, base: StageResult, task: str, timing: Timing | None = None) -> dict:
+    """quality_delta = stage − base in the task's metric; speedup_b<N> = base latency / stage latency at batch N
+    (with `speedup_b<N>_ci95` where both were timed interleaved in `timing`; `timed` says which);
     speedup_generate_b1 = stage / base generation rate; size_ratio = stage / base disk bytes."""
     metric = "accuracy" if task == "classification" else "perplexity"
     out = {"quality_metric": metric}
     a, b = result.quality.get(metric), base.quality.get(metric)
     out["quality_delta"] = round(a - b, 5) if a is not None and b is not None else None
+    itself = base.name == result.name
+    interleaved = False
     for batch in sorted(result.speed.latency):
+        ratio = None if itself else _interleaved(timing, base.name, result.name, batch)
+        if ratio is not None:
+            out[f"speedup_b{batch}"], out[f"speedup_b{batch}_ci95"] = ratio[0], [ratio[1], ratio[2]]
+            interleaved = True
+            continue
         new, old = result.speed.p50(batch), base.speed.p50(batch)
         out[f"speedup_b{batch}"] = round(old / new, 3) if old and new else None
+    if not itself and result.speed.latency:
+        out["timed"] = "interleaved" if interleaved else "separately"
     g_new = result.speed.generation.get("generate_tokens_per_s_b1")
     g_old = base.speed.generation.get("generate_tokens_per_s_b1")
     if g_new and g_old:

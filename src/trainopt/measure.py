@@ -1,7 +1,8 @@
 """Measurement shared by every stage and the report: latency, throughput, size, FLOPs, MFU, memory, hardware.
 
-Latency is measured on fixed inputs (the first examples of the test split, identical for every stage),
-with warm-up and repeats, reporting p50 and p95 in milliseconds.
+Latency is measured on fixed inputs (the first examples of the test split, identical for every stage), with warm-up
+and repeats, reporting p50, p95 and the interquartile range in milliseconds; the timing itself (interleaved rounds,
+spread, ratio intervals, the machine's load) is timing.py's.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import time
 
 import torch
 
-from .results import Latency, Speed
+from .results import Speed
+from .timing import percentile, time_models
 
 # Dense peak FLOP/s per device kind and precision (vendor datasheets, no sparsity).
 # Override with run.peak_flops for any other device, including CPUs.
@@ -138,15 +140,6 @@ def time_call(fn, device: torch.device, warmup: int, repeats: int, max_seconds: 
     return times
 
 
-def percentile(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    if len(xs) == 1:
-        return xs[0]
-    k = (len(xs) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
-
-
 def fixed_inputs(split, task: str, batch_sizes: list[int], seq_len: int | None) -> dict[int, dict]:
     """The same inputs for every stage: the first examples of the split (batch 1: the median-length one)."""
     out = {}
@@ -166,24 +159,12 @@ def fixed_inputs(split, task: str, batch_sizes: list[int], seq_len: int | None) 
     return out
 
 
-@torch.inference_mode()
 def measure_latency(model, inputs: dict[int, dict], device: torch.device, warmup: int, repeats: int,
                     max_seconds: float, autocast_dtype: torch.dtype | None = None) -> Speed:
-    """Forward latency per batch size (p50, p95, repeats) and the throughput at the largest batch."""
-    model.eval()
-    speed = Speed(device=device.type, threads=torch.get_num_threads())
-    for b, batch in sorted(inputs.items()):
-        batch = {k: v.to(device) for k, v in batch.items()}
-
-        def call(batch=batch):
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                model(**batch)
-
-        times = time_call(call, device, warmup, repeats, max_seconds)
-        speed.latency[b] = Latency(round(percentile(times, 0.5), 3), round(percentile(times, 0.95), 3), len(times))
-    big = max(inputs)
-    speed.throughput_items_per_s = round(big / (speed.p50(big) / 1000.0), 2)
-    return speed
+    """One model's forward latency per batch size (p50, p95, interquartile range, repeats), the throughput at the
+    largest batch and the machine's record (timing.py); to compare models, time them together (timing.time_models)."""
+    timing = time_models({"model": model}, inputs, device, warmup, repeats, max_seconds, autocast_dtype)
+    return timing.speed("model", device)
 
 
 @torch.inference_mode()

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-_LATENCY = re.compile(r"latency_ms_b(\d+)_(p50|p95)")
+_LATENCY = re.compile(r"latency_ms_b(\d+)_(p50|p95|q25|q75)")
 _REPEATS = re.compile(r"latency_repeats_b(\d+)")
 
 
@@ -29,6 +29,8 @@ class Latency:
     p50_ms: float | None = None
     p95_ms: float | None = None
     repeats: int | None = None
+    q25_ms: float | None = None  # the interquartile range: the middle half of the timed calls
+    q75_ms: float | None = None
 
 
 @dataclass
@@ -41,6 +43,13 @@ class Speed:
     device: str | None = None
     threads: int | None = None
     generation: dict = field(default_factory=dict)
+    # how it was timed (timing.py): interleaved_with, rounds, the machine's record (cores, runnable tasks, CPU share,
+    # steal), warnings, reliable
+    timing: dict = field(default_factory=dict)
+
+    @property
+    def reliable(self) -> bool:
+        return self.timing.get("reliable", True)
 
     @classmethod
     def unmeasured(cls, batch_sizes) -> Speed:
@@ -58,8 +67,9 @@ class Speed:
         out: dict = {}
         for b, lat in sorted(self.latency.items()):
             out[latency_key(b)] = lat.p50_ms
-            if lat.p95_ms is not None:
-                out[latency_key(b, "p95")] = lat.p95_ms
+            for q in ("p95", "q25", "q75"):
+                if getattr(lat, f"{q}_ms") is not None:
+                    out[latency_key(b, q)] = getattr(lat, f"{q}_ms")
             if lat.repeats is not None:
                 out[f"latency_repeats_b{b}"] = lat.repeats
         out["throughput_items_per_s"] = self.throughput_items_per_s
@@ -68,12 +78,15 @@ class Speed:
         if self.device is not None:
             out["device"] = self.device
         out.update(self.generation)
+        if self.timing:
+            out["timing"] = self.timing
         return out
 
     @classmethod
     def from_json(cls, d: dict) -> Speed:
         speed = cls(throughput_items_per_s=d.get("throughput_items_per_s"), device=d.get("device"),
-                    threads=d.get("threads"), generation={k: v for k, v in d.items() if k.startswith("generate_")})
+                    threads=d.get("threads"), generation={k: v for k, v in d.items() if k.startswith("generate_")},
+                    timing=d.get("timing", {}))
         for k, v in d.items():
             if m := _LATENCY.fullmatch(k):
                 lat = speed.latency.setdefault(int(m.group(1)), Latency())

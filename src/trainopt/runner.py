@@ -36,6 +36,7 @@ from .report import print_summary, write_report
 from .techniques import stage_module
 from .train import distributed
 from .version import __version__
+from .timing import time_models
 from .train.faults import Faults
 from .train.setup import set_determinism
 from .train.monitor import MetricsLog, NullLog, console
@@ -205,25 +206,56 @@ def _measure_stage(model, data, stage, outcome: Outcome, ctx: RunContext, inputs
         vq = evaluate(model, data.validation, recipe.task, 64, device)
         validation = {k: v for k, v in vq.items() if k in ("accuracy", "f1_macro", "loss", "perplexity")}
     m = recipe.measure
+    parent = next((r for r in previous if r.name == stage.from_stage), None) if stage.from_stage else \
+        (previous[-1] if previous else None)
+    baseline = next((r for r in previous if r.effect == "baseline"), None)
+    timing, notes = None, []
     if inputs is not None:
-        speed = measure.measure_latency(model, inputs, device, m.warmup, m.repeats, m.max_seconds)
+        refs = _references([r for r in (parent, baseline) if r is not None] if m.interleave else [], device, ctx,
+                           notes)
+        timing = time_models({stage.name: model, **refs}, inputs, device, m.warmup, m.repeats, m.max_seconds)
+        del refs
+        speed = timing.speed(stage.name, device)
         if recipe.task == "causal_lm" and m.generate_tokens:
             speed.generation = measure.measure_generation(model, ctx.prompt, m.generate_tokens, device,
                                                           min(m.repeats, 5), m.max_seconds)
+        if not speed.reliable:
+            console.print(f"[yellow]speed figures of {stage.name} are unreliable[/yellow]: "
+                          + "; ".join(speed.timing["warnings"]))
     else:
         speed = Speed.unmeasured(m.batch_sizes)
     cost = {**outcome.cost, "eval_wall_s": round(time.perf_counter() - t0, 2)}
+    details = dict(outcome.details)
     result = StageResult(name=stage.name, kind=stage.kind, effect=outcome.effect, quality=quality,
                          size=Size(params, nonzero, disk_bytes(model_dir)), speed=speed, cost=cost,
                          checkpoint=os.path.relpath(model_dir, ctx.run_dir), validation_quality=validation,
-                         details=outcome.details)
-    parent = next((r for r in previous if r.name == stage.from_stage), None) if stage.from_stage else \
-        (previous[-1] if previous else None)
-    result.effect = "baseline" if not previous else classify_effect(result, parent, outcome)
+                         details=details)
+    result.effect = "baseline" if not previous else classify_effect(result, parent, outcome, timing, notes)
     if parent is not None:
-        result.vs_parent = {"stage": parent.name, **compare(result, parent, recipe.task)}
-    result.vs_baseline = vs_baseline(result, previous, recipe.task)
+        result.vs_parent = {"stage": parent.name, **compare(result, parent, recipe.task, timing)}
+    result.vs_baseline = vs_baseline(result, previous, recipe.task, timing)
+    if notes:
+        details["notes"] = list(details.get("notes", [])) + notes
+        for note in notes:
+            console.print(f"[yellow]{stage.name}[/yellow]: {note}")
     return result
+
+
+def _references(stages: list[StageResult], device, ctx: RunContext, notes: list[str]) -> dict:
+    """The finished stages a new stage is compared with, loaded from their saved folders onto the device the new
+    stage is timed on, to be timed interleaved with it (timing.py). One that cannot be loaded there is compared by
+    its own figures, with a note."""
+    refs = {}
+    for r in stages:
+        if r.name in refs:
+            continue
+        try:
+            ref, _, _ = load_saved(ctx.run_dir / r.checkpoint, ctx.recipe.task)
+            refs[r.name] = ref.to(device)
+        except (RuntimeError, NotImplementedError, TypeError) as e:
+            notes.append(f"{r.name} could not be timed again on {device.type} ({str(e).splitlines()[0][:120]}): "
+                         "compared with its own figures, timed separately")
+    return refs
 
 
 def _write_text(path: Path, text: str) -> None:

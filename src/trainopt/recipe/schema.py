@@ -92,6 +92,10 @@ class MeasureSpec(Strict):
     max_seconds: float = Field(15.0, gt=0.0)
     seq_len: int | None = Field(None, ge=1)
     generate_tokens: int = Field(32, ge=0)
+    # time each stage again next to its parent and the baseline, in alternating rounds, so that a speed ratio compares
+    # models under the same machine load and carries a 95% interval (timing.py); false: ratios of figures each stage
+    # measured alone (cheaper; a load change between stages lands in the ratio)
+    interleave: bool = True
 
     @model_validator(mode="after")
     def _sizes(self):

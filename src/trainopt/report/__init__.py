@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ..compress.prune.summary import describe
 from .html import to_html
-from .rows import rows
+from .rows import rows, timing_notes
 
 
 
@@ -46,6 +46,11 @@ def to_markdown(report: dict) -> str:
              "the process's peak resident set.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in body]
+    notes = timing_notes(report)
+    if notes:
+        lines += ["", "## Timing", "", "Each stage is timed again next to the model it came from and the baseline, "
+                  "in alternating rounds; ⚠ in the table marks figures measured on a busy machine or with a wide "
+                  "spread (`speed.timing` in report.json).", ""] + [f"- {n}" for n in notes]
     data = report.get("data", {})
     lines += ["", "## Data", "", f"- source: {data.get('source')} (text column `{data.get('text_column')}`"
               + (f", label column `{data.get('label_column')}`)" if data.get("label_column") else ")"),
@@ -87,6 +92,8 @@ def to_markdown(report: dict) -> str:
                       + (f", resumed from step {t['resumed_from_step']}" if t.get("resumed_from_step") else "")]
         if s.get("pruning"):
             extra += ["", "Pruning: " + describe(s["pruning"])]
+        if s.get("notes"):
+            extra += [""] + [f"- {n}" for n in s["notes"]]
         if extra:
             lines += ["", f"## Stage `{s['name']}`"] + extra
     return "\n".join(lines) + "\n"
@@ -105,4 +112,7 @@ def print_summary(report: dict) -> None:
     if not out.is_terminal:
         out = Console(width=200)
     out.print(table)
+    for line in timing_notes(report):
+        if "UNRELIABLE" in line:
+            out.print(f"[yellow]⚠ {line}[/yellow]")
     out.print(f"report: {Path(report['run_dir']) / 'report.md'} (and report.html)")

@@ -15,7 +15,7 @@ import math
 from collections import defaultdict
 
 from ..results import latency_key
-from .rows import rows
+from .rows import rows, timing_notes
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1200px;color:#1f2933;
@@ -105,7 +105,9 @@ def stage_table(report: dict) -> str:
     return table(head, body, classes, raw=True) + (
         "<p class='note'>Against the baseline stage: quality delta in the metric's units, latency speedup (above 1 is "
         "faster), disk-size ratio (below 1 is smaller); green is better, red is worse. Effects: masked = zeros only, "
-        "smaller = the tensors shrank, accelerated = a faster kernel runs (measured).</p>")
+        "smaller = the tensors shrank, accelerated = a faster kernel runs (measured; the ratio's 95% interval clears "
+        "1.10x). ⚠ marks speed figures measured on a busy machine or with a wide spread.</p>"
+        + "".join(f"<p class='note'>{html.escape(n)}</p>" for n in timing_notes(report)))
 
 
 def tradeoff_chart(report: dict, plt) -> str:

@@ -40,8 +40,9 @@ def rows(report: dict) -> tuple[list[str], list[list[str]]]:
                     _fmt(q.get("perplexity"), ".2f") + _delta(vs.get("quality_delta"), ".2f")]
         row += [f"{z['params']:,}", f"{z['nonzero_params']:,}",
                 f"{z['disk_bytes'] / 1e6:.1f}" + _ratio(vs.get("size_ratio"))]
+        flag = "" if sp.get("timing", {}).get("reliable", True) else " ⚠"  # why: timing_notes
         for b in sizes:
-            row.append(_fmt(sp.get(latency_key(b)), ".2f") + _ratio(vs.get(f"speedup_b{b}")))
+            row.append(_fmt(sp.get(latency_key(b)), ".2f") + _ratio(vs.get(f"speedup_b{b}")) + flag)
         if task == "causal_lm":
             row.append(_fmt(sp.get("generate_tokens_per_s_b1"), ".1f") + _ratio(vs.get("speedup_generate_b1")))
         row += [_fmt(c.get("wall_s"), ".1f") if s.get("training") else "—",
@@ -49,3 +50,25 @@ def rows(report: dict) -> tuple[list[str], list[list[str]]]:
                 _fmt(None if c.get("peak_mem_bytes") is None else c["peak_mem_bytes"] / 1e6, ",.0f")]
         body.append(row)
     return head, body
+
+
+def timing_notes(report: dict) -> list[str]:
+    """One line per stage on how far its speed figures can be trusted: each ratio against the model it came from with
+    its 95% interval (timed interleaved), and every warning of a busy machine or a noisy figure (⚠ in the table)."""
+    lines = []
+    for s in report["stages"]:
+        sp, parent = s["speed"], s.get("vs_parent") or {}
+        timing = sp.get("timing") or {}
+        if not timing:
+            continue
+        parts = []
+        for b in report["recipe"]["measure"]["batch_sizes"]:
+            ci = parent.get(f"speedup_b{b}_ci95")
+            if ci:
+                parts.append(f"b{b} {parent[f'speedup_b{b}']:.2f}x vs {parent['stage']} (95% interval {ci[0]:.2f}–"
+                             f"{ci[1]:.2f}x)")
+        where = f"timed with {', '.join(timing['interleaved_with'])} in {timing.get('rounds')} alternating rounds" \
+            if timing.get("interleaved_with") else f"timed alone in {timing.get('rounds')} rounds"
+        state = "reliable" if timing.get("reliable", True) else "UNRELIABLE: " + "; ".join(timing.get("warnings", []))
+        lines.append(f"{s['name']}: " + ", ".join(parts + [where]) + f" — {state}")
+    return lines
