@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from trainopt.data.batching import ClassificationSplit
 from trainopt.data.prepare import load_texts, tokenize
@@ -204,3 +205,14 @@ def test_bucketed_batches_are_full_but_the_last_and_cover_every_item_once():
     widths = [max(len(split.input_ids[i]) for i in b) for b in batches]
     spreads = [max(len(split.input_ids[i]) for i in b) - min(len(split.input_ids[i]) for i in b) for b in batches]
     assert sum(spreads) / len(spreads) < 6 and len(set(widths)) > 10  # still grouped by length, and shuffled
+
+
+def test_lm_training_batches_are_full_and_evaluation_keeps_every_block():
+    """A partial last batch would make a compiled step compile again: training drops it, evaluation does not."""
+    from trainopt.data.batching import LMSplit
+
+    split = LMSplit(torch.arange(13 * 4).view(13, 4))
+    train = split.batches(4, seed=0, epoch=0)
+    assert [len(b) for b in train] == [4, 4, 4] and len(set(sum(train, []))) == 12
+    assert [len(b) for b in split.batches(4, shuffle=False)] == [4, 4, 4, 1]
+    assert [len(b) for b in LMSplit(torch.zeros(3, 4, dtype=torch.long)).batches(8)] == [3]  # smaller than a batch

@@ -179,6 +179,63 @@ def test_incomplete_checkpoint_is_ignored(tmp_path):
     assert ckpt.latest_checkpoint(tmp_path) == good
 
 
+def test_a_background_checkpoint_holds_the_state_of_its_step_and_matches_a_direct_write(tmp_path):
+    """The background writer copies the tensors before training goes on: weights changed right after save() do not
+    reach the file; the files hold what a direct write holds (tied weights once); a failed write is raised by
+    wait()."""
+    from safetensors.torch import load_file
+
+    from trainopt.train import checkpoint as ckpt
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(5, 4), torch.nn.Linear(4, 5))
+    model[1].weight = model[0].weight  # tied
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.tensor([1, 2])).sum().backward()
+    opt.step()
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    direct = ckpt.save_checkpoint(tmp_path / "direct", 1, model, opt, sched, None, {"step": 1})
+    writer = ckpt.Writer(background=True)
+    path = writer.save(tmp_path / "bg", 1, model, opt, sched, None, {"step": 1})
+    with torch.no_grad():
+        model[0].weight.add_(1.0)  # the next step, while the write may still run
+    writer.wait()
+    assert ckpt.is_complete(path) and ckpt.latest_checkpoint(tmp_path / "bg") == path
+    a, b = load_file(str(direct / "model.safetensors")), load_file(str(path / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) and len(a) == 2  # tied: written once
+    ta = torch.load(direct / "trainer.pt", weights_only=True)["optimizer"]["state"]
+    tb = torch.load(path / "trainer.pt", weights_only=True)["optimizer"]["state"]
+    assert all(torch.equal(ta[i][k], tb[i][k]) for i in ta for k in ta[i])
+    (tmp_path / "file").write_text("not a folder")
+    writer.save(tmp_path / "file", 2, model, opt, sched, None, {"step": 2})
+    with pytest.raises(OSError):
+        writer.wait()
+
+
+def test_the_steady_state_leaves_out_the_first_window_and_evaluations():
+    from trainopt.train.monitor import NullLog, Window
+
+    w = Window("s", NullLog(), torch.device("cpu"), flops_peak=1e9)
+    w.flops_per_token = 10.0
+    lines = []
+    for tokens, seconds in ((100, 10.0), (1000, 1.0), (1000, 1.0), (1000, 2.0)):  # the first window: a compile
+        w.start -= seconds
+        w.add(tokens, 1.0)
+        w.close(1, 0, 1e-3, torch.tensor(1.0), lambda info: lines.append(info))
+    tps, mfu = w.steady()
+    assert 990 < tps < 1010 and abs(mfu - tps * 10 / 1e9) < 1e-9 and len(w.rates) == 3 and "loss" in lines[0]
+
+
+def test_progress_in_a_log_prints_a_line_at_most_every_interval_and_at_the_end(capsys):
+    from trainopt.train.monitor import progress_bar
+
+    with progress_bar(True, "stage", 3, every_s=0.0) as update:  # the console writes to sys.stderr: not a terminal
+        update(advance=1, info="loss 0.5000")
+        update(advance=1)  # keeps the last loss line
+    out = capsys.readouterr().err
+    assert "stage 1/3 loss 0.5000" in out and "stage 2/3 loss 0.5000" in out and out.count("stage 2/3") == 2
+
+
 def test_sgd_label_smoothing_and_mfu_with_a_given_peak(tmp_path, tiny_bert_dir, reviews_dir):
     recipe, data, model, ctx = _setup(tmp_path, tiny_bert_dir, reviews_dir, max_steps=3, eval_every=None,
                                       checkpoint_every=0, keep_best=False, label_smoothing=0.1,
@@ -190,14 +247,16 @@ def test_sgd_label_smoothing_and_mfu_with_a_given_peak(tmp_path, tiny_bert_dir, 
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-@pytest.mark.parametrize("fault", ["spike", "nan"])
-def test_instability_rolls_back_skips_the_window_and_recovers(tmp_path, tiny_bert_dir, reviews_dir, fault):
+@pytest.mark.parametrize("fault,background", [("spike", "off"), ("nan", "on")])
+def test_instability_rolls_back_skips_the_window_and_recovers(tmp_path, tiny_bert_dir, reviews_dir, fault,
+                                                              background):
     """An injected loss spike (x1000) or NaN at step 25: back to the step-20 checkpoint, the 5 batches that led to
-    it skipped, the learning rate halved; the run ends within 0.5 pt of the clean run's accuracy."""
+    it skipped, the learning rate halved; the run ends within 0.5 pt of the clean run's accuracy. With checkpoints
+    written in the background, the rollback waits for the write and lands on the same checkpoint."""
     from trainopt.runner import run
 
     recipe = classification_recipe(tiny_bert_dir, reviews_dir, epochs=3, eval_every=7, max_grad_norm=None,
-                                   recovery={"min_history": 10})
+                                   recovery={"min_history": 10}, async_checkpoint=background)
     recipe["measure"]["latency"] = False
     clean = run(recipe, out=tmp_path / "clean")["stages"][0]
     hit = run(recipe, out=tmp_path / "hit", faults=Faults(**{f"{fault}_at": 25}))["stages"][0]

@@ -128,7 +128,8 @@ class Outcome:
     def trained(cls, summary: dict, effect: str = "unchanged", extra_wall_s: float = 0.0, **kw) -> Outcome:
         """The outcome of a stage whose cost is a training run (its summary in details["training"])."""
         cost = {"wall_s": round(summary["train_wall_s"] + extra_wall_s, 2), "tokens_per_s": summary["tokens_per_s"],
-                "mfu": summary["mfu"], "peak_mem_bytes": summary["peak_mem_bytes"]}
+                "mfu": summary["mfu"], "steady_tokens_per_s": summary.get("steady_tokens_per_s"),
+                "steady_mfu": summary.get("steady_mfu"), "peak_mem_bytes": summary["peak_mem_bytes"]}
         details = {"training": summary, **kw.pop("details", {})}
         return cls(effect=effect, cost=cost, details=details, **kw)
 

@@ -90,6 +90,8 @@ def to_markdown(report: dict) -> str:
                       + (f", spikes skipped {t['spikes_skipped']}" if t.get("spikes_skipped") else "")
                       + (", stopped early" if t["stopped_early"] else "")
                       + (f", resumed from step {t['resumed_from_step']}" if t.get("resumed_from_step") else "")]
+        if t and t.get("tokens_per_s"):
+            extra += ["", "Throughput: " + _throughput(t)]
         if s.get("pruning"):
             extra += ["", "Pruning: " + describe(s["pruning"])]
         if s.get("notes"):
@@ -97,6 +99,22 @@ def to_markdown(report: dict) -> str:
         if extra:
             lines += ["", f"## Stage `{s['name']}`"] + extra
     return "\n".join(lines) + "\n"
+
+
+def _throughput(t: dict) -> str:
+    """The steady state next to the whole stage, and where the difference went (compile, evaluations)."""
+    def rate(tps, mfu):
+        return f"{tps:,.0f} tokens/s" + (f" (MFU {mfu:.1%})" if mfu else "")
+
+    parts = [f"{rate(t['tokens_per_s'], t.get('mfu'))} over the whole stage"]
+    if t.get("steady_tokens_per_s"):
+        parts.insert(0, f"{rate(t['steady_tokens_per_s'], t.get('steady_mfu'))} in the steady state")
+    spent = []
+    if t.get("first_step_s") is not None:
+        spent.append(f"first step {t['first_step_s']:.1f} s" + (" (compile)" if t.get("compiled") else ""))
+    if t.get("eval_s"):
+        spent.append(f"evaluations {t['eval_s']:.1f} s")
+    return ", ".join(parts) + (f"; {', '.join(spent)}" if spent else "")
 
 
 def print_summary(report: dict) -> None:

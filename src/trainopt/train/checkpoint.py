@@ -73,24 +73,103 @@ def save_full_weights(state: dict, path) -> None:
 
 def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, scaler, train_state: dict,
                     keep: int = 2, states: tuple[dict, dict] | None = None, faults=None) -> Path:
-    """`states`: (model, optimizer) state dicts gathered from a sharded (FSDP2) model, written instead of the
-    module's own. `faults` (train/faults.py): the kill-safety harness may SIGKILL the process at a phase of this
-    write (weights written / manifest written / renamed)."""
+    """Write a checkpoint now (Writer(background=False)); see Writer.save."""
+    return Writer(background=False).save(ckpt_root, step, model, optimizer, scheduler, scaler, train_state, keep,
+                                         states, faults)
+
+
+class _Weights:
+    """A host copy of a model's state dict, shaped like the module safetensors' save_model takes (it calls
+    state_dict() and drops the names that share storage, as for the module itself)."""
+
+    def __init__(self, state: dict):
+        self._state = state
+
+    def state_dict(self) -> dict:
+        return dict(self._state)
+
+
+def _to_host(obj, copies: dict):
+    """Tensors copied to host memory, storage sharing kept (tied weights stay one tensor); containers rebuilt."""
+    if isinstance(obj, torch.Tensor):
+        key = (obj.untyped_storage().data_ptr(), obj.storage_offset(), tuple(obj.shape)) if obj.numel() else None
+        if key is not None and key in copies:
+            return copies[key]
+        out = obj.detach().to("cpu", copy=True)
+        if key is not None:
+            copies[key] = out
+        return out
+    if isinstance(obj, dict):
+        return {k: _to_host(v, copies) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_host(v, copies) for v in obj)
+    return obj
+
+
+class Writer:
+    """Writes the training checkpoints. With `background` (CUDA by default: `async_checkpoint`), the tensors are
+    copied to host memory on the training thread — the only part the GPU waits for — and one background thread
+    writes, hashes, fsyncs and renames, while training goes on; the next save, a rollback and the end of training
+    wait for it (`wait`), and an error in it (a full disk) is raised there. A kill mid-write leaves a temporary folder
+    without a manifest, which is never taken for a checkpoint, exactly as for a write on the training thread."""
+
+    def __init__(self, background: bool):
+        self.background = background
+        self._thread = None
+        self._error: BaseException | None = None
+
+    def save(self, ckpt_root: Path, step: int, model, optimizer, scheduler, scaler, train_state: dict,
+             keep: int = 2, states: tuple[dict, dict] | None = None, faults=None) -> Path:
+        """`states`: (model, optimizer) state dicts gathered from a sharded (FSDP2) model, written instead of the
+        module's own. `faults` (train/faults.py): the kill-safety harness may SIGKILL the process at a phase of
+        this write (weights written / manifest written / renamed)."""
+        self.wait()
+        weights = states[0] if states is not None else model.state_dict()
+        trainer = {"optimizer": optimizer.state_dict() if states is None else states[1],
+                   "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None}
+        rng = rng_state()
+        final = Path(ckpt_root) / f"{PREFIX}{step:08d}"
+        if not self.background:
+            _write(Path(ckpt_root), step, weights, states is not None, trainer, rng, train_state, keep, faults)
+            return final
+        copies: dict = {}
+        weights, trainer = _to_host(weights, copies), _to_host(trainer, copies)
+        import threading
+
+        def work():
+            try:
+                _write(Path(ckpt_root), step, weights, states is not None, trainer, rng, dict(train_state), keep,
+                       faults)
+            except BaseException as e:  # noqa: BLE001 — re-raised on the training thread by wait()
+                self._error = e
+
+        self._thread = threading.Thread(target=work, name=f"checkpoint-{step}", daemon=False)
+        self._thread.start()
+        return final
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
+def _write(ckpt_root: Path, step: int, weights: dict, gathered: bool, trainer: dict, rng: dict, train_state: dict,
+           keep: int, faults) -> None:
     kill = (faults or Faults()).kill_in
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"{PREFIX}{step:08d}"
     tmp = ckpt_root / f".tmp-{PREFIX}{step:08d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    if states is not None:
-        save_full_weights(states[0], tmp / "model.safetensors")
+    if gathered:
+        save_full_weights(weights, tmp / "model.safetensors")
     else:
-        st_save_model(model, str(tmp / "model.safetensors"))
+        st_save_model(_Weights(weights), str(tmp / "model.safetensors"))
     kill(step, "weights")
-    rng = rng_state()
-    torch.save({"optimizer": optimizer.state_dict() if states is None else states[1], "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "rng_torch": rng["torch"], "rng_cuda": rng.get("cuda")}, tmp / "trainer.pt")
+    torch.save({**trainer, "rng_torch": rng["torch"], "rng_cuda": rng.get("cuda")}, tmp / "trainer.pt")
     py = rng["python"]
     (tmp / "state.json").write_text(json.dumps({"train": train_state,
                                                 "python_rng": [py[0], list(py[1]), py[2]]}))
@@ -112,7 +191,6 @@ def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, sca
     kill(step, "renamed")
     for old in list_checkpoints(ckpt_root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def list_checkpoints(ckpt_root: Path) -> list[Path]:

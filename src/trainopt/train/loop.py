@@ -49,7 +49,9 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
     state, resumed_from = _start(e, ctx, dd, ckpt_root)
     validator = Validator(e, data, ctx, dd, stage_dir / "best.safetensors",
                           best_from_step(e.total_steps) if best_from_step else 0)
-    gate = StepGate(e, ckpt_root, ctx)
+    background = stage.async_checkpoint == "on" or (stage.async_checkpoint == "auto" and device.type == "cuda")
+    writer = ckpt.Writer(background and dd.is_main)
+    gate = StepGate(e, ckpt_root, ctx, writer)
     peak = measure.peak_flops(device, e.precision, run.peak_flops)  # per device
     window = Window(stage.name, ctx.log, device, peak * dd.world if peak else None)  # tokens count over all ranks
     measure.reset_peak_memory(device)
@@ -141,12 +143,13 @@ def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
                 window.loss += gate.flush(state)
                 states = distributed.full_state(e.work, optimizer) if e.fsdp else None  # a collective
                 if dd.is_main:
-                    ckpt.save_checkpoint(ckpt_root, state.step, e.trainable, optimizer, scheduler, e.scaler,
-                                         asdict(state), states=states, faults=faults)
+                    writer.save(ckpt_root, state.step, e.trainable, optimizer, scheduler, e.scaler, asdict(state),
+                                states=states, faults=faults)
                 distributed.barrier(dd)
             faults.kill_after(state.step)
 
     profiler.close()
+    writer.wait()
     gate.flush(state)
     validator.restore_best(state, finish(e, model, device))
     restore_model(e, model)
@@ -177,6 +180,7 @@ def _start(e, ctx, dd, ckpt_root: Path) -> tuple[TrainState, int | None]:
 def _summary(e, state: TrainState, validator: Validator, window: Window, wall: float, examples: int, world: int,
              peak, resumed_from, first_step_s, device) -> dict:
     fpt, peak_all = window.flops_per_token, window.flops_peak
+    steady = window.steady()
     return {
         "steps": state.step, "total_steps": e.total_steps, "train_examples": examples,
         "epochs_done": round(state.step / e.steps_per_epoch, 3),
@@ -189,6 +193,9 @@ def _summary(e, state: TrainState, validator: Validator, window: Window, wall: f
         "tokens_per_s": round(state.tokens_seen / wall, 1) if wall > 0 else None,
         "mfu": None if (peak_all is None or fpt is None or wall <= 0) else float(
             f"{state.tokens_seen * fpt / wall / peak_all:.4g}"),  # significant digits: a tiny MFU is not 0
+        # the whole stage's rate above counts compile, evaluations and checkpoints; the steady state is the median
+        # log window after the first (Window.steady), evaluations left out
+        "steady_tokens_per_s": steady[0], "steady_mfu": steady[1], "eval_s": round(window.eval_total, 2),
         "micro_batch": e.stage.batch_size, "grad_accum": e.stage.grad_accum, "auto_micro_batch": e.auto_choice,
         "world_size": world, "compiled": e.compiled, "fp8": e.fp8_info,
         "first_step_s": None if first_step_s is None else round(first_step_s, 3),

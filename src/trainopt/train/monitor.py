@@ -25,10 +25,23 @@ class Window:
     def __init__(self, name: str, log, device, flops_peak: float | None):
         self.name, self.log, self.device, self.flops_peak = name, log, device, flops_peak  # peak over every rank
         self.flops_per_token: float | None = None  # set from the first batch's sequence length
+        self.rates: list[float] = []  # tokens/s of every closed window but the first (which holds the compile)
+        self.eval_total = 0.0
+        self._first = True
         self._reset()
 
     def _reset(self) -> None:
         self.tokens, self.loss, self.steps, self.eval_s, self.start = 0, 0.0, 0, 0.0, time.perf_counter()
+
+    def steady(self) -> tuple[float | None, float | None]:
+        """(tokens/s, MFU) in the steady state: the median window after the first — compile, warm-up and the
+        first allocations fall in the first window, evaluations are left out of every window, a window with a
+        checkpoint write is one of many. None with fewer than two windows after the first."""
+        if len(self.rates) < 2:
+            return None, None
+        tps = sorted(self.rates)[len(self.rates) // 2]
+        mfu = tps * self.flops_per_token / self.flops_peak if self.flops_peak and self.flops_per_token else None
+        return round(tps, 1), (None if mfu is None else float(f"{mfu:.4g}"))
 
     def add(self, tokens: int, loss: float) -> None:
         self.tokens += tokens
@@ -39,6 +52,10 @@ class Window:
         measure.sync(self.device)
         elapsed = time.perf_counter() - self.start - self.eval_s
         tps = self.tokens / elapsed if elapsed > 0 else None
+        self.eval_total += self.eval_s
+        if tps and not self._first:
+            self.rates.append(tps)
+        self._first = False
         mfu = tps * self.flops_per_token / self.flops_peak if (self.flops_peak and tps and self.flops_per_token) \
             else None
         mem = measure.peak_memory_bytes(self.device)
@@ -132,10 +149,30 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 @contextmanager
-def progress_bar(enabled: bool, description: str, total: int, completed: int = 0):
-    """Yields update(advance=…, info=…). A no-op when progress is disabled."""
+def progress_bar(enabled: bool, description: str, total: int, completed: int = 0, every_s: float = 30.0):
+    """Yields update(advance=…, info=…, completed=…); the last info (the loss line) stays until a new one comes. On
+    a terminal, a rich bar; in a log (no terminal), a plain line at most every `every_s` seconds and at the end. A
+    no-op when progress is disabled."""
     if not enabled:
-        yield lambda advance=0, info="", completed=None: None
+        yield lambda advance=0, info=None, completed=None: None
+        return
+    if not console.is_terminal:
+        state = {"done": completed, "info": "", "last": time.monotonic(), "start": time.monotonic()}
+
+        def line():
+            console.print(f"{description} {state['done']}/{total} {state['info']} "
+                          f"({time.monotonic() - state['start']:.0f} s)".replace("  ", " "), highlight=False)
+            state["last"] = time.monotonic()
+
+        def plain(advance: int = 0, info: str | None = None, completed: int | None = None):
+            state["done"] = completed if completed is not None else state["done"] + advance
+            if info is not None:
+                state["info"] = info
+            if time.monotonic() - state["last"] >= every_s:
+                line()
+
+        yield plain
+        line()
         return
     bar = Progress(TextColumn("[bold blue]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
@@ -143,10 +180,13 @@ def progress_bar(enabled: bool, description: str, total: int, completed: int = 0
     with bar:
         task = bar.add_task(description, total=total, completed=completed, info="")
 
-        def update(advance: int = 0, info: str = "", completed: int | None = None):
+        def update(advance: int = 0, info: str | None = None, completed: int | None = None):
             if completed is not None:  # a rollback moved the step counter back
                 bar.update(task, completed=completed)
                 return
-            bar.update(task, advance=advance, info=info)
+            if info is None:
+                bar.update(task, advance=advance)
+            else:
+                bar.update(task, advance=advance, info=info)
 
         yield update

@@ -51,9 +51,10 @@ class StepGate:
     step's kernels. Without recovery and with fused AdamW ("lazy"), the skip of a non-finite step is decided on the
     device instead and the loss is read at log time only (`flush`): on a GPU the launches overlap its work."""
 
-    def __init__(self, engine, ckpt_root: Path, ctx):
+    def __init__(self, engine, ckpt_root: Path, ctx, writer: ckpt.Writer | None = None):
         stage, device = engine.stage, ctx.device
         self.engine, self.ckpt_root, self.ctx, self.name = engine, ckpt_root, ctx, stage.name
+        self.writer = writer  # a checkpoint being written in the background is finished before a rollback
         self.guard = SpikeGuard(stage.recovery)
         self.lazy = (not stage.recovery.enabled and engine.scaler is None
                      and all(g.get("fused") for g in engine.optimizer.param_groups))
@@ -82,6 +83,8 @@ class StepGate:
                 optimizer.step()
             return state, loss_value, False
         reason = "nonfinite" if not finite else "spike"
+        if self.writer is not None and self.guard.can_roll_back(state.rollbacks):
+            self.writer.wait()
         target = ckpt.latest_checkpoint(self.ckpt_root) if self.guard.can_roll_back(state.rollbacks) else None
         if target is not None:
             state = roll_back(target, state, e.trainable, optimizer, e.scheduler, scaler, self.ctx.device, e.stage,

@@ -96,6 +96,9 @@ class TrainSettings(Strict):
     early_stopping: EarlyStoppingSpec | None = None
     keep_best: bool = True
     checkpoint_every: int = Field(50, ge=0)
+    # write checkpoints on a background thread (the tensors are copied to host memory first, the GPU waits for that
+    # only); auto: on CUDA, where a synchronous write stalls the GPU for seconds
+    async_checkpoint: Literal["auto", "on", "off"] = "auto"
     log_every: int = Field(10, ge=1)
     recovery: RecoverySpec = RecoverySpec()  # rollback on NaN / loss spikes (needs checkpoint_every > 0)
     # Acceleration switches (docs/methods/acceleration.md; `trainopt bench` measures each one on and off):
