@@ -150,3 +150,11 @@ def test_an_unknown_home_directory_is_a_one_line_error():
     with pytest.raises(RecipeError) as e:
         check_paths(load_recipe({**BASE, "data": {"source": "~nosuchuser-trainopt/x.jsonl"}}))
     assert e.value.key == "data.source" and "no such user" in e.value.problem
+
+
+def test_yaml_on_and_off_mean_the_switch_names():
+    """YAML 1.1 reads on / off as booleans: `--set ...async_checkpoint=off` must mean "off", not fail."""
+    raw = {"name": "t", "model": {"path": "x"}, "stages": [{"kind": "train", "name": "a"}]}
+    recipe = load_recipe(raw, overrides=["stages.0.async_checkpoint=off", "stages.0.fp8=off"])
+    assert recipe.stages[0].async_checkpoint == "off" and recipe.stages[0].fp8 == "off"
+    assert load_recipe(raw, overrides=["stages.0.async_checkpoint=on"]).stages[0].async_checkpoint == "on"

@@ -129,6 +129,11 @@ class TrainSettings(Strict):
     def _fp8_bool(cls, v):  # YAML reads `fp8: off` as false (and `on` as true): accept both spellings
         return {False: "off", True: "tensorwise"}.get(v, v) if isinstance(v, bool) else v
 
+    @field_validator("async_checkpoint", mode="before")
+    @classmethod
+    def _async_bool(cls, v):  # the same for `async_checkpoint: on / off` (and true / false)
+        return {False: "off", True: "on"}.get(v, v) if isinstance(v, bool) else v
+
     parallel: Literal["ddp", "fsdp"] = "ddp"  # several processes: replicate (DDP) or shard (FSDP2) the model
     ddp_bucket_mb: float = Field(25.0, gt=0.0)  # DDP: gradient all-reduce bucket size (overlap vs per-call cost)
     ddp_comm: Literal["fp32", "bf16"] = "fp32"  # DDP: gradients all-reduced in fp32, or in bf16 (half the bytes)
