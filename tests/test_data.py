@@ -216,3 +216,31 @@ def test_lm_training_batches_are_full_and_evaluation_keeps_every_block():
     assert [len(b) for b in train] == [4, 4, 4] and len(set(sum(train, []))) == 12
     assert [len(b) for b in split.batches(4, shuffle=False)] == [4, 4, 4, 1]
     assert [len(b) for b in LMSplit(torch.zeros(3, 4, dtype=torch.long)).batches(8)] == [3]  # smaller than a batch
+
+
+@pytest.mark.parametrize("policy", ["strict", "replace"])
+def test_a_lone_surrogate_escape_in_jsonl_is_refused_or_replaced(tmp_path, policy):
+    rows = make_reviews(40)
+    d = tmp_path / "d"
+    d.mkdir()
+    write_jsonl(d / "train.jsonl", rows)
+    with open(d / "train.jsonl", "a") as f:
+        f.write('{"text": "bad \\ud800 text", "label": "positive"}\n')
+    recipe = load_recipe({"name": "t", "model": {"path": "x"}, "stages": [{"kind": "train"}],
+                          "data": {"source": str(d), "encoding_errors": policy}})
+    if policy == "strict":
+        with pytest.raises(DataError, match="lone surrogate"):
+            load_texts(recipe)
+    else:
+        texts = load_texts(recipe)
+        assert any("bad \ufffd text" == t for t in texts.train + (texts.test or [])), "replaced, not dropped"
+
+
+def test_deeply_nested_json_line_is_a_data_error(tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "train.jsonl").write_text('{"text": ' + "[" * 100000 + "]" * 100000 + '}\n')
+    recipe = load_recipe({"name": "t", "model": {"path": "x"}, "stages": [{"kind": "train"}],
+                          "data": {"source": str(d)}})
+    with pytest.raises(DataError, match="nested too deeply"):
+        load_texts(recipe)

@@ -158,3 +158,27 @@ def test_yaml_on_and_off_mean_the_switch_names():
     recipe = load_recipe(raw, overrides=["stages.0.async_checkpoint=off", "stages.0.fp8=off"])
     assert recipe.stages[0].async_checkpoint == "off" and recipe.stages[0].fp8 == "off"
     assert load_recipe(raw, overrides=["stages.0.async_checkpoint=on"]).stages[0].async_checkpoint == "on"
+
+
+@pytest.mark.parametrize("text,words", [
+    ("name: a\nname: b\n", "given twice"),
+    ("run: {seed: " + "9" * 5000 + "}\n", "number trainopt cannot read"),
+    ("model: {path: x, config: " + "[" * 3000 + "]" * 3000 + "}\n", "nested too deeply"),
+    ("model: {path: x, config: " + "[" * 40 + "]" * 40 + "}\n", "more than 32 levels"),
+    ("".join(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}" if i else "x"] * 9) + "]\n" for i in range(7))
+     + "model: {path: x, config: {bomb: *l6}}\n", "expands to more than 100,000 values"),
+])
+def test_hostile_yaml_is_one_line_error_before_anything_expands(tmp_path, capsys, text, words):
+    """Duplicate keys, 5,000-digit integers, deep nesting and alias bombs (9**7 values: 4.8M, inside model.config)
+    are refused by the loader in one line with status 2 — never a traceback, never GBs of memory."""
+    path = tmp_path / "r.yaml"
+    path.write_text(text + "stages: [{kind: train}]\n" + ("" if "model:" in text else "model: {path: x}\n"))
+    assert main(["check", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0], err
+
+
+def test_a_classification_recipe_on_text_without_labels_names_the_label_column(capsys):
+    assert main(["check", "quickstart", "--set", "data={source: builtin:austen}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.label_column" in err[0] and "task: causal_lm" in err[0]

@@ -160,6 +160,10 @@ def load_texts(recipe) -> TextData:
         raise DataError(f"no training texts left in {spec.source} after cleaning (empty file or empty texts)")
 
     label_names = None
+    if task == "classification" and train_y is None:
+        raise RecipeError("data.label_column", f"{spec.source} has no label column (it holds text only), and a "
+                          "classification recipe needs labels", "name its label column in data.label_column, or "
+                          "set task: causal_lm to train a language model on the text")
     if task == "classification":
         label_names = spec.labels or sorted(set(train_y))
         if len(set(train_y)) < 2:

@@ -59,6 +59,23 @@ def _decode(raw: bytes, where: str, errors: str) -> tuple[str, bool]:
         return raw.decode("utf-8", errors="replace"), True
 
 
+def _lone_surrogates(row: dict, where: str, errors: str) -> int:
+    """JSON may spell a lone UTF-16 surrogate (\\ud800), which no UTF-8 text holds and the tokenizers cannot
+    encode: refused under encoding_errors: strict, replaced by U+FFFD otherwise. Returns the values replaced."""
+    fixed = 0
+    for k, v in row.items():
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError as e:
+                if errors == "strict":
+                    raise DataError(f"{where}: column '{k}' holds a lone surrogate escape at character {e.start}; "
+                                    "fix the file or set data.encoding_errors: replace") from None
+                row[k] = v.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+                fixed += 1
+    return fixed
+
+
 def read_jsonl(path: Path, errors: str) -> tuple[list[dict], int]:
     rows, replaced = [], 0
     with open(path, "rb") as f:
@@ -72,8 +89,13 @@ def read_jsonl(path: Path, errors: str) -> tuple[list[dict], int]:
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg}); each line must be one JSON object") \
                     from None
+            except RecursionError:
+                raise DataError(f"{path}:{lineno}: JSON nested too deeply; each line must be one flat JSON "
+                                "object") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object per line, got {type(row).__name__}")
+            bad = _lone_surrogates(row, f"{path}:{lineno}", errors)
+            replaced += bad
             rows.append(row)
     return rows, replaced
 

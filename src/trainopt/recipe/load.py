@@ -14,6 +14,72 @@ from .errors import one_line
 from .schema import Recipe
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+MAX_VALUES = 100_000  # values in a recipe once YAML aliases are expanded (a real recipe holds a few hundred)
+MAX_DEPTH = 32  # nesting levels (a real recipe nests 4 or 5)
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last one silently)."""
+
+
+def _mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:
+    loader.flatten_mapping(node)
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, (str, int, float, bool)):
+            continue  # construct_mapping refuses an unhashable key itself
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
+                                                    key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=True)
+
+
+_RecipeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """Safe YAML, within limits no real recipe reaches: one line naming the problem otherwise (malformed YAML, a
+    duplicate key, an integer of thousands of digits, nesting deeper than MAX_DEPTH, or aliases that expand past
+    MAX_VALUES values — a "billion laughs" bomb is refused before anything expands it)."""
+    try:
+        value = yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 — a SafeLoader subclass
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        fix = "keep one of them" if "given twice" in problem else "fix the YAML syntax"
+        raise RecipeError("", f"malformed YAML in {where}{at}: {problem}", fix) from None
+    except RecursionError:
+        raise RecipeError("", f"{where} is nested too deeply", f"a recipe nests at most {MAX_DEPTH} levels") from None
+    except ValueError as e:  # int() past Python's digit limit
+        raise RecipeError("", f"{where} holds a number trainopt cannot read ({str(e).splitlines()[0][:80]})",
+                          "write numbers with at most a few dozen digits") from None
+    _check_size(value, where)
+    return value
+
+
+def _check_size(value: Any, where: str) -> None:
+    sizes: dict[int, int] = {}
+
+    def size(v, depth: int) -> int:
+        if depth > MAX_DEPTH:
+            raise RecipeError("", f"{where} is nested more than {MAX_DEPTH} levels deep",
+                              "a recipe nests 4 or 5 levels; flatten the value")
+        if not isinstance(v, (dict, list)):
+            return 1
+        if id(v) in sizes:  # an alias: the same object again
+            return sizes[id(v)]
+        children = v.values() if isinstance(v, dict) else v
+        n = 1 + sum(size(c, depth + 1) for c in children)
+        if n > MAX_VALUES:
+            raise RecipeError("", f"{where} expands to more than {MAX_VALUES:,} values (YAML aliases repeated "
+                              "inside each other?)", "write the recipe without nested aliases")
+        sizes[id(v)] = n
+        return n
+
+    size(value, 0)
 
 
 def builtin_recipe_names() -> list[str]:
@@ -43,13 +109,7 @@ def read_yaml(path: Path) -> dict:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise RecipeError("", f"{path} is not UTF-8 text (byte {e.start})", "save the recipe as UTF-8") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise RecipeError("", f"malformed YAML in {path}{where}: {problem}", "fix the YAML syntax") from None
+    raw = parse_yaml(text, str(path))
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -65,9 +125,11 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             raise RecipeError(item, "an override must look like key.path=value", "e.g. --set stages.0.epochs=2")
         key, _, value_text = item.partition("=")
         try:
-            value = yaml.safe_load(value_text) if value_text.strip() else None
-        except yaml.YAMLError:
-            value = value_text
+            value = parse_yaml(value_text, f"--set {key.strip()}") if value_text.strip() else None
+        except RecipeError as e:
+            if "malformed YAML" not in str(e):
+                raise
+            value = value_text  # not YAML: the text itself
         if not [p for p in key.strip().split(".") if p]:
             raise RecipeError(item, "empty key", "e.g. --set data.max_length=64")
         set_path(raw, key, value)
