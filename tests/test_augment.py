@@ -150,8 +150,26 @@ def test_augment_command_writes_jsonl(tmp_path, capsys):
     assert len(originals) < len(rows) and all(r["label"] == originals[r["source"]]["label"] for r in rows
                                                if r["source"] >= 0)
     assert "augmented" in capsys.readouterr().out
-    assert main(["augment", "--out", str(out), "--rates", "0,0,0,0", "--set", f"data.source={data}",
-                 "--set", "data.text_column=text", "--set", "data.label_column=label"]) == 2
+    assert main(["augment", "--out", str(tmp_path / "new.jsonl"), "--rates", "0,0,0,0", "--set",
+                 f"data.source={data}", "--set", "data.text_column=text", "--set", "data.label_column=label"]) == 2
+    assert not (tmp_path / "new.jsonl").exists()
+
+
+def test_augment_never_writes_over_its_own_data_or_an_existing_file_unasked(tmp_path, capsys):
+    """Checked before any work: the recipe's own data file (even with --overwrite), a folder, an existing file
+    without --overwrite — each one line, status 2, the file untouched."""
+    from trainopt.cli import main
+
+    data = write_jsonl(tmp_path / "reviews.jsonl", make_reviews(30, seed=5))
+    before = data.read_bytes()
+    keys = ["--set", f"data.source={data}", "--set", "data.text_column=text", "--set", "data.label_column=label"]
+    other = tmp_path / "other.jsonl"
+    other.write_text("mine\n")
+    for out, extra, words in ((data, ["--overwrite"], "one of the recipe's data files"),
+                              (tmp_path, [], "is a folder"), (other, [], "exists")):
+        assert main(["augment", "--out", str(out), *extra, *keys]) == 2
+        assert words in capsys.readouterr().err
+    assert data.read_bytes() == before and other.read_text() == "mine\n"
 
 
 class ReverseEngine:

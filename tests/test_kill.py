@@ -85,3 +85,30 @@ def test_kill_between_steps_and_inside_a_checkpoint_write(tmp_path, tiny_bert_di
 def test_twenty_kill_points(tmp_path, tiny_bert_dir, reviews_dir):
     result = kill_and_resume(tmp_path, tiny_bert_dir, reviews_dir, KILL_POINTS)
     print("\nSTRESS kill-safety:", json.dumps(result))
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_the_run_resumes(tmp_path, tiny_bert_dir, reviews_dir,
+                                                                         monkeypatch, capsys):
+    """ENOSPC while a checkpoint is written: one line naming the disk and the way on (exit 1), the earlier
+    checkpoint kept; with space again, --resume finishes the run."""
+    import errno
+
+    from trainopt.cli import main
+    from trainopt.train import checkpoint as ckpt
+
+    recipe, out = _recipe(tmp_path, tiny_bert_dir, reviews_dir), tmp_path / "full"
+    write = ckpt._write
+
+    def full_at_six(root, step, *a, **kw):
+        if step == 6:
+            raise OSError(errno.ENOSPC, "No space left on device", str(root / "step-00000006"))
+        return write(root, step, *a, **kw)
+
+    monkeypatch.setattr(ckpt, "_write", full_at_six)
+    assert main(["run", str(recipe), "--out", str(out)]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("trainopt:")]
+    assert len(err) == 1 and "disk full" in err[0] and "--resume" in err[0], err
+    assert [p.name for p in ckpt.list_checkpoints(out / "stages/finetune/checkpoints")] == ["step-00000003"]
+    monkeypatch.setattr(ckpt, "_write", write)
+    assert main(["run", str(recipe), "--out", str(out), "--resume"]) == 0
+    assert (out / "report.json").is_file()

@@ -182,3 +182,13 @@ def test_a_classification_recipe_on_text_without_labels_names_the_label_column(c
     assert main(["check", "quickstart", "--set", "data={source: builtin:austen}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "data.label_column" in err[0] and "task: causal_lm" in err[0]
+
+
+def test_a_device_or_a_pipe_as_data_source_is_refused_before_reading(tmp_path, capsys):
+    import os
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for src in ("/dev/zero", str(fifo)):
+        assert main(["check", "quickstart", "--set", f"data.source={src}"]) == 2
+        assert "not a regular file or folder" in capsys.readouterr().err

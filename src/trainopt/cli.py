@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rates", default="0.1,0.1,0.1,0.1",
                    help="EDA rates synonym,insert,swap,delete (default 0.1 each; 0 turns one off)")
     p.add_argument("--backtranslate", action="store_true", help="add one Apertium back-translation per example")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (never one of the recipe's "
+                   "data files)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
 
     p = sub.add_parser("check", help="validate a recipe and read its data, without training",
@@ -211,6 +213,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("trainopt: interrupted (resume with --resume)", file=sys.stderr)
         return 130
+    except OSError as e:
+        import errno
+
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {e.filename}" if e.filename else ""
+        print(f"trainopt: disk full{where} ({e.strerror}) — free space, then run the same command with --resume: "
+              "finished stages and the last complete checkpoint are kept", file=sys.stderr)
+        return 1
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
@@ -383,6 +394,7 @@ def _augment(args) -> int:
                              backtranslate={} if args.backtranslate else None)
     except ValueError as e:
         raise RecipeError("--rates", str(e).splitlines()[-1], "four comma-separated rates in [0, 1]") from None
+    out = _augment_out(Path(args.out), recipe, args.overwrite)
     texts = load_texts(recipe)
     engine = None
     if stage.backtranslate is not None:
@@ -392,7 +404,6 @@ def _augment(args) -> int:
     new, labels, sources, stats = augment_texts(texts.train, texts.train_labels, stage,
                                                 synonym_source(stage) if stage.per_example else None,
                                                 recipe.run.seed, engine)
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
@@ -404,6 +415,28 @@ def _augment(args) -> int:
     print(f"{stats['originals']} originals + {stats['added']} augmented ({stats['per_operation']}; dropped "
           f"{stats['dropped']}; mean word edit distance {stats['mean_word_edit_distance']}) -> {out}")
     return 0
+
+
+def _augment_out(out: Path, recipe, overwrite: bool) -> Path:
+    """Where `augment` may write, decided before any work: a file, not a folder; an existing file only with
+    --overwrite; never one of the recipe's own data files (it would be read and replaced at once)."""
+    from .errors import RecipeError
+
+    if out.is_dir():
+        raise RecipeError("--out", f"{out} is a folder", "name the jsonl file to write, e.g. --out augmented.jsonl")
+    inputs = set()
+    for key in ("source", "validation_source", "test_source"):
+        ref = getattr(recipe.data, key, None)
+        if not ref or str(ref).startswith("builtin:"):
+            continue
+        src = Path(ref).expanduser()
+        inputs |= {p.resolve() for p in src.rglob("*")} if src.is_dir() else {src.resolve()}
+    if out.resolve() in inputs:
+        raise RecipeError("--out", f"{out} is one of the recipe's data files", "write the augmented split to a "
+                          "new file (a later recipe can name it as data.source)")
+    if out.exists() and not overwrite:
+        raise RecipeError("--out", f"{out} exists", "choose a new file name, or pass --overwrite to replace it")
+    return out
 
 
 def _check(args) -> int:

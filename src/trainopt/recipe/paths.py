@@ -40,3 +40,6 @@ def check_paths(recipe: Recipe) -> None:
                               "give the full path") from None
         if not local.exists():
             raise RecipeError(key, f"path {ref} does not exist", "give an existing local path (or a builtin:… name)")
+        if not (local.is_file() or local.is_dir()):  # /dev/zero, a FIFO, a socket: reading never ends or blocks
+            raise RecipeError(key, f"{ref} is not a regular file or folder (a device, pipe or socket)",
+                              "copy the data into a file and name that")
