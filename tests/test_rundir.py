@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -90,3 +91,31 @@ def test_tune_refuses_to_replace_a_folder_it_did_not_create_or_a_run(tmp_path, r
     (run_dir / "report.json").write_text("{}")
     code, err = _cli(["tune", "tune-quickstart", "--out", run_dir, "--overwrite"], capsys)
     assert code == 2 and "not a study directory" in err and (run_dir / "report.json").is_file(), err
+
+
+def test_a_damaged_finished_stage_is_run_again_on_resume_and_a_damaged_model_folder_is_refused(
+        tmp_path, tiny_bert_dir, reviews_dir, capsys):
+    """A truncated stage.json or model.safetensors of a finished stage (a bad copy, a disk error) is not taken as
+    done: --resume says so and runs the stage again. The same damaged folder as model.path is refused by check."""
+    import shutil
+
+    from trainopt.cli import main
+
+    raw = classification_recipe(tiny_bert_dir, reviews_dir, max_steps=3, eval_every=None, checkpoint_every=0)
+    raw["measure"]["latency"] = False
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "run"
+    assert main(["run", str(recipe), "--out", str(out)]) == 0
+    weights = out / "stages/finetune/model/model.safetensors"
+    for damaged in (out / "stages/finetune/stage.json", weights):
+        damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+        assert main(["run", str(recipe), "--out", str(out), "--resume"]) == 0
+        assert "running the stage again" in capsys.readouterr().err
+        assert json.loads((out / "stages/finetune/stage.json").read_text())["name"] == "finetune"
+    copy = tmp_path / "copy"
+    shutil.copytree(out / "stages/finetune/model", copy)
+    (copy / "model.safetensors").write_bytes((copy / "model.safetensors").read_bytes()[:1000])
+    assert main(["check", str(recipe), "--set", f"model.path={copy}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.path" in err[0] and "damaged" in err[0]

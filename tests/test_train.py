@@ -400,3 +400,19 @@ def test_faults_from_env_arm_the_first_attempt_on_the_named_rank_only():
     assert Faults.from_env({**env, "TRAINOPT_FAULT_RANK": "1", "RANK": "1"}).kill_at == 7
     assert f.take_loss_fault(2) is None and f.take_loss_fault(3) == "nan" and f.take_loss_fault(3) is None  # once
     assert torch.isnan(f.corrupt(torch.tensor(1.0), "nan")) and f.corrupt(torch.tensor(2.0), "spike") == 2000
+
+
+def test_a_classifier_saved_with_other_labels_gets_a_new_head_and_keeps_its_encoder(tmp_path, tiny_bert_dir):
+    """A checkpoint with 3 labels fine-tuned on 2: only the classifier head is new; every encoder weight loads
+    (the head-size check once ran after the label count was overwritten, so such a folder failed to load)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    three = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=3,
+                                                               ignore_mismatched_sizes=True)
+    three.save_pretrained(tmp_path / "three")
+    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(tmp_path / "three")
+    recipe = load_recipe({"name": "t", "model": {"path": str(tmp_path / "three")}, "stages": [{"kind": "train"}]})
+    model = load_model(recipe, AutoTokenizer.from_pretrained(tmp_path / "three"), ["neg", "pos"])
+    assert model.config.num_labels == 2 and model.classifier.out_features == 2
+    ref = three.state_dict()
+    assert all(torch.equal(v, ref[k]) for k, v in model.state_dict().items() if not k.startswith("classifier"))

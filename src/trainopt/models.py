@@ -116,13 +116,15 @@ def load_model(recipe, tokenizer, label_names: list[str] | None = None):
         return auto_class(task).from_config(config)
     path = resolve_model_ref(spec.path)
     config = model_config(spec)
+    # A classifier saved with another number of labels gets a new head (the only shapes allowed to differ); read
+    # before the label count is set below. Anything else that mismatches is an error, never a silent re-init.
+    new_head = task == "classification" and getattr(config, "num_labels", None) != len(label_names or [])
     for k, v in label_kwargs.items():
         setattr(config, k, v)
     _set_dropout(config, spec.dropout)
-    same_head = task == "classification" and getattr(config, "num_labels", None) == len(label_names or [])
     try:
         model = auto_class(task).from_pretrained(str(path), config=config, trust_remote_code=spec.trust_remote_code,
-                                                  ignore_mismatched_sizes=not same_head, dtype=torch.float32)
+                                                  ignore_mismatched_sizes=new_head, dtype=torch.float32)
     except pickle.UnpicklingError as e:
         raise unsafe_pickle("model.path", path, e) from None
     except (RuntimeError, OSError, ValueError) as e:
@@ -131,6 +133,31 @@ def load_model(recipe, tokenizer, label_names: list[str] | None = None):
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
     return model
+
+
+def folder_problem(model_dir: Path) -> str | None:
+    """Why a model folder cannot be loaded, read from its headers only (no weights): config.json or trainopt.json
+    that is not JSON, a safetensors file whose header is cut or does not cover its tensors (a truncated copy or
+    write). None when it looks whole."""
+    import json
+
+    from safetensors import SafetensorError, safe_open
+
+    model_dir = Path(model_dir)
+    for name in ("config.json", META_FILE):
+        f = model_dir / name
+        if f.is_file():
+            try:
+                json.loads(f.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                return f"{f} is not valid JSON ({str(e).splitlines()[0][:100]})"
+    for f in sorted(model_dir.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), "pt"):
+                pass
+        except (SafetensorError, OSError) as e:
+            return f"{f} is damaged ({str(e).splitlines()[0][:100]})"
+    return None
 
 
 def saved_task(model_dir: Path) -> str:

@@ -28,7 +28,7 @@ from .context import Hooks, RunContext
 from .data.prepare import tokenize
 from .errors import RecipeError
 from .evaluate import evaluate
-from .models import disk_bytes, load_tokenizer
+from .models import disk_bytes, folder_problem, load_tokenizer
 from .recipe import Recipe, dump_recipe
 from .results import Outcome, Size, Speed, StageResult
 from .rundir import RunLock, claim, is_trainopt_run
@@ -142,8 +142,9 @@ def _execute(recipe: Recipe, device, texts, dd, run_dir: Path, resume: bool, on_
                 console.print(f"augmented the training split: {entry['originals']} → {entry['train_rows']} examples "
                               f"({entry['per_operation']})")
                 continue
-            if resume and done.is_file():
-                results.append(StageResult.from_json(json.loads(done.read_text())))
+            finished = _finished(done, run_dir) if resume and done.is_file() else None
+            if finished is not None:
+                results.append(finished)
                 model = None  # reload lazily from the finished stage's folder
                 console.print(f"[green]stage {stage.name} already done[/green]: skipped")
                 continue
@@ -176,6 +177,20 @@ def _execute(recipe: Recipe, device, texts, dd, run_dir: Path, resume: bool, on_
     distributed.barrier(dd)
     console.quiet = False
     return report
+
+
+def _finished(done: Path, run_dir: Path) -> StageResult | None:
+    """A finished stage read back on --resume; None (run it again, said on the terminal) where its stage.json or its
+    model folder was damaged after it finished (a truncated copy, a disk error)."""
+    try:
+        result = StageResult.from_json(json.loads(done.read_text(encoding="utf-8")))
+        problem = folder_problem(run_dir / result.checkpoint)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        problem = f"{done} is unreadable ({type(e).__name__})"
+    if problem is None:
+        return result
+    console.print(f"[yellow]{problem}: running the stage again[/yellow]")
+    return None
 
 
 def _model_for(recipe, tokenizer, data, results: list[StageResult], run_dir):

@@ -14,7 +14,7 @@ import torch
 from . import measure
 from .data.prepare import load_texts
 from .errors import RecipeError
-from .models import model_config, resolve_model_ref
+from .models import folder_problem, model_config, resolve_model_ref
 from .recipe import Recipe, check_paths, load_recipe
 from .specbase import stage_key
 from .techniques import checks_module
@@ -93,6 +93,9 @@ def _config(recipe: Recipe):
     if spec.trust_remote_code:
         return None
     if spec.path is not None:
+        problem = folder_problem(resolve_model_ref(spec.path)) if resolve_model_ref(spec.path).is_dir() else None
+        if problem:
+            raise RecipeError("model.path", problem, "restore or re-copy the model folder")
         meta = resolve_model_ref(spec.path) / "trainopt.json"
         if meta.is_file() and {"structure", "quantization"} & set(_json(meta)):
             return None
