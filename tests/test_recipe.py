@@ -192,3 +192,12 @@ def test_a_device_or_a_pipe_as_data_source_is_refused_before_reading(tmp_path, c
     for src in ("/dev/zero", str(fifo)):
         assert main(["check", "quickstart", "--set", f"data.source={src}"]) == 2
         assert "not a regular file or folder" in capsys.readouterr().err
+
+
+def test_a_model_config_key_the_config_class_does_not_know_is_refused(capsys):
+    """`n_layers` for GPT-2's `n_layer` would be a stray attribute that changes nothing: one line, the nearest key."""
+    assert main(["check", "lm-scratch", "--set", "model.config.n_layers=3"]) == 2
+    err = capsys.readouterr().err
+    assert "model.config.n_layers" in err and "did you mean 'n_layer'" in err
+    assert main(["check", "lm-scratch", "--set", "model.config.hidden_size=128",
+                 "--set", "model.config.n_head=4"]) == 0  # an attribute_map alias is a known key

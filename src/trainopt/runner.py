@@ -211,6 +211,7 @@ def _measure_stage(model, data, stage, outcome: Outcome, ctx: RunContext, inputs
     t0 = time.perf_counter()
     quality: dict = {"accuracy": None, "f1_macro": None, "loss": None, "perplexity": None}
     if data.test is not None:
+        console.print(f"{stage.name}: test evaluation ({len(data.test):,} {_unit(recipe.task)}) on {device.type}")
         quality = evaluate(model, data.test, recipe.task, 64, device)  # fp32: the saved model as plain HF loads it
         if recipe.task == "classification":
             names = data.label_names
@@ -228,6 +229,8 @@ def _measure_stage(model, data, stage, outcome: Outcome, ctx: RunContext, inputs
     if inputs is not None:
         refs = _references([r for r in (parent, baseline) if r is not None] if m.interleave else [], device, ctx,
                            notes)
+        console.print(f"{stage.name}: timing at batch {', '.join(map(str, sorted(inputs)))}"
+                      + (f", interleaved with {', '.join(refs)}" if refs else "") + f" on {device.type}")
         timing = time_models({stage.name: model, **refs}, inputs, device, m.warmup, m.repeats, m.max_seconds)
         del refs
         speed = timing.speed(stage.name, device)
@@ -254,6 +257,10 @@ def _measure_stage(model, data, stage, outcome: Outcome, ctx: RunContext, inputs
         for note in notes:
             console.print(f"[yellow]{stage.name}[/yellow]: {note}")
     return result
+
+
+def _unit(task: str) -> str:
+    return "examples" if task == "classification" else "blocks"
 
 
 def _references(stages: list[StageResult], device, ctx: RunContext, notes: list[str]) -> dict:

@@ -99,7 +99,30 @@ def _config(recipe: Recipe):
         meta = resolve_model_ref(spec.path) / "trainopt.json"
         if meta.is_file() and {"structure", "quantization"} & set(_json(meta)):
             return None
-    return model_config(spec)
+    config = model_config(spec)
+    if spec.config is not None:
+        _known_config_keys(config, spec.config)
+    return config
+
+
+def _known_config_keys(config, given: dict) -> None:
+    """A key of model.config that the config class does not know would be kept as a stray attribute and do nothing
+    (`n_layers` for GPT-2's `n_layer`): refused, with the nearest known key."""
+    import difflib
+    import inspect
+
+    from transformers import PretrainedConfig
+
+    cls = type(config)
+    known = set(cls().to_dict()) | set(getattr(cls, "attribute_map", {}))
+    for c in (cls, PretrainedConfig):
+        known |= set(inspect.signature(c.__init__).parameters) - {"self", "kwargs"}
+    for key in given:
+        if key == "model_type" or key in known or hasattr(cls(), key):
+            continue
+        close = difflib.get_close_matches(key, sorted(known), n=1)
+        raise RecipeError(f"model.config.{key}", f"{cls.__name__} has no setting '{key}'",
+                          f"did you mean '{close[0]}'?" if close else f"see {cls.__name__}'s documentation")
 
 
 def _meta_model(recipe: Recipe, config):
