@@ -244,3 +244,17 @@ def test_deeply_nested_json_line_is_a_data_error(tmp_path):
                           "data": {"source": str(d)}})
     with pytest.raises(DataError, match="nested too deeply"):
         load_texts(recipe)
+
+
+def test_a_folder_mixing_split_files_and_other_names_is_refused(tmp_path):
+    """train.jsonl + tset.jsonl (a typo): the misspelt test file would silently become training data."""
+    d = tmp_path / "d"
+    d.mkdir()
+    write_jsonl(d / "train.jsonl", make_reviews(30))
+    write_jsonl(d / "tset.jsonl", make_reviews(10, seed=1))
+    recipe = load_recipe({"name": "t", "model": {"path": "x"}, "stages": [{"kind": "train"}],
+                          "data": {"source": str(d)}})
+    with pytest.raises(DataError, match="tset.jsonl"):
+        load_texts(recipe)
+    (d / "train.jsonl").rename(d / "part1.jsonl")  # no split names at all: every file is training data
+    assert len(load_texts(recipe).train) > 0

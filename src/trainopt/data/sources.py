@@ -168,6 +168,11 @@ def read_source(path: Path, fmt: str, errors: str) -> tuple[dict[str, list[dict]
         if not files:
             raise DataError(f"folder {path} holds no {fmt} files")
         by_split = {SPLIT_NAMES.get(p.stem.lower()) for p in files}
+        unnamed = [p.name for p in files if SPLIT_NAMES.get(p.stem.lower()) is None]
+        if unnamed and len(unnamed) < len(files):  # e.g. train.jsonl + tset.jsonl: the typo would train on the test
+            raise DataError(f"folder {path} mixes split files with files of no split name ({', '.join(unnamed[:3])})"
+                            f"; name every file after its split ({', '.join(sorted(set(SPLIT_NAMES)))}) or none of "
+                            "them (then all are training data)")
         splits: dict[str, list[dict]] = {}
         replaced = 0
         for p in files:
