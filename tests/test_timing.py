@@ -94,3 +94,17 @@ def test_the_probe_names_a_machine_busy_with_another_process():
             h.wait()
     assert record["warnings"], record
     assert record.get("runnable_median", 0) > cores() or record.get("cpu_share", 1.0) < 0.75
+
+
+def test_a_reference_that_cannot_run_here_is_left_out_not_fatal():
+    class Broken(torch.nn.Module):
+        def forward(self, input_ids):
+            raise NotImplementedError("no kernel for this device")
+
+    log: list[str] = []
+    timing = time_models({"stage": Recorder("stage", log), "ref": Broken()}, {1: {"input_ids": torch.zeros(1, 4)}},
+                         torch.device("cpu"), warmup=2, repeats=3, max_seconds=5)
+    assert list(timing.rounds) == ["stage"] and "no kernel" in timing.dropped["ref"]
+    assert len(log) == 2 + 3  # the warm-up calls, then the timed ones
+    speed = timing.speed("stage", torch.device("cpu"))
+    assert speed.timing["interleaved_with"] == [] and speed.latency[1].repeats == 3

@@ -233,6 +233,8 @@ def _measure_stage(model, data, stage, outcome: Outcome, ctx: RunContext, inputs
                       + (f", interleaved with {', '.join(refs)}" if refs else "") + f" on {device.type}")
         timing = time_models({stage.name: model, **refs}, inputs, device, m.warmup, m.repeats, m.max_seconds)
         del refs
+        notes += [f"{name} could not run on {device.type} ({why}): compared with its own figures, timed separately"
+                  for name, why in timing.dropped.items()]
         speed = timing.speed(stage.name, device)
         if recipe.task == "causal_lm" and m.generate_tokens:
             speed.generation = measure.measure_generation(model, ctx.prompt, m.generate_tokens, device,

@@ -122,6 +122,7 @@ class Timing:
 
     rounds: dict[str, dict[int, list[list[float]]]] = field(default_factory=dict)
     machine: dict = field(default_factory=dict)
+    dropped: dict[str, str] = field(default_factory=dict)  # references that could not run here, and why
 
     def names(self) -> list[str]:
         return list(self.rounds)
@@ -166,9 +167,12 @@ class Timing:
 
 def time_models(models: dict, inputs: dict[int, dict], device: torch.device, warmup: int, repeats: int,
                 max_seconds: float, autocast_dtype: torch.dtype | None = None) -> Timing:
-    """Forward latency of each model on the same inputs, interleaved: per batch size, `warmup` untimed calls each,
+    """Forward latency of each model on the same inputs, interleaved: per batch size, `warmup` untimed calls each (at
+    least one: it tells whether a reference runs here),
     then rounds of BLOCK timed calls per model (one where `repeats` < 3·BLOCK) in a rotating order, until each model
-    has `repeats` calls (at least 3 rounds, and no more than `max_seconds` per model and batch size)."""
+    has `repeats` calls (at least 3 rounds, and no more than `max_seconds` per model and batch size). The first
+    model is the one measured; a later one (a reference) that fails on this device (an int8 CPU kernel on a GPU) is
+    left out, with the reason in `dropped`."""
     timing = Timing(rounds={name: {} for name in models})
     for m in models.values():
         m.eval()
@@ -182,8 +186,17 @@ def time_models(models: dict, inputs: dict[int, dict], device: torch.device, war
                 with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                     model(**batch)
 
-            for name in names:
-                for _ in range(warmup):
+            for name in list(names):
+                try:
+                    call(models[name])
+                except (RuntimeError, NotImplementedError, TypeError, ValueError) as e:
+                    if name == names[0]:
+                        raise
+                    names.remove(name)
+                    del timing.rounds[name]
+                    timing.dropped[name] = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+                    continue
+                for _ in range(warmup - 1):
                     call(models[name])
             _sync(device)
             block = BLOCK if repeats >= 3 * BLOCK else 1
