@@ -280,8 +280,13 @@ def env_report() -> dict:
                                  "data.pad_to_multiple_of": "= data.max_length", "data.bucket": False}
         from .train.fa4 import why_unavailable
 
-        # causal LMs: GPT-2 124M on an H200, 1.44x (sdpa_causal) / 1.47x (fa4) the HF Trainer (RESULTS.md)
-        rec["causal_lm_attention"] = "fa4" if why_unavailable(device) is None else "sdpa_causal"
+        # causal LMs: the settings of the fastest measured GPT-2 124M run on an H200 (RESULTS.md: the bench's best
+        # variant 499k tokens/s; `trainopt run gpt2-124m` at them 490k steady, 0.98x), which recipes/gpt2-124m.yaml uses
+        rec["causal_lm"] = {"attention": "fa4" if why_unavailable(device) is None else "sdpa_causal",
+                            "lm_loss": "chunked", "lm_loss_vocab_multiple": 64,
+                            "batch_size": "the largest that fits (64 x 1024 tokens for GPT-2 124M: 28.7 GB)",
+                            "recovery.enabled": "false for speed (its per-step loss read cost 7%); true to roll back "
+                                                "spikes", "async_checkpoint": "auto (on CUDA)"}
         rec["fp8_available"] = why_unsupported(device) is None
         rec["fp8"] = "off (measured slower than bf16 at GPT-2 124M widths; try it on wider models with trainopt bench)"
         from .compress.prune import sparse24
