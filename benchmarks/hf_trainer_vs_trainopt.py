@@ -12,6 +12,9 @@ trainopt's FLOP count (6·N + attention) against the device's dense bf16 peak.
 
     python benchmarks/hf_trainer_vs_trainopt.py --case gpt2 --steps 40 --warmup 10 --out runs/vs-trainer-gpt2
     python benchmarks/hf_trainer_vs_trainopt.py --case bert --batch 64 --out runs/vs-trainer-bert
+    python benchmarks/hf_trainer_vs_trainopt.py --case gpt2 --trainer-batches 16,32,64 --variants chunked_ce_x4_batch_vocab64_causal
+
+`vs Trainer` is against the fastest Trainer row (each system at its own best micro-batch).
 
 CPU smoke test (tiny model, a few steps, no compile/bf16): add `--tiny` (no timing claim).
 """
@@ -107,8 +110,22 @@ def recipe_for(case: str, batch: int, tiny: bool, tokenizer: str | None = None) 
     return raw
 
 
+def _length_grouping(on: bool) -> dict:
+    """The Trainer's batches of similar lengths: `group_by_length` up to transformers 4, the
+    `train_sampling_strategy` choice in 5."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    if "train_sampling_strategy" in fields:
+        return {"train_sampling_strategy": "group_by_length" if on else "random"}
+    return {"group_by_length": on}
+
+
 def run_trainer(recipe, data, tokenizer, device, batch: int, steps: int, warmup: int, out: Path) -> dict:
-    """The Hugging Face Trainer: bf16 + torch_compile + adamw_torch_fused, timed after `warmup` steps."""
+    """The Hugging Face Trainer: bf16 + torch_compile + adamw_torch_fused, timed after `warmup` steps; on
+    classification with `group_by_length` (its own answer to padding waste: batches of similar lengths)."""
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     from trainopt.train.setup import set_determinism
@@ -152,7 +169,8 @@ def run_trainer(recipe, data, tokenizer, device, batch: int, steps: int, warmup:
         learning_rate=stage.optimizer.lr, weight_decay=stage.optimizer.weight_decay, warmup_steps=min(5, steps),
         lr_scheduler_type="cosine", bf16=bf16, torch_compile=bf16, remove_unused_columns=False, optim="adamw_torch_fused" if bf16 else "adamw_torch",
         max_grad_norm=stage.max_grad_norm or 0.0, logging_steps=steps, save_strategy="no", report_to=[],
-        dataloader_drop_last=True, seed=recipe.run.seed, use_cpu=device.type != "cuda", disable_tqdm=True)
+        dataloader_drop_last=True, seed=recipe.run.seed, use_cpu=device.type != "cuda", disable_tqdm=True,
+        **_length_grouping(not lm))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collate, callbacks=[Timer()])
@@ -168,10 +186,11 @@ def run_trainer(recipe, data, tokenizer, device, batch: int, steps: int, warmup:
         torch.cuda.empty_cache()
     else:
         peak_mem = None
-    return {"variant": "hf_trainer", "tokens_per_s": round(tps, 1) if tps else None, "wall_s": round(wall, 2),
+    return {"variant": f"hf_trainer_b{batch}", "tokens_per_s": round(tps, 1) if tps else None, "wall_s": round(wall, 2),
             "first_step_s": round(stamps[0] - t0, 2) if stamps else None, "loss_after": result.training_loss,
             "peak_mem_bytes": peak_mem, "micro_batch": batch,
-            "settings": {"bf16": bf16, "torch_compile": bf16, "optim": args.optim, "attention": "sdpa (default)"}}
+            "settings": {"bf16": bf16, "torch_compile": bf16, "optim": args.optim, "attention": "sdpa (default)",
+                         "group_by_length": not lm}}
 
 
 def main() -> None:
@@ -182,6 +201,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--variants", default="same_as_trainer,async,chunked_ce,liger_ce,liger_ce_x2_batch")
     ap.add_argument("--no-trainer", action="store_true")
+    ap.add_argument("--trainer-batches", default=None, help="the Trainer's micro-batches to try, e.g. 16,32,64 "
+                    "(default: --batch); the ratios are against its best (issue 22: each system at its own best)")
     ap.add_argument("--tokenizer", default=None, help="bert: a local folder with BERT's tokenizer (default MiniLM's)")
     ap.add_argument("--tiny", action="store_true", help="a tiny model: a smoke test of the script, not a benchmark")
     ap.add_argument("--out", default=None)
@@ -197,8 +218,11 @@ def main() -> None:
     del model
     peak = measure.peak_flops(device, "bf16", recipe.run.peak_flops)
     rows = []
+    trainer_rows = []
     if not args.no_trainer:
-        rows.append(run_trainer(recipe, data, tokenizer, device, args.batch, args.steps, args.warmup, out))
+        for b in [int(x) for x in (args.trainer_batches or str(args.batch)).split(",")]:
+            trainer_rows.append(run_trainer(recipe, data, tokenizer, device, b, args.steps, args.warmup, out))
+        rows += trainer_rows
     stage = recipe.stages[0]
     for name in [v for v in args.variants.split(",") if v]:
         over = dict(VARIANTS[name])
@@ -211,11 +235,11 @@ def main() -> None:
                 continue
         rows.append(run_variant(recipe, stage, data, tokenizer, device, name, over, args.steps, args.warmup,
                                 out / name))
-    ref = rows[0].get("tokens_per_s")
+    ref = max((r.get("tokens_per_s") or 0 for r in trainer_rows), default=0) or None  # the Trainer at its best
     for r in rows:
         if r.get("tokens_per_s"):
             r["mfu"] = round(r["tokens_per_s"] * fpt / peak, 4) if peak else None
-            r["vs_trainer"] = round(r["tokens_per_s"] / ref, 3) if ref and not args.no_trainer else None
+            r["vs_trainer"] = round(r["tokens_per_s"] / ref, 3) if ref else None
     result = {"case": args.case, "hardware": measure.hardware_info(device), "steps": args.steps,
               "warmup": args.warmup, "batch": args.batch, "seq": seq, "flops_per_token": fpt, "rows": rows}
     (out / "result.json").write_text(json.dumps(result, indent=1, default=str))
