@@ -258,3 +258,34 @@ def test_a_folder_mixing_split_files_and_other_names_is_refused(tmp_path):
         load_texts(recipe)
     (d / "train.jsonl").rename(d / "part1.jsonl")  # no split names at all: every file is training data
     assert len(load_texts(recipe).train) > 0
+
+
+def _folder(tmp_path, rows):
+    d = tmp_path / "d"
+    d.mkdir(exist_ok=True)
+    write_jsonl(d / "data.jsonl", rows)
+    return load_recipe({"name": "t", "model": {"path": "x"}, "stages": [{"kind": "train"}],
+                        "data": {"source": str(d)}})
+
+
+def test_labels_of_mixed_kinds_and_texts_that_are_not_strings_are_refused(tmp_path):
+    """JSON's 1, "1" and true would be separate (or accidentally merged) classes; a list as text would train on its
+    Python spelling."""
+    rows = make_reviews(40)
+    rows[3]["label"], rows[4]["label"] = 1, True
+    with pytest.raises(DataError, match="mixes kinds of values"):
+        load_texts(_folder(tmp_path, rows))
+    rows = make_reviews(40)
+    rows[5]["text"] = ["a", "list"]
+    with pytest.raises(DataError, match="holds a list in the text column"):
+        load_texts(_folder(tmp_path, rows))
+    numbers = [{"text": r["text"], "label": i % 2} for i, r in enumerate(make_reviews(40))]
+    numbers[0]["label"] = 1.0  # an integer written as a float is still a number
+    assert len(load_texts(_folder(tmp_path, numbers)).label_names) == 2
+
+
+def test_a_split_asked_for_by_a_fraction_must_hold_rows(tmp_path):
+    rows = make_reviews(2)
+    recipe = _folder(tmp_path, rows)
+    with pytest.raises(RecipeError, match="data.test_fraction"):
+        load_texts(recipe)

@@ -112,3 +112,23 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_the_run_resumes(tmp_pat
     monkeypatch.setattr(ckpt, "_write", write)
     assert main(["run", str(recipe), "--out", str(out), "--resume"]) == 0
     assert (out / "report.json").is_file()
+
+
+def test_a_resume_forgets_a_dead_process_without_checkpoint_and_its_half_written_folders(tmp_path, tiny_bert_dir,
+                                                                                         reviews_dir):
+    """Killed before its first checkpoint, the dead process's logged steps are not kept next to the new ones; a
+    folder half-written by a process killed inside a checkpoint write is removed when the next one starts."""
+    raw = yaml.safe_load(_recipe(tmp_path, tiny_bert_dir, reviews_dir).read_text())
+    raw["stages"][0].update(checkpoint_every=10, log_every=2)
+    recipe = tmp_path / "late.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "k"
+    assert _run([recipe, "--out", out], ("step", 5)).returncode == -9
+    assert {r["step"] for r in read_metrics(out) if "loss" in r} == {2, 4}
+    assert _run([recipe, "--out", out, "--resume"], ("ckpt", "20:manifest")).returncode == -9
+    steps = [r["step"] for r in read_metrics(out) if "loss" in r]
+    assert steps == sorted(steps) and len(steps) == len(set(steps)) and steps[-1] == 20
+    ckpts = out / "stages/finetune/checkpoints"
+    assert list(ckpts.glob(".tmp-*"))  # the dead write's folder
+    assert _run([recipe, "--out", out, "--resume"], ("step", 22)).returncode == -9
+    assert not list(ckpts.glob(".tmp-*"))  # removed when the next process started, not at the stage's end

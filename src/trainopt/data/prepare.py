@@ -90,6 +90,46 @@ def _column(rows: list[dict], col: str, key: str, split: str) -> list:
     return [r[col] for r in rows]
 
 
+def _label_text(v) -> str:
+    """A label's class name: 1.0 (an integer column that pandas read as floats) is class "1", like 1."""
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v).strip()
+
+
+def _not_empty(held: list, split: str, fraction: float, rows: int) -> None:
+    """A split asked for by a fraction must hold rows: a 2-row file with test_fraction 0.2 gave 0 test rows, and a
+    report with no test metrics."""
+    if not held:
+        raise RecipeError(f"data.{split}_fraction", f"{rows} rows are too few for a {split} split of {fraction:g} "
+                          "(it would hold none)", f"give more data, or set data.{split}_fraction: 0")
+
+
+def _one_label_type(labels: list, col: str, split: str) -> None:
+    """Labels of one type: JSON's 1, 1.0, "1" and true would otherwise become distinct classes (or, spelled alike,
+    merge by accident). Integers written as floats (1.0, as pandas reads an int column with gaps) count as ints."""
+    def kind(v) -> str | None:
+        if v is None or (isinstance(v, float) and v != v):
+            return None
+        if isinstance(v, bool):
+            return "bool"
+        if isinstance(v, (int, float)) or type(v).__module__ == "numpy":
+            return "number"
+        if isinstance(v, str):
+            return "text"
+        return type(v).__name__
+
+    kinds: dict[str, object] = {}
+    for v in labels:
+        k = kind(v)
+        if k is not None:
+            kinds.setdefault(k, v)
+    if len(kinds) > 1 or any(k not in ("bool", "number", "text") for k in kinds):
+        shown = ", ".join(f"{k} {v!r}" for k, v in kinds.items())
+        raise DataError(f"the label column '{col}' of the {split} data mixes kinds of values ({shown}); write every "
+                        "label the same way (all numbers or all strings)")
+
+
 # ------------------------------------------------------------------------------------------- cleaning
 def clean_text(text, spec, task: str, counts: Counter) -> str:
     if text is None or (isinstance(text, float) and text != text):
@@ -136,6 +176,12 @@ def load_texts(recipe) -> TextData:
             return None, None
         texts = _column(rows, raw.text_column, "data.text_column", split)
         labels = _column(rows, raw.label_column, "data.label_column", split) if raw.label_column else None
+        bad = next((i for i, t in enumerate(texts) if isinstance(t, (list, dict, tuple))), None)
+        if bad is not None:  # str() of a list would train on its Python spelling
+            raise DataError(f"row {bad + 1} of the {split} data holds a {type(texts[bad]).__name__} in the text "
+                            f"column '{raw.text_column}', not text; give one string per row")
+        if labels is not None:
+            _one_label_type(labels, raw.label_column, split)
         texts = [clean_text(t, spec, task, counts) for t in texts]
         keep = [i for i, t in enumerate(texts) if t]
         if labels is not None:
@@ -143,7 +189,7 @@ def load_texts(recipe) -> TextData:
                     and not (isinstance(labels[i], float) and labels[i] != labels[i])]
         counts[f"empty_dropped_{split}"] += len(texts) - len(keep)
         texts = [texts[i] for i in keep]
-        labels = [str(labels[i]).strip() for i in keep] if labels is not None else None
+        labels = [_label_text(labels[i]) for i in keep] if labels is not None else None
         return texts, labels
 
     train, train_y = texts_labels(raw.train, "train")
@@ -180,11 +226,13 @@ def load_texts(recipe) -> TextData:
         test, test_y = [train[i] for i in held], [train_y[i] for i in held]
         train, train_y = [train[i] for i in keep], [train_y[i] for i in keep]
         counts["test_split_from_train"] = len(held)
+        _not_empty(held, "test", spec.test_fraction, len(train) + len(held))
     if val is None and spec.validation_fraction > 0 and task == "classification":
         keep, held = _stratified_split(len(train), train_y, spec.validation_fraction, spec.split_seed + 1)
         val, val_y = [train[i] for i in held], [train_y[i] for i in held]
         train, train_y = [train[i] for i in keep], [train_y[i] for i in keep]
         counts["validation_split_from_train"] = len(held)
+        _not_empty(held, "validation", spec.validation_fraction, len(train) + len(held))
 
     if task == "classification":
         for name, texts, ys in (("validation", val, val_y), ("test", test, test_y)):

@@ -2,7 +2,9 @@
 
 A checkpoint is a folder `step-XXXXXXXX/` written under a temporary name, every file fsynced, then renamed;
 `manifest.json` (sizes + SHA-256 of every file) is written last inside the temporary folder, so a folder
-without a valid manifest is never mistaken for a complete checkpoint. Tensors load with safetensors or
+without a valid manifest is never mistaken for a complete checkpoint. The manifest detects accidents (a torn write,
+a truncated copy, a flipped bit), not tampering: whoever can rewrite a checkpoint can rewrite its manifest too, so
+a checkpoint folder is trusted like any file its owner can write. Tensors load with safetensors or
 `torch.load(weights_only=True)`: a checkpoint can never run code.
 """
 

@@ -11,6 +11,7 @@ skips the step. Checkpoints are atomic; a killed run resumes exactly where it st
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -163,6 +164,13 @@ def _start(e, ctx, dd, ckpt_root: Path) -> tuple[TrainState, int | None]:
     fresh one (a previous attempt's checkpoints removed)."""
     latest = ckpt.latest_checkpoint(ckpt_root) if ctx.resume else None
     state, resumed_from = TrainState(), None
+    if ctx.resume and dd.is_main:
+        # a killed process's half-written checkpoint folders (never taken for checkpoints) are removed now, not at
+        # the stage's end; with no checkpoint to resume, the dead process's logged steps are forgotten too
+        for tmp in ckpt_root.glob(".tmp-*") if ckpt_root.is_dir() else []:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if latest is None:
+            ctx.log.truncate(e.stage.name, 0)
     if latest is not None:
         state = TrainState(**ckpt.load_checkpoint(latest, e.trainable, e.optimizer, e.scheduler, e.scaler,
                                                   ctx.device, e.fsdp))
@@ -170,8 +178,6 @@ def _start(e, ctx, dd, ckpt_root: Path) -> tuple[TrainState, int | None]:
         resumed_from = state.step
         console.print(f"[yellow]resuming {e.stage.name} from step {state.step} ({latest.name})[/yellow]")
     elif ckpt_root.exists() and not ctx.resume and dd.is_main:
-        import shutil
-
         shutil.rmtree(ckpt_root)
     distributed.barrier(dd)
     return state, resumed_from
