@@ -135,6 +135,19 @@ def test_failed_trial_is_recorded_and_the_study_continues(tmp_path, tiny_bert_di
     assert "## Failed trials" in (tmp_path / "f" / "study.md").read_text()
 
 
+def test_a_study_whose_trials_keep_failing_stops_with_the_first_error(tmp_path, tiny_bert_dir, reviews_dir):
+    """Every trial fails (a metric classification has not): after search.max_failures in a row the study stops with
+    the first failure's message instead of running failed trials forever; the summary is written first."""
+    from trainopt.errors import TrainoptError
+
+    r = study_recipe(tiny_bert_dir, reviews_dir, sampler="random", trials=10, max_failures=2, pruner={"name": "none"},
+                     space={"stages.finetune.metric": {"type": "categorical", "choices": ["perplexity"]}})
+    with pytest.raises(TrainoptError, match="the last 2 trials failed .* trial 0: .*perplexity"):
+        tune(r, out=tmp_path / "f")
+    summary = json.loads((tmp_path / "f" / "study.json").read_text())
+    assert [t["state"] for t in summary["trials"]] == ["fail", "fail"]
+
+
 @pytest.mark.parametrize("search, key", [
     ({"space": {"stages.finetune.optimiser.lr": {"type": "float", "low": 1e-5, "high": 1e-3}}},
      "search.space.stages.finetune.optimiser.lr"),

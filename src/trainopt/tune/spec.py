@@ -123,6 +123,7 @@ class SearchSpec(Strict):
     storage: str | None = None  # default: sqlite in the run directory; postgresql://… for many workers/machines
     study_name: str | None = None  # default: the recipe name
     heartbeat_s: int = Field(30, ge=1)  # a trial silent for 2 heartbeats (its worker died) is marked failed
+    max_failures: int = Field(5, ge=1)  # the study stops after this many failed trials in a row (the first's error)
     keep_models: Literal["best", "all", "none"] = "best"  # trial model folders kept: best/Pareto trials only
     enqueue: list[dict[str, Any]] = []  # trials to run first, e.g. [{stages.finetune.optimizer.lr: 1.0e-4}]
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import RecipeError
+from ..errors import RecipeError, TrainoptError
 from ..recipe import SearchSpec
 from ..rundir import RunLock, claim, made_by_trainopt
 from ..train.monitor import console
@@ -56,24 +56,47 @@ def spent_steps(study) -> int:
     return sum(int(t.user_attrs.get("steps") or 0) for t in study.get_trials(deepcopy=False))
 
 
-def work(study, objective, search: SearchSpec, run_dir: Path, deadline: float | None) -> None:
+def work(study, objective, search: SearchSpec, run_dir: Path, deadline: float | None) -> str | None:
     """One worker: run trials until the study holds `search.trials` finished trials, the deadline passes or the
     trials have used `search.max_trial_steps` optimizer steps (running trials finish, so a budget can be exceeded
     by what was running when it was reached). While the last trials run elsewhere it waits; a trial whose worker
-    died is failed and run again here."""
+    died is failed and run again here. Returns why it stopped early: `search.max_failures` failed trials in a row
+    (a study whose every trial fails would otherwise never stop), else None."""
     optuna = optuna_module()
     while deadline is None or time.time() < deadline:
         optuna.storages.fail_stale_trials(study)
         if search.max_trial_steps is not None and spent_steps(study) >= search.max_trial_steps:
-            return
+            return None
         done, running = counts(study)
         if search.trials is not None and done >= search.trials:
-            return
+            return None
         if search.trials is not None and done + running >= search.trials:
             time.sleep(min(5.0, search.heartbeat_s / 2))
             continue
         study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True,
                        callbacks=[lambda study_, _: _tidy_models(study_, search, run_dir)])
+        failed = failures_in_a_row(study)
+        if len(failed) >= search.max_failures:
+            first = failed[0]
+            why = first.user_attrs.get("error") or first.system_attrs.get("fail_reason") or "no message"
+            return (f"the last {len(failed)} trials failed (search.max_failures: {search.max_failures}); the first "
+                    f"of them, trial {first.number}: {str(why).splitlines()[0][:300]} — fix the recipe or the search "
+                    "space, then run again with --resume")
+    return None
+
+
+def failures_in_a_row(study) -> list:
+    """The finished trials at the end of the study (by number) that failed, oldest first."""
+    from optuna.trial import TrialState
+
+    done = sorted((t for t in study.get_trials(deepcopy=False)
+                   if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)), key=lambda t: t.number)
+    run = []
+    for t in reversed(done):
+        if t.state != TrialState.FAIL:
+            break
+        run.append(t)
+    return run[::-1]
 
 
 def _tidy_models(study, search: SearchSpec, run_dir: Path) -> None:
@@ -136,14 +159,20 @@ def _study(raw, recipe, search, run_dir: Path, resume: bool, storage, study_name
                  f"{search.trials or '∞'} trials"
                  + (f" · ≤ {search.max_trial_steps} trial-steps" if search.max_trial_steps else "")
                  + f" · {safe_url(url)}")
+    stopped = None
     if worker_index is not None or workers == 1:
-        work(study, make_objective(raw, search, run_dir, max(workers, 1), nproc, url), search, run_dir, deadline)
+        stopped = work(study, make_objective(raw, search, run_dir, max(workers, 1), nproc, url), search, run_dir,
+                       deadline)
         if worker_index is not None:
+            if stopped:
+                raise TrainoptError(stopped)
             return {}
     else:
         _spawn_workers(run_dir, url, name, workers, nproc)
     summary = summarize(study, search, run_dir, recipe.name)
     print_summary(summary)
+    if stopped:  # the summary (with every failure) is written first
+        raise TrainoptError(stopped)
     return summary
 
 
