@@ -1,6 +1,6 @@
 """The user's own path at bench speed (issue 22): `trainopt run gpt2-124m` end to end, its report's whole-stage
-tokens/s next to its steady state, where the rest went (compile, evaluations, checkpoints, slow steps), and the
-bench's best variant on the same GPU in the same call for the reference.
+tokens/s next to its steady state, and where the rest went (compile, evaluations, checkpoints, slow windows). The
+bench's reference comes from benchmarks/hf_trainer_vs_trainopt.py, run in the same call.
 
     python benchmarks/user_path_gpu.py --steps 1000 --out runs/user-path
     python benchmarks/user_path_gpu.py --steps 300 --set stages.0.recovery.enabled=true --tag recovery

@@ -224,6 +224,8 @@ def test_the_steady_state_leaves_out_the_first_window_and_evaluations():
         w.close(1, 0, 1e-3, torch.tensor(1.0), lambda info: lines.append(info))
     tps, mfu = w.steady()
     assert 990 < tps < 1010 and abs(mfu - tps * 10 / 1e9) < 1e-9 and len(w.rates) == 3 and "loss" in lines[0]
+    w.eval_s += 2.5  # the last evaluation runs after the last log line: it still counts
+    assert w.eval_seconds == 2.5
 
 
 def test_progress_in_a_log_prints_a_line_at_most_every_interval_and_at_the_end(capsys):

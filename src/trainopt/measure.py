@@ -15,7 +15,7 @@ import time
 import torch
 
 from .results import Speed
-from .timing import percentile, time_models
+from .timing import percentile, sync, time_models  # noqa: F401 — sync: measure.sync for the loop and monitor
 
 # Dense peak FLOP/s per device kind and precision (vendor datasheets, no sparsity).
 # Override with run.peak_flops for any other device, including CPUs.
@@ -116,10 +116,6 @@ def peak_memory_bytes(device: torch.device) -> int:
         return int(torch.cuda.max_memory_allocated(device))
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_call(fn, device: torch.device, warmup: int, repeats: int, max_seconds: float) -> list[float]:

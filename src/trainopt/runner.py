@@ -233,8 +233,7 @@ def _measure_stage(model, data, stage, outcome: Outcome, ctx: RunContext, inputs
                       + (f", interleaved with {', '.join(refs)}" if refs else "") + f" on {device.type}")
         timing = time_models({stage.name: model, **refs}, inputs, device, m.warmup, m.repeats, m.max_seconds)
         del refs
-        notes += [f"{name} could not run on {device.type} ({why}): compared with its own figures, timed separately"
-                  for name, why in timing.dropped.items()]
+        notes += [_untimed(name, device, why) for name, why in timing.dropped.items()]
         speed = timing.speed(stage.name, device)
         if recipe.task == "causal_lm" and m.generate_tokens:
             speed.generation = measure.measure_generation(model, ctx.prompt, m.generate_tokens, device,
@@ -277,9 +276,12 @@ def _references(stages: list[StageResult], device, ctx: RunContext, notes: list[
             ref, _, _ = load_saved(ctx.run_dir / r.checkpoint, ctx.recipe.task)
             refs[r.name] = ref.to(device)
         except (RuntimeError, NotImplementedError, TypeError) as e:
-            notes.append(f"{r.name} could not be timed again on {device.type} ({str(e).splitlines()[0][:120]}): "
-                         "compared with its own figures, timed separately")
+            notes.append(_untimed(r.name, device, str(e).splitlines()[0][:120]))
     return refs
+
+
+def _untimed(name: str, device, why: str) -> str:
+    return f"{name} could not be timed again on {device.type} ({why}): compared with its own figures, timed separately"
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -3,7 +3,7 @@ that says when the machine was too busy for the figures to be trusted.
 
 Why by hand: `torch.utils.benchmark` times one statement at a time (all of A, then all of B), so a load change
 between the two lands in the ratio; it has no notion of a paired comparison or of other processes on the machine.
-Here the compared models run in alternating rounds (A B C, B C A, C A B, …; `rounds_per_call` calls each), so slow
+Here the compared models run in alternating rounds (A B C, B C A, C A B, …; BLOCK calls each), so slow
 and fast periods fall on all of them alike, and a speed ratio's 95% interval comes from a paired bootstrap over the
 rounds (the same rounds resampled for both models).
 
@@ -12,7 +12,7 @@ tasks (/proc/stat `procs_running`, sampled every round — above the core count,
 time the process got against the time its threads asked for (a CPU timing whose threads were descheduled), and
 hypervisor steal. Measured on this project's 2-core machine (a 3-block MLP, 2 threads, batch 32): idle, 2 runnable
 tasks and a CPU share of 0.99; next to one CPU-bound `python -c "while True: pass"`, 3 runnable, a share of 0.61 and
-a p50 2.0x slower — the case where a report used to print a 0.18x slowdown as fact.
+a p50 2.0x slower — the case where, in issue 22's report, a quickstart printed a 0.18x slowdown as fact.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ MAX_STEAL = 0.05  # a hypervisor taking more than this share of the CPU time
 BLOCK = 2  # calls per model per round
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -124,9 +124,6 @@ class Timing:
     machine: dict = field(default_factory=dict)
     dropped: dict[str, str] = field(default_factory=dict)  # references that could not run here, and why
 
-    def names(self) -> list[str]:
-        return list(self.rounds)
-
     def speed(self, name: str, device: torch.device) -> Speed:
         """One model's figures: p50/p95 and the interquartile range per batch size, the throughput at the largest
         batch, and `timing` (with whom it was interleaved, the machine's record, every warning)."""
@@ -168,9 +165,8 @@ class Timing:
 def time_models(models: dict, inputs: dict[int, dict], device: torch.device, warmup: int, repeats: int,
                 max_seconds: float, autocast_dtype: torch.dtype | None = None) -> Timing:
     """Forward latency of each model on the same inputs, interleaved: per batch size, `warmup` untimed calls each (at
-    least one: it tells whether a reference runs here),
-    then rounds of BLOCK timed calls per model (one where `repeats` < 3·BLOCK) in a rotating order, until each model
-    has `repeats` calls (at least 3 rounds, and no more than `max_seconds` per model and batch size). The first
+    least one: it tells whether a reference runs here), then rounds of BLOCK timed calls per model (one where
+    `repeats` < 3·BLOCK) in a rotating order, until each model has `repeats` calls (at least 3 rounds, and no more than `max_seconds` per model and batch size). The first
     model is the one measured; a later one (a reference) that fails on this device (an int8 CPU kernel on a GPU) is
     left out, with the reason in `dropped`."""
     timing = Timing(rounds={name: {} for name in models})
@@ -198,7 +194,7 @@ def time_models(models: dict, inputs: dict[int, dict], device: torch.device, war
                     continue
                 for _ in range(warmup - 1):
                     call(models[name])
-            _sync(device)
+            sync(device)
             block = BLOCK if repeats >= 3 * BLOCK else 1
             n_rounds = max(3, math.ceil(repeats / block))
             start = time.perf_counter()
@@ -208,7 +204,7 @@ def time_models(models: dict, inputs: dict[int, dict], device: torch.device, war
                     for _ in range(block):
                         t0 = time.perf_counter()
                         call(models[name])
-                        _sync(device)
+                        sync(device)
                         times.append((time.perf_counter() - t0) * 1000.0)
                     timing.rounds[name].setdefault(b, []).append(times)
                 probe.sample()

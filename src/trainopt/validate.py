@@ -90,13 +90,14 @@ def _config(recipe: Recipe):
     """The starting model's transformers config (models.model_config); None where only trainopt's loader rebuilds
     the model (pruned shapes, quantized weights: their own checks run when they load) or remote code would run."""
     spec = recipe.model
+    path = resolve_model_ref(spec.path) if spec.path is not None else None
+    problem = folder_problem(path) if path is not None and path.is_dir() else None  # headers only: no code runs
+    if problem:
+        raise RecipeError("model.path", problem, "restore or re-copy the model folder")
     if spec.trust_remote_code:
         return None
-    if spec.path is not None:
-        problem = folder_problem(resolve_model_ref(spec.path)) if resolve_model_ref(spec.path).is_dir() else None
-        if problem:
-            raise RecipeError("model.path", problem, "restore or re-copy the model folder")
-        meta = resolve_model_ref(spec.path) / "trainopt.json"
+    if path is not None:
+        meta = path / "trainopt.json"
         if meta.is_file() and {"structure", "quantization"} & set(_json(meta)):
             return None
     config = model_config(spec)
@@ -114,11 +115,12 @@ def _known_config_keys(config, given: dict) -> None:
     from transformers import PretrainedConfig
 
     cls = type(config)
-    known = set(cls().to_dict()) | set(getattr(cls, "attribute_map", {}))
+    default = cls()
+    known = set(default.to_dict()) | set(getattr(cls, "attribute_map", {}))
     for c in (cls, PretrainedConfig):
         known |= set(inspect.signature(c.__init__).parameters) - {"self", "kwargs"}
     for key in given:
-        if key == "model_type" or key in known or hasattr(cls(), key):
+        if key == "model_type" or key in known or hasattr(default, key):
             continue
         close = difflib.get_close_matches(key, sorted(known), n=1)
         raise RecipeError(f"model.config.{key}", f"{cls.__name__} has no setting '{key}'",

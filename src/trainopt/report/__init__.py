@@ -130,7 +130,6 @@ def print_summary(report: dict) -> None:
     if not out.is_terminal:
         out = Console(width=200)
     out.print(table)
-    for line in timing_notes(report):
-        if "UNRELIABLE" in line:
-            out.print(f"[yellow]⚠ {line}[/yellow]")
+    for line in timing_notes(report, unreliable_only=True):
+        out.print(f"[yellow]⚠ {line}[/yellow]")
     out.print(f"report: {Path(report['run_dir']) / 'report.md'} (and report.html)")

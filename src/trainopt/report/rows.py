@@ -52,14 +52,14 @@ def rows(report: dict) -> tuple[list[str], list[list[str]]]:
     return head, body
 
 
-def timing_notes(report: dict) -> list[str]:
+def timing_notes(report: dict, unreliable_only: bool = False) -> list[str]:
     """One line per stage on how far its speed figures can be trusted: each ratio against the model it came from with
     its 95% interval (timed interleaved), and every warning of a busy machine or a noisy figure (⚠ in the table)."""
     lines = []
     for s in report["stages"]:
         sp, parent = s["speed"], s.get("vs_parent") or {}
         timing = sp.get("timing") or {}
-        if not timing:
+        if not timing or (unreliable_only and timing.get("reliable", True)):
             continue
         parts = []
         for b in report["recipe"]["measure"]["batch_sizes"]:

@@ -16,6 +16,7 @@ import os
 import pickle
 import random
 import shutil
+import threading
 from pathlib import Path
 
 import torch
@@ -149,8 +150,6 @@ class Writer:
         trainer = _to_host(trainer, copies, self._buffers, "trainer")
         if torch.cuda.is_available():
             torch.cuda.current_stream().synchronize()  # the copies are done before training changes the tensors
-        import threading
-
         def work():
             try:
                 _write(Path(ckpt_root), step, weights, states is not None, trainer, rng, dict(train_state), keep,

@@ -201,7 +201,7 @@ def _summary(e, state: TrainState, validator: Validator, window: Window, wall: f
             f"{state.tokens_seen * fpt / wall / peak_all:.4g}"),  # significant digits: a tiny MFU is not 0
         # the whole stage's rate above counts compile, evaluations and checkpoints; the steady state is the median
         # log window after the first (Window.steady), evaluations left out
-        "steady_tokens_per_s": steady[0], "steady_mfu": steady[1], "eval_s": round(window.eval_total, 2),
+        "steady_tokens_per_s": steady[0], "steady_mfu": steady[1], "eval_s": round(window.eval_seconds, 2),
         "micro_batch": e.stage.batch_size, "grad_accum": e.stage.grad_accum, "auto_micro_batch": e.auto_choice,
         "world_size": world, "compiled": e.compiled, "fp8": e.fp8_info,
         "first_step_s": None if first_step_s is None else round(first_step_s, 3),

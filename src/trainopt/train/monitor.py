@@ -40,8 +40,17 @@ class Window:
         if len(self.rates) < 2:
             return None, None
         tps = sorted(self.rates)[len(self.rates) // 2]
-        mfu = tps * self.flops_per_token / self.flops_peak if self.flops_peak and self.flops_per_token else None
+        mfu = self._mfu(tps)
         return round(tps, 1), (None if mfu is None else float(f"{mfu:.4g}"))
+
+    def _mfu(self, tps: float | None) -> float | None:
+        return tps * self.flops_per_token / self.flops_peak if (self.flops_peak and tps and self.flops_per_token) \
+            else None
+
+    @property
+    def eval_seconds(self) -> float:
+        """Every evaluation so far, the open window's too (the last one runs after the last log line)."""
+        return self.eval_total + self.eval_s
 
     def add(self, tokens: int, loss: float) -> None:
         self.tokens += tokens
@@ -56,8 +65,7 @@ class Window:
         if tps and not self._first:
             self.rates.append(tps)
         self._first = False
-        mfu = tps * self.flops_per_token / self.flops_peak if (self.flops_peak and tps and self.flops_per_token) \
-            else None
+        mfu = self._mfu(tps)
         mem = measure.peak_memory_bytes(self.device)
         loss = self.loss / max(self.steps, 1)
         self.log.log(self.name, step, loss=round(loss, 5), lr=lr, grad_norm=round(float(grad_norm), 4),
