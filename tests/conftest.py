@@ -115,3 +115,61 @@ def need_builtin(name: str) -> Path:
         if os.environ.get("CI"):
             raise
         pytest.skip(str(e))
+
+
+CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
+          "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def make_definitions(n: int, seed: int = 0) -> list[dict]:
+    """A learnable prompt/response set: the answer is a fixed function of the word."""
+    rng = random.Random(seed)
+    words = FILL + POS + NEG
+    rows = []
+    for i in range(n):
+        w = rng.choice(words)
+        kind = "good" if w in POS else "bad" if w in NEG else "plain"
+        rows.append({"prompt": f"What is {w} {i % 7}?", "response": f"{w} is a {kind} word.", "group": w})
+    return rows
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_llama_dir(tmp_path_factory) -> Path:
+    """A 2-layer, hidden-32 Llama with a BPE tokenizer trained in the test and a ChatML chat template."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from trainopt.models import train_bpe_tokenizer
+
+    texts = [f"{r['prompt']} {r['response']}" for r in make_definitions(200)] + ["<|im_start|>user\n<|im_end|>\n"]
+    tok = train_bpe_tokenizer(texts, vocab_size=320)
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.chat_template = CHATML
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id, tie_word_embeddings=False)
+    path = tmp_path_factory.mktemp("tiny_llama")
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def definitions_dir(tmp_path) -> Path:
+    d = tmp_path / "defs"
+    d.mkdir()
+    write_jsonl(d / "train.jsonl", make_definitions(240, seed=1))
+    write_jsonl(d / "test.jsonl", make_definitions(40, seed=2))
+    return d
+
+
+def sft_recipe(model_dir: Path, data: Path, **stage) -> dict:
+    """A small, fast SFT + LoRA recipe as a dict."""
+    lora = {"kind": "lora", "name": "lora", "rank": 4, "alpha": 8, "max_steps": 6, "batch_size": 4,
+            "optimizer": {"lr": 3e-3}, "eval_every": 3, "checkpoint_every": 3, "log_every": 1}
+    lora.update(stage)
+    return {"name": "tiny-sft", "task": "causal_lm", "model": {"path": str(model_dir)},
+            "data": {"source": str(data), "sft": {}, "block_size": 64, "validation_fraction": 0.1},
+            "stages": [lora], "run": {"seed": 0, "progress": False, "tensorboard": False},
+            "measure": {"batch_sizes": [1], "repeats": 3, "warmup": 1, "max_seconds": 1, "generate_tokens": 4,
+                        "samples": 2}}

@@ -34,6 +34,8 @@ CASES = {
     "eval": Case({"kind": "eval", "name": "before"}, {"baseline"}, None, ("from_stage", "nosuch")),
     "train": Case({"kind": "train", "name": "train", "optimizer": {"lr": 1e-3}, **TRAIN}, {"unchanged"}, "training",
                   ("max_steps", "0")),
+    "lora": Case({"kind": "lora", "name": "lora", "rank": 4, "optimizer": {"lr": 1e-3}, **TRAIN}, {"unchanged"},
+                 "lora", ("rank", "0")),
     "prune": Case({"kind": "prune", "name": "prune", "method": "magnitude", "sparsity": 0.5}, {"masked"}, "pruning",
                   ("sparsity", "1.5")),
     "distill": Case({"kind": "distill", "name": "distill", "student": {"num_layers": 1}, "train": TRAIN},
@@ -42,7 +44,7 @@ CASES = {
                      "quantization", ("group_size", "7")),
 }
 ELSEWHERE = {"augment": "changes the training data, not the model: tests/test_augment.py runs it through the runner"}
-ORDER = ["eval", "train", "prune", "distill", "quantize"]
+ORDER = ["eval", "train", "lora", "prune", "distill", "quantize"]
 
 
 def test_every_technique_has_a_case():

@@ -85,6 +85,8 @@ def load_saved(model_dir: Path, task: str | None = None):
 
     quiet_transformers()
     model_dir = Path(model_dir)
+    if (model_dir / "adapter_config.json").is_file() and not (model_dir / "config.json").is_file():
+        return _load_adapter(model_dir, task)
     if not (model_dir / "config.json").is_file():
         raise TrainoptError(f"{model_dir} is not a model folder (no config.json)")
     meta = json.loads((model_dir / META_FILE).read_text()) if (model_dir / META_FILE).is_file() else {}
@@ -116,6 +118,30 @@ def load_saved(model_dir: Path, task: str | None = None):
     meta.setdefault("task", task)
     if task == "classification" and "labels" not in meta:
         meta["labels"] = [config.id2label[i] for i in range(config.num_labels)]
+    model.eval()
+    return model, tokenizer, meta
+
+
+def _load_adapter(model_dir: Path, task: str | None):
+    """A PEFT adapter folder (a `lora` stage with merge: false): its base model (the folder it names), the adapter on
+    top through peft, as plain peft loads it."""
+    from peft import PeftModel
+
+    from .lora.folder import base_of
+
+    base_dir = base_of(model_dir)
+    if base_dir is None or not base_dir.is_dir():
+        raise TrainoptError(f"{model_dir} is a LoRA adapter whose base model folder {base_dir} is missing; copy the "
+                            "base back, or set base_model_name_or_path in its adapter_config.json")
+    base, _, base_meta = load_saved(base_dir, task)
+    model = PeftModel.from_pretrained(base, str(model_dir))
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    meta = json.loads((model_dir / META_FILE).read_text()) if (model_dir / META_FILE).is_file() else {}
+    meta = {**base_meta, **meta}
     model.eval()
     return model, tokenizer, meta
 

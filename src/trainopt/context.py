@@ -36,3 +36,5 @@ class RunContext:
     hooks: Hooks = field(default_factory=Hooks)
     measure_inputs: dict | None = None  # the fixed inputs every stage is timed on (stages that time kernels of their own)
     prompt: object = None  # causal LM: the fixed prompt of the generation benchmark
+    samples: list | None = None  # SFT data: fixed held-out prompts answered by every stage (data/sft.py)
+    parent_dir: Path | None = None  # the folder the running stage's model comes from (None: built from a config)

@@ -1,5 +1,5 @@
 """Task metrics. Classification: accuracy, macro-F1, per-class precision/recall/F1, confusion matrix, loss.
-Causal LM: mean token loss and perplexity."""
+Causal LM: mean token loss and perplexity (SFT: over the response tokens)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ DEFAULT_METRIC = {"classification": "accuracy", "causal_lm": "loss"}
 
 
 def lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Summed next-token cross-entropy (position t predicts token t+1)."""
+    """Summed next-token cross-entropy (position t predicts token t+1); labels of -100 (SFT prompts) count none."""
     return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1),
                            reduction="sum")
 
@@ -23,12 +23,17 @@ def classification_loss_sum(logits: torch.Tensor, labels: torch.Tensor, label_sm
     return F.cross_entropy(logits.float(), labels, reduction="sum", label_smoothing=label_smoothing)
 
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 
 
 def model_inputs(batch: dict) -> dict:
-    """The keys of a batch that the model takes (batches also carry labels and example indices)."""
-    return {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+    """The keys of a batch that the model takes (batches also carry labels and example indices). Packed SFT rows
+    carry position ids that restart at each example: with no KV cache (use_cache=False), transformers builds the
+    block-diagonal mask from them; a cache would make it ignore them and attend across examples."""
+    inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+    if "position_ids" in inputs:
+        inputs["use_cache"] = False
+    return inputs
 
 
 def forward_logits(model, batch: dict) -> torch.Tensor:
@@ -53,7 +58,7 @@ def evaluate(model, split, task: str, batch_size: int, device: torch.device,
             golds.extend(batch["labels"].tolist())
         else:
             total_loss += lm_loss_sum(logits, batch["labels"]).item()
-            count += batch["labels"].shape[0] * (batch["labels"].shape[1] - 1)
+            count += int((batch["labels"][:, 1:] != -100).sum())  # SFT: the response tokens only
     model.train(was_training)
     loss = total_loss / max(count, 1)
     if task == "causal_lm":
@@ -88,3 +93,21 @@ def is_better(value: float, best: float | None, mode: str, min_delta: float = 0.
     if best is None:
         return True
     return value > best + min_delta if mode == "max" else value < best - min_delta
+
+
+@torch.inference_mode()
+def generate_samples(model, tokenizer, prompts: list[dict], device: torch.device, new_tokens: int = 48) -> list[dict]:
+    """Greedy answers to fixed held-out prompts (SFT data): [{question, reference, answer}], shown in the report so
+    that a reader sees what the numbers mean. Stops at the end-of-turn / end-of-sequence token."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for p in prompts:
+        ids = tokenizer(p["prompt"], add_special_tokens=not p["chat"], return_tensors="pt")["input_ids"].to(device)
+        gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                             do_sample=False, temperature=None, top_p=None, top_k=None,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        out.append({"question": p["question"], "reference": p["reference"],
+                    "answer": tokenizer.decode(gen[0, ids.shape[1]:], skip_special_tokens=True).strip()})
+    model.train(was_training)
+    return out

@@ -86,23 +86,26 @@ def peak_flops(device: torch.device, precision: str, override: float | None = No
     return None
 
 
-def matmul_params(model: torch.nn.Module) -> int:
-    """Weights that take part in matrix multiplies (Linear / GPT-2 Conv1D), the LM head included."""
+def matmul_params(model: torch.nn.Module, frozen_only: bool = False) -> int:
+    """Weights that take part in matrix multiplies (Linear / GPT-2 Conv1D), the LM head included; `frozen_only`:
+    those that do not train (requires_grad false)."""
     total = 0
     for module in model.modules():
         if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D":
-            total += module.weight.numel()
+            if not frozen_only or not module.weight.requires_grad:
+                total += module.weight.numel()
     return total
 
 
 def flops_per_token(model: torch.nn.Module, seq_len: int, training: bool = True) -> float:
     """Model FLOPs per token (PaLM appendix B): 6·N_matmul + 12·layers·hidden·seq for training, a third of it
-    for a forward pass. Padding is not counted: callers pass real (non-pad) tokens."""
+    for a forward pass. A frozen weight (LoRA's base model) computes no weight gradient: 4 FLOPs per weight, not 6.
+    Padding is not counted: callers pass real (non-pad) tokens."""
     cfg = model.config
     layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", 0)
     hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", 0)
     fwd = 2 * matmul_params(model) + 4 * layers * hidden * seq_len
-    return 3 * fwd if training else fwd
+    return 3 * fwd - 2 * matmul_params(model, frozen_only=True) if training else fwd
 
 
 def reset_peak_memory(device: torch.device) -> None:

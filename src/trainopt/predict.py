@@ -46,9 +46,19 @@ def predict(model_dir: str | Path, texts: list[str], batch_size: int = 32, max_n
         return out
     torch.manual_seed(seed)
     tokenizer.padding_side = "left"  # decoder-only generation pads on the left
+    prompts, special = texts, True
+    if meta.get("sft"):  # an instruction-tuned model: each text is a user turn, rendered as in training
+        from .data.sft import prompt_text
+
+        chat = meta["sft"]["template"] == "chat"
+        system = [{"role": "system", "content": meta["sft"]["system"]}] if meta["sft"].get("system") else []
+        prompts = [prompt_text(system + [{"role": "user", "content": t}, {"role": "assistant", "content": ""}],
+                               tokenizer, chat) for t in texts]
+        special = not chat
     for i in range(0, len(texts), batch_size):
         chunk = texts[i: i + batch_size]
-        enc = tokenizer(chunk, return_tensors="pt", padding=True).to(dev)
+        enc = tokenizer(prompts[i: i + batch_size], return_tensors="pt", padding=True,
+                        add_special_tokens=special).to(dev)
         gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
                              temperature=temperature if temperature > 0 else None, top_p=None, top_k=None,
                              pad_token_id=tokenizer.pad_token_id)

@@ -134,7 +134,7 @@ class Outcome:
         return cls(effect=effect, cost=cost, details=details, **kw)
 
 
-DETAIL_KEYS = ("training", "quantization", "distillation", "pruning", "notes")
+DETAIL_KEYS = ("training", "quantization", "distillation", "pruning", "lora", "samples", "notes")
 
 
 @dataclass

@@ -27,8 +27,8 @@ from .compare import classify_effect, compare, vs_baseline
 from .context import Hooks, RunContext
 from .data.prepare import tokenize
 from .errors import RecipeError
-from .evaluate import evaluate
-from .models import disk_bytes, folder_problem, load_tokenizer
+from .evaluate import evaluate, generate_samples
+from .models import disk_bytes, folder_problem, load_tokenizer, resolve_model_ref
 from .recipe import Recipe, dump_recipe
 from .results import Outcome, Size, Speed, StageResult
 from .rundir import RunLock, claim, is_trainopt_run
@@ -96,7 +96,7 @@ def _execute(recipe: Recipe, device, texts, dd, run_dir: Path, resume: bool, on_
 
         tokenizer = AutoTokenizer.from_pretrained(str(saved_tokenizer))
     else:
-        tokenizer = load_tokenizer(recipe, texts.train)
+        tokenizer = load_tokenizer(recipe, [m["content"] for c in texts.train for m in c] if texts.sft else texts.train)
     data = tokenize(texts, tokenizer, recipe)
     if dd.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -113,12 +113,20 @@ def _execute(recipe: Recipe, device, texts, dd, run_dir: Path, resume: bool, on_
     inputs = measure.fixed_inputs(eval_split, recipe.task, recipe.measure.batch_sizes, recipe.measure.seq_len) \
         if recipe.measure.latency else None
     prompt = eval_split.blocks[:1, : min(32, eval_split.blocks.shape[1])] if recipe.task == "causal_lm" else None
+    samples = None
+    if texts.sft and recipe.measure.samples:
+        from .data.sft import sample_prompts
+
+        samples = sample_prompts(texts.test or texts.validation or texts.train, tokenizer, recipe.data.sft.template,
+                                 recipe.measure.samples)
     ctx = RunContext(recipe=recipe, run_dir=run_dir, device=device, tokenizer=tokenizer, data=data, log=log,
                      resume=resume, dist=dd, hooks=Hooks(on_eval=on_eval, faults=faults or Faults.from_env()),
-                     measure_inputs=inputs, prompt=prompt)
+                     measure_inputs=inputs, prompt=prompt, samples=samples)
     meta = {"task": recipe.task, "labels": data.label_names, "max_length": recipe.data.max_length,
             "block_size": recipe.data.block_size, "clean": recipe.data.clean.model_dump(),
             "trainopt_version": __version__}
+    if texts.sft:  # `trainopt predict` wraps a prompt the way the model was fine-tuned
+        meta["sft"] = {"template": data.stats["template"], "system": recipe.data.sft.system}
 
     model = None
     results: list[StageResult] = []
@@ -153,6 +161,10 @@ def _execute(recipe: Recipe, device, texts, dd, run_dir: Path, resume: bool, on_
                 model, _, _ = load_saved(run_dir / parent.checkpoint, recipe.task)
             elif model is None:
                 model = _model_for(recipe, tokenizer, data, results, run_dir)
+            before = next(r for r in results if r.name == stage.from_stage) if stage.from_stage else \
+                (results[-1] if results else None)
+            ctx.parent_dir = run_dir / before.checkpoint if before is not None else \
+                (resolve_model_ref(recipe.model.path) if recipe.model.path else None)
             stage_dir.mkdir(parents=True, exist_ok=True)
             console.rule(f"[bold]{stage.name}[/bold] ({stage.kind})")
             model, outcome = module.run(model, data, stage, ctx, stage_dir)
@@ -212,14 +224,15 @@ def _measure_stage(model, data, stage, outcome: Outcome, ctx: RunContext, inputs
     quality: dict = {"accuracy": None, "f1_macro": None, "loss": None, "perplexity": None}
     if data.test is not None:
         console.print(f"{stage.name}: test evaluation ({len(data.test):,} {_unit(recipe.task)}) on {device.type}")
-        quality = evaluate(model, data.test, recipe.task, 64, device)  # fp32: the saved model as plain HF loads it
+        # fp32: the saved model as plain HF loads it; LM rows 8 at a time (64 rows of a 49k vocabulary: 3 GB of logits)
+        quality = evaluate(model, data.test, recipe.task, 64 if recipe.task == "classification" else 8, device)
         if recipe.task == "classification":
             names = data.label_names
             quality["per_class"] = {names[int(c)]: v for c, v in quality["per_class"].items()}
             quality["labels"] = names
     validation = None
     if recipe.measure.validation and data.validation is not None:
-        vq = evaluate(model, data.validation, recipe.task, 64, device)
+        vq = evaluate(model, data.validation, recipe.task, 64 if recipe.task == "classification" else 8, device)
         validation = {k: v for k, v in vq.items() if k in ("accuracy", "f1_macro", "loss", "perplexity")}
     m = recipe.measure
     parent = next((r for r in previous if r.name == stage.from_stage), None) if stage.from_stage else \
@@ -243,8 +256,10 @@ def _measure_stage(model, data, stage, outcome: Outcome, ctx: RunContext, inputs
                           + "; ".join(speed.timing["warnings"]))
     else:
         speed = Speed.unmeasured(m.batch_sizes)
-    cost = {**outcome.cost, "eval_wall_s": round(time.perf_counter() - t0, 2)}
     details = dict(outcome.details)
+    if ctx.samples:
+        details["samples"] = generate_samples(model, ctx.tokenizer, ctx.samples, device)
+    cost = {**outcome.cost, "eval_wall_s": round(time.perf_counter() - t0, 2)}
     result = StageResult(name=stage.name, kind=stage.kind, effect=outcome.effect, quality=quality,
                          size=Size(params, nonzero, disk_bytes(model_dir)), speed=speed, cost=cost,
                          checkpoint=os.path.relpath(model_dir, ctx.run_dir), validation_quality=validation,

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 BUILTIN_MODELS = ("builtin:minilm-l6", "builtin:smollm2-135m")
-BUILTIN_DATA = ("builtin:fine_foods", "builtin:austen")
+BUILTIN_DATA = ("builtin:fine_foods", "builtin:austen", "builtin:definitions")
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"  # also a file name: at most 100 characters
 INT_MAX = 2**31 - 1  # the largest integer any key takes: seeds, thread counts, steps and sizes all fit below it
 

@@ -17,6 +17,7 @@ from .compress.prune.spec import PruneStage
 from .compress.quantize.spec import QuantizeStage
 from .data.augment.spec import AugmentStage
 from .eval.spec import EvalStage
+from .lora.spec import LoraStage
 from .train.spec import TrainStage
 
 
@@ -32,6 +33,7 @@ class Technique:
 
 TECHNIQUES: dict[str, Technique] = {
     "train": Technique(TrainStage, "trainopt.train.stage", None, "docs/methods/acceleration.md"),
+    "lora": Technique(LoraStage, "trainopt.lora.stage", "trainopt.lora.checks", "docs/methods/lora.md"),
     "eval": Technique(EvalStage, "trainopt.eval.stage", None, "docs/recipe.md"),
     "quantize": Technique(QuantizeStage, "trainopt.compress.quantize.stage", "trainopt.compress.quantize.checks",
                           "docs/methods/quantize.md"),

@@ -31,13 +31,32 @@ def check_compat(recipe: Recipe, device: torch.device) -> None:
         if checks is not None:
             checks.check(stage, i, recipe, device)
         for key, settings in stage.trainings():
-            check_training(stage_key(i, key), settings, recipe.task, device, plain=stage.kind == "train")
+            check_training(stage_key(i, key), settings, recipe.task, device, plain=stage.kind in ("train", "lora"))
     if recipe.task == "causal_lm" and recipe.data.pad_to_multiple_of is not None:
         raise RecipeError("data.pad_to_multiple_of", "causal_lm data comes in fixed blocks of block_size tokens; "
                           "there is no padding to round", "remove it (or set task: classification)")
+    _check_sft(recipe)
     if recipe.task == "causal_lm" and (recipe.data.labels or recipe.data.label_column):
         raise RecipeError("data.label_column" if recipe.data.label_column else "data.labels",
                           "causal_lm data has no labels", "remove it, or set task: classification")
+
+
+def _check_sft(recipe: Recipe) -> None:
+    """SFT data (data/sft.py) is causal-LM data; packed rows need the mask transformers builds from their positions."""
+    sft = recipe.data.sft
+    if sft is None:
+        return
+    if recipe.task != "causal_lm":
+        raise RecipeError("data.sft", "prompt/response data trains a causal LM", "set task: causal_lm")
+    for i, stage in enumerate(recipe.stages):
+        if stage.kind == "augment":
+            raise RecipeError(stage_key(i, "kind"), "augmentation rewrites plain texts, not conversations",
+                              "remove the augment stage")
+        for key, settings in stage.trainings():
+            if sft.packing and settings.attention in ("sdpa_causal", "fa4"):
+                raise RecipeError(stage_key(i, key, "attention"), f"attention: {settings.attention} runs one causal "
+                                  "sequence per row and would attend across the examples packed into a row",
+                                  "use attention: auto or sdpa (or data.sft.packing: false)")
 
 
 def check_model(recipe: Recipe, device: torch.device) -> None:

@@ -1,4 +1,5 @@
-"""Batches: length-bucketed, dynamically padded classification batches; packed fixed blocks for causal LM.
+"""Batches: length-bucketed, dynamically padded classification batches; packed fixed blocks for causal LM; packed
+(or padded) supervised fine-tuning rows with response-only labels.
 
 The order of an epoch is a pure function of (seed, epoch), so that a resumed run can rebuild it and skip
 to the batch where it stopped.
@@ -15,6 +16,45 @@ def _generator(seed: int, epoch: int) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed(seed * 1_000_003 + epoch)
     return g
+
+
+def bucketed(lengths: list[int], batch_size: int, seed: int, epoch: int, shuffle: bool,
+             bucket: bool) -> list[list[int]]:
+    """Batches of row indices for rows of varied lengths. Training (shuffle): a seeded order; with `bucket`, rows of
+    similar length batched together within windows of BUCKET_WINDOW batches (less padding), the batches shuffled.
+    Evaluation: in order, sorted by length with `bucket` (metrics do not depend on order)."""
+    n = len(lengths)
+    if not shuffle:
+        order = list(range(n))
+        if bucket:
+            order.sort(key=lambda i: lengths[i])
+        return [order[i: i + batch_size] for i in range(0, n, batch_size)]
+    g = _generator(seed, epoch)
+    order = torch.randperm(n, generator=g).tolist()
+    if not bucket:
+        return [order[i: i + batch_size] for i in range(0, n, batch_size)]
+    window = batch_size * BUCKET_WINDOW
+    batches, carry = [], []
+    for w in range(0, n, window):
+        # A window's leftovers (fewer than a batch) join the next window, so that only the epoch's last batch
+        # can be short: one batch shape per width, which a static-shape compile (one graph per shape) needs.
+        chunk = sorted(carry + order[w: w + window], key=lambda i: lengths[i])
+        full = len(chunk) if w + window >= n else len(chunk) // batch_size * batch_size
+        batches.extend(chunk[i: i + batch_size] for i in range(0, full, batch_size))
+        carry = chunk[full:]
+    perm = torch.randperm(len(batches), generator=g).tolist()
+    return [batches[i] for i in perm]
+
+
+def full_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool) -> list[list[int]]:
+    """Batches of rows of one width. Training (shuffle): full batches only — the epoch's last, partial batch is
+    dropped (its rows come back in other epochs' shuffles), because a batch of another shape makes a compiled step
+    compile again (issue 22 reported 21–30 s stalls on GPT-2 124M, H200; with the drop, 1,000 steps there had no
+    10-step window over 2.3 s but the first checkpoint's 4.0 s), and padding it would spend a full step on a few
+    rows. A split smaller than one batch keeps its one batch. Evaluation (no shuffle) keeps every row."""
+    order = torch.randperm(n, generator=_generator(seed, epoch)).tolist() if shuffle else list(range(n))
+    end = n // batch_size * batch_size if shuffle and n >= batch_size else n
+    return [order[i: min(i + batch_size, end)] for i in range(0, end, batch_size)]
 
 
 class ClassificationSplit:
@@ -36,27 +76,7 @@ class ClassificationSplit:
 
     def batches(self, batch_size: int, seed: int = 0, epoch: int = 0, shuffle: bool = True,
                 bucket: bool = True) -> list[list[int]]:
-        n = len(self)
-        if not shuffle:
-            order = list(range(n))
-            if bucket:  # evaluation: sort by length to pad least; metrics do not depend on order
-                order.sort(key=lambda i: len(self.input_ids[i]))
-            return [order[i: i + batch_size] for i in range(0, n, batch_size)]
-        g = _generator(seed, epoch)
-        order = torch.randperm(n, generator=g).tolist()
-        if not bucket:
-            return [order[i: i + batch_size] for i in range(0, n, batch_size)]
-        window = batch_size * BUCKET_WINDOW
-        batches, carry = [], []
-        for w in range(0, n, window):
-            # A window's leftovers (fewer than a batch) join the next window, so that only the epoch's last batch
-            # can be short: one batch shape per width, which a static-shape compile (one graph per shape) needs.
-            chunk = sorted(carry + order[w: w + window], key=lambda i: len(self.input_ids[i]))
-            full = len(chunk) if w + window >= n else len(chunk) // batch_size * batch_size
-            batches.extend(chunk[i: i + batch_size] for i in range(0, full, batch_size))
-            carry = chunk[full:]
-        perm = torch.randperm(len(batches), generator=g).tolist()
-        return [batches[i] for i in perm]
+        return bucketed([len(x) for x in self.input_ids], batch_size, seed, epoch, shuffle, bucket)
 
     def collate(self, idx: list[int]) -> dict[str, torch.Tensor]:
         seqs = [self.input_ids[i] for i in idx]
@@ -100,15 +120,7 @@ class LMSplit:
 
     def batches(self, batch_size: int, seed: int = 0, epoch: int = 0, shuffle: bool = True,
                 bucket: bool = True) -> list[list[int]]:
-        """Training (shuffle): full batches only — the epoch's last, partial batch is dropped (its blocks come back
-        in other epochs' shuffles), because a batch of another shape makes a compiled step compile again (issue 22
-        reported 21–30 s stalls on GPT-2 124M, H200; with the drop, 1,000 steps there had no 10-step window over
-        2.3 s but the first checkpoint's 4.0 s), and padding it would spend a full step on a few rows. A split
-        smaller than one batch keeps its one batch. Evaluation (no shuffle) keeps every block."""
-        order = torch.randperm(len(self), generator=_generator(seed, epoch)).tolist() if shuffle \
-            else list(range(len(self)))
-        end = len(order) // batch_size * batch_size if shuffle and len(order) >= batch_size else len(order)
-        return [order[i: min(i + batch_size, end)] for i in range(0, end, batch_size)]
+        return full_batches(len(self), batch_size, seed, epoch, shuffle)
 
     def collate(self, idx: list[int]) -> dict[str, torch.Tensor]:
         x = self.blocks[idx]
@@ -119,3 +131,60 @@ class LMSplit:
         (block_size - 1 per row)."""
         t = self.blocks.shape[1]
         return len(idx) * (t - 1), len(idx) * t
+
+
+class SFTSplit:
+    """Supervised fine-tuning rows (data/sft.py): token ids, labels (-100 where no loss) and positions that restart at
+    0 at each example of a packed row. Packed rows are `width` wide and carry no attention mask (transformers builds
+    a block-diagonal causal mask from the positions); unpacked rows hold one example each, padded per batch."""
+
+    def __init__(self, rows: list[list[tuple[list[int], list[int]]]], width: int, pad_id: int, packed: bool):
+        n = len(rows)
+        self.packed, self.pad_id = packed, pad_id
+        self.blocks = torch.full((n, width), pad_id, dtype=torch.long)  # the ids (named like LMSplit's)
+        self.labels = torch.full((n, width), -100, dtype=torch.long)
+        self.positions = torch.zeros((n, width), dtype=torch.long)
+        self.lengths = [0] * n
+        self.examples = 0
+        for r, row in enumerate(rows):
+            at = 0
+            for ids, labels in row:
+                k = len(ids)
+                self.blocks[r, at: at + k] = torch.tensor(ids, dtype=torch.long)
+                self.labels[r, at: at + k] = torch.tensor(labels, dtype=torch.long)
+                self.positions[r, at: at + k] = torch.arange(k)
+                at += k
+            self.positions[r, at:] = torch.arange(width - at)  # padding: a sequence of its own, never a target
+            self.lengths[r] = at
+            self.examples += len(row)
+        self._targets = (self.labels[:, 1:] != -100).sum(1).tolist()
+
+    def __len__(self) -> int:
+        return self.blocks.shape[0]
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(self.lengths)
+
+    @property
+    def n_targets(self) -> int:
+        return sum(self._targets)
+
+    def batches(self, batch_size: int, seed: int = 0, epoch: int = 0, shuffle: bool = True,
+                bucket: bool = True) -> list[list[int]]:
+        if self.packed:
+            return full_batches(len(self), batch_size, seed, epoch, shuffle)
+        return bucketed(self.lengths, batch_size, seed, epoch, shuffle, bucket)
+
+    def collate(self, idx: list[int]) -> dict[str, torch.Tensor]:
+        width = self.blocks.shape[1] if self.packed else max(self.lengths[i] for i in idx)
+        out = {"input_ids": self.blocks[idx, :width], "labels": self.labels[idx, :width],
+               "position_ids": self.positions[idx, :width], "index": torch.tensor(idx, dtype=torch.long)}
+        if not self.packed:
+            out["attention_mask"] = (torch.arange(width)[None, :] <
+                                     torch.tensor([self.lengths[i] for i in idx])[:, None]).long()
+        return out
+
+    def count(self, idx: list[int]) -> tuple[int, int]:
+        """(predicted tokens, real tokens) of the rows `idx`: the loss is normalised over the trained-on tokens."""
+        return sum(self._targets[i] for i in idx), sum(self.lengths[i] for i in idx)

@@ -15,7 +15,8 @@ from pathlib import Path
 from .. import assets
 from ..errors import DataError, RecipeError
 
-from .batching import ClassificationSplit, LMSplit
+from . import sft
+from .batching import ClassificationSplit, LMSplit, SFTSplit
 from .sources import RawData, read_source
 
 BUILTIN_COLUMNS = {"builtin:fine_foods": ("review", "score"), "builtin:austen": ("text", None)}
@@ -37,14 +38,15 @@ class TextData:
     test_labels: list[str] | None = None
     label_names: list[str] | None = None
     stats: dict = field(default_factory=dict)
+    sft: bool = False  # train/validation/test hold conversations (lists of {role, content}, data/sft.py), not texts
 
 
 @dataclass
 class DataBundle:
     task: str
-    train: ClassificationSplit | LMSplit
-    validation: ClassificationSplit | LMSplit | None
-    test: ClassificationSplit | LMSplit | None
+    train: ClassificationSplit | LMSplit | SFTSplit
+    validation: ClassificationSplit | LMSplit | SFTSplit | None
+    test: ClassificationSplit | LMSplit | SFTSplit | None
     label_names: list[str] | None
     stats: dict
 
@@ -58,7 +60,12 @@ def read_raw(spec, task: str) -> RawData:
             return assets.asset_path("austen")
         return Path(ref).expanduser()
 
-    splits, replaced = read_source(resolve(spec.source), spec.format, spec.encoding_errors)
+    if spec.source == "builtin:definitions":
+        from . import definitions
+
+        splits, replaced = {"train": definitions.rows(assets.asset_path("wordnet"))}, 0
+    else:
+        splits, replaced = read_source(resolve(spec.source), spec.format, spec.encoding_errors)
     for _key, ref, name in (("data.validation_source", spec.validation_source, "validation"),
                            ("data.test_source", spec.test_source, "test")):
         if ref is not None:
@@ -167,6 +174,11 @@ def load_texts(recipe) -> TextData:
     """Read, clean, label-map and split the recipe's data. Raises DataError/RecipeError with one line."""
     spec, task = recipe.data, recipe.task
     raw = read_raw(spec, task)
+    if spec.sft is not None:
+        return _sft_texts(raw, spec)
+    if spec.source == "builtin:definitions":
+        raise RecipeError("data.sft", "builtin:definitions holds prompt/response pairs for supervised fine-tuning",
+                          "add `sft: {}` under data: (task: causal_lm)")
     counts: Counter = Counter()
     if raw.decode_replaced:
         counts["decode_replaced"] = raw.decode_replaced
@@ -275,6 +287,84 @@ def load_texts(recipe) -> TextData:
                     validation_labels=val_y, test_labels=test_y, label_names=label_names, stats=stats)
 
 
+def _sft_texts(raw: RawData, spec) -> TextData:
+    """SFT data: conversations per split (data/sft.py); the source's own splits, else seeded group-aware ones;
+    repeated conversations and training conversations that also sit in a held-out split dropped (data.clean.dedup)."""
+    counts: Counter = Counter()
+    if raw.decode_replaced:
+        counts["decode_replaced"] = raw.decode_replaced
+    group_col = spec.sft.group_column or ("synset" if spec.source == "builtin:definitions" else None)
+    rows = {"train": raw.train, "validation": raw.validation, "test": raw.test}
+    rows_read = {k: len(v or []) for k, v in rows.items()}
+    for name, fraction, seed in (("test", spec.test_fraction, spec.split_seed),
+                                 ("validation", spec.validation_fraction, spec.split_seed + 1)):
+        if rows[name] is None and fraction > 0:
+            train = rows["train"]
+            groups = _column(train, group_col, "data.sft.group_column", "train") if group_col else None
+            keep, held = sft.split_groups(len(train), groups, fraction, seed)
+            _not_empty(held, name, fraction, len(train))
+            rows[name], rows["train"] = [train[i] for i in held], [train[i] for i in keep]
+            counts[f"{name}_split_from_train"] = len(held)
+    convs = {}
+    for name, rs in rows.items():
+        if rs is not None:
+            convs[name] = sft.conversations(rs, spec, name)
+            counts[f"no_response_dropped_{name}"] = len(rs) - len(convs[name])
+    sft.check_texts(convs["train"], "train")
+    if spec.clean.dedup:
+        key = lambda c: tuple((m["role"], m["content"]) for m in c)  # noqa: E731
+        held_out = {key(c) for name in ("validation", "test") for c in convs.get(name) or []}
+        seen, kept = set(), []
+        for c in convs["train"]:
+            k = key(c)
+            if k in held_out:
+                counts["eval_overlap_dropped"] += 1
+            elif k in seen:
+                counts["duplicates_dropped"] += 1
+            else:
+                seen.add(k)
+                kept.append(c)
+        convs["train"] = kept
+    for name, n, seed in (("train", spec.max_train_examples, 2), ("validation", spec.max_validation_examples, 3),
+                          ("test", spec.max_test_examples, 4)):
+        if n is not None and convs.get(name) and len(convs[name]) > n:
+            idx = sorted(random.Random(spec.split_seed + seed).sample(range(len(convs[name])), n))
+            convs[name] = [convs[name][i] for i in idx]
+    stats = {"source": raw.description, "sft": spec.sft.model_dump(), "group_column": group_col,
+             "rows_read": rows_read, "cleaning": {k: int(v) for k, v in sorted(counts.items()) if v},
+             "rows": {k: len(convs.get(k) or []) for k in ("train", "validation", "test")}}
+    return TextData(task="causal_lm", train=convs["train"], validation=convs.get("validation"),
+                    test=convs.get("test"), stats=stats, sft=True)
+
+
+def _tokenize_sft(texts: TextData, tokenizer, spec, stats: dict) -> DataBundle:
+    chat = sft.uses_chat_template(tokenizer, spec.sft.template)
+    counts: Counter = Counter()
+    splits = {}
+    for name, convs in (("train", texts.train), ("validation", texts.validation), ("test", texts.test)):
+        if not convs:
+            splits[name] = None
+            continue
+        c: Counter = Counter()
+        rows = sft.pack(sft.encode(convs, tokenizer, chat, spec.sft.loss_on), spec.block_size, spec.sft.packing, c,
+                        spec.split_seed + 5)
+        for k, v in c.items():
+            counts[f"{k}_{name}"] += v
+        splits[name] = SFTSplit(rows, spec.block_size, _pad_id(tokenizer), spec.sft.packing) if rows else None
+    if splits["train"] is None:
+        raise DataError("no training example is left after tokenizing (each was cut to data.block_size with no "
+                        "response token left); raise data.block_size")
+    present = {n: s for n, s in splits.items() if s is not None}
+    stats["template"] = "chat" if chat else "plain"
+    stats["tokens"] = {n: s.n_tokens for n, s in present.items()}
+    stats["target_tokens"] = {n: s.n_targets for n, s in present.items()}
+    stats["examples"] = {n: s.examples for n, s in present.items()}
+    stats["rows_packed" if spec.sft.packing else "rows_padded"] = {n: len(s) for n, s in present.items()}
+    stats["row_fill"] = {n: round(s.n_tokens / (len(s) * spec.block_size), 4) for n, s in present.items()}
+    stats["truncated"] = {k: v for k, v in sorted(counts.items()) if v}
+    return DataBundle("causal_lm", splits["train"], splits["validation"], splits["test"], None, stats)
+
+
 def _dedup(texts, labels, exclude: set) -> tuple[list, list | None, dict]:
     seen, keep, dup, overlap = set(), [], 0, 0
     for i, t in enumerate(texts):
@@ -293,6 +383,8 @@ def _dedup(texts, labels, exclude: set) -> tuple[list, list | None, dict]:
 def tokenize(texts: TextData, tokenizer, recipe) -> DataBundle:
     spec = recipe.data
     stats = dict(texts.stats)
+    if texts.sft:
+        return _tokenize_sft(texts, tokenizer, spec, stats)
     if not getattr(tokenizer, "is_fast", False):
         stats["warning"] = "the tokenizer is not a fast (Rust) tokenizer; tokenization is slower"
     if texts.task == "classification":

@@ -53,6 +53,19 @@ class CleanSpec(Strict):
     dedup: bool = True
 
 
+class SFTSpec(Strict):
+    """Supervised fine-tuning data (data/sft.py): conversations, the loss on the responses only."""
+
+    prompt_column: str = "prompt"  # one user turn per row ...
+    response_column: str = "response"  # ... answered by this
+    messages_column: str | None = None  # or: a column of [{role, content}] lists (system / user / assistant)
+    system: str | None = None  # a system message put before each prompt/response row
+    template: Literal["auto", "chat", "plain"] = "auto"  # auto: the tokenizer's chat template if it has one
+    loss_on: Literal["response", "all"] = "response"  # train on the assistant turns only, or on every token
+    packing: bool = True  # several examples per data.block_size row (no attention across them); false: one per row
+    group_column: str | None = None  # rows sharing this column's value stay in one split (builtin:definitions: synset)
+
+
 class DataSpec(Strict):
     source: str = "builtin:fine_foods"
     format: Literal["auto", "jsonl", "csv", "txt", "parquet", "datasets"] = "auto"
@@ -76,6 +89,7 @@ class DataSpec(Strict):
     # few distinct batch shapes, so a compiled model (compile_dynamic: static) keeps one static graph per shape
     pad_to_multiple_of: int | None = Field(None, ge=1, le=4096)
     encoding_errors: Literal["replace", "strict"] = "replace"
+    sft: SFTSpec | None = None  # task causal_lm: prompt/response or chat data instead of plain text
 
 
 
@@ -92,6 +106,7 @@ class MeasureSpec(Strict):
     max_seconds: float = Field(15.0, gt=0.0)
     seq_len: int | None = Field(None, ge=1)
     generate_tokens: int = Field(32, ge=0)
+    samples: int = Field(3, ge=0, le=20)  # SFT data: held-out prompts each stage answers (greedy) in the report
     # time each stage again next to its parent and the baseline, in alternating rounds, so that a speed ratio compares
     # models under the same machine load and carries a 95% interval (timing.py); false: ratios of figures each stage
     # measured alone (cheaper; a load change between stages lands in the ratio)

@@ -94,6 +94,16 @@ def to_markdown(report: dict) -> str:
             extra += ["", "Throughput: " + _throughput(t)]
         if s.get("pruning"):
             extra += ["", "Pruning: " + describe(s["pruning"])]
+        lo = s.get("lora")
+        if lo:
+            extra += ["", f"LoRA: rank {lo['rank']}, alpha {lo['alpha']:g}" + (", DoRA" if lo["dora"] else "")
+                      + (", rsLoRA" if lo["rslora"] else "") + f" on {', '.join(lo['target_modules'])}; "
+                      f"{lo['trainable_params']:,} of {lo['total_params']:,} parameters trained "
+                      f"({lo['trainable_fraction']:.2%}); adapter `{lo['adapter']}` ({lo['adapter_bytes'] / 1e6:.1f} "
+                      "MB, a PEFT folder)" + ("; the stage's model is the merged weights" if lo["merged"] else
+                                             f"; the stage's model is the adapter on `{lo['base']}`")]
+        for x in s.get("samples") or []:
+            extra += ["", f"- **{x['question']}** → {x['answer'][:300]}", f"  (reference: {x['reference'][:200]})"]
         if s.get("notes"):
             extra += [""] + [f"- {n}" for n in s["notes"]]
         if extra:

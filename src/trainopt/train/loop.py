@@ -31,20 +31,22 @@ from .validation import Validator
 
 
 def train(model, data, stage: TrainStage, ctx, stage_dir: Path, loss_fn=None,
-          extra: torch.nn.Module | None = None, after_step=None, best_from_step=None) -> dict:
+          extra: torch.nn.Module | None = None, after_step=None, best_from_step=None,
+          trainable_only: bool = False) -> dict:
     """Train `model` in place on data.train; returns the stage's training summary (cost and events).
 
     `loss_fn(model, batch, denom)` replaces the task loss (distillation passes its own); `extra` holds
     trainable modules outside the model (e.g. projections), optimized and checkpointed with it.
     `after_step(step, total_steps)` runs after every optimizer step (gradual pruning updates its masks there);
     `best_from_step(total_steps)` gives the first step whose evaluation may count as best or stall the run
-    (gradual pruning: only once the target sparsity is reached)."""
+    (gradual pruning: only once the target sparsity is reached). `trainable_only`: checkpoints and best weights hold
+    the parameters that train, not the frozen rest (LoRA)."""
     device, run, bucket = ctx.device, ctx.recipe.run, ctx.recipe.data.bucket
     dd = ctx.dist or distributed.SINGLE  # data-parallel ranks (train/distributed.py)
     split, faults = data.train, ctx.hooks.faults
     seq_len = split.blocks.shape[1] if ctx.recipe.task == "causal_lm" else None  # else each batch's width
     stage_dir.mkdir(parents=True, exist_ok=True)
-    e = build(model, data, stage, ctx, dd, loss_fn, extra, plain=after_step is None)
+    e = build(model, data, stage, ctx, dd, loss_fn, extra, plain=after_step is None, trainable_only=trainable_only)
     stage, optimizer, scheduler = e.stage, e.optimizer, e.scheduler
     ckpt_root = stage_dir / "checkpoints"
     state, resumed_from = _start(e, ctx, dd, ckpt_root)

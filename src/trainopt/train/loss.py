@@ -43,7 +43,9 @@ class TrainLoss(torch.nn.Module):
     def config(self):  # evaluation reads the model's config (e.g. num_labels) through this wrapper under FSDP
         return self.model.config
 
-    def forward(self, input_ids, attention_mask=None, labels=None, **kwargs):
+    def forward(self, input_ids, attention_mask=None, labels=None, position_ids=None, **kwargs):
+        if position_ids is not None:  # packed SFT rows: positions restart at each example (data/sft.py)
+            kwargs["position_ids"] = position_ids
         if labels is None:
             return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         if self.task == "classification":
@@ -53,11 +55,12 @@ class TrainLoss(torch.nn.Module):
             # use_cache=False: training builds no KV cache (transformers otherwise fills one per layer, which also
             # makes a compiled block see the cache's state change and recompile)
             return self._lm_loss_sum(self.model(input_ids=input_ids, attention_mask=attention_mask,
-                                                use_cache=False).logits, labels)
-        out = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+                                                use_cache=False, **kwargs).logits, labels)
+        hf = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model  # PEFT: the HF model
+        out = hf.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
         hidden = out[0][:, :-1].reshape(-1, out[0].shape[-1])
         targets = labels[:, 1:].reshape(-1)
-        head = self.model.get_output_embeddings()
+        head = hf.get_output_embeddings()
         if self.lm_loss == "liger":
             return liger_linear_cross_entropy(hidden, head.weight, head.bias, targets)
         fn = _opaque_chunked if self.opaque_head else chunked_linear_cross_entropy
@@ -69,7 +72,8 @@ _opaque_chunked = torch.compiler.disable(chunked_linear_cross_entropy)
 
 def module_loss(wrapped, batch: dict, denom: int) -> torch.Tensor:
     """The loss_fn of the training loop for a (compiled / DDP-wrapped) TrainLoss: summed loss / denom."""
-    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids", "labels")}
+    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids", "labels",
+                                                      "position_ids")}
     return wrapped(**inputs) / denom
 
 

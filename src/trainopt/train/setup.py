@@ -72,10 +72,33 @@ class Engine:
     loaded_attention: str | None  # the attention the model was loaded with (restored by finish())
 
 
+class TrainableOnly(torch.nn.Module):
+    """What a checkpoint and the best weights hold when most of a model stays frozen (LoRA: the adapters, not the
+    base): its state dict is the parameters that train. The frozen ones are rebuilt at the stage's start exactly as
+    before (loaded from the parent's folder), so a resume restores the same model from a checkpoint of megabytes."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module = module
+        self._keys = {f"module.{n}" for n, p in module.named_parameters() if p.requires_grad}
+
+    def state_dict(self, *args, **kwargs):
+        return {k: v for k, v in super().state_dict(*args, **kwargs).items() if k in self._keys}
+
+    def load_state_dict(self, state, strict: bool = True, assign: bool = False):
+        result = super().load_state_dict(state, strict=False, assign=assign)
+        missing = [k for k in result.missing_keys if k in self._keys]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(f"checkpoint does not match the trained parameters: missing {missing[:3]}, "
+                               f"unexpected {result.unexpected_keys[:3]}")
+        return torch.nn.modules.module._IncompatibleKeys(missing, result.unexpected_keys)
+
+
 def build(model, data, stage, ctx, dd, loss_fn=None, extra: torch.nn.Module | None = None,
-          plain: bool = True) -> Engine:
+          plain: bool = True, trainable_only: bool = False) -> Engine:
     """`loss_fn` replaces the task's loss module; `extra` holds trainable modules outside the model; `plain`: no
-    per-step callback either (the fused LM head and FSDP2 apply to plain training only)."""
+    per-step callback either (the fused LM head and FSDP2 apply to plain training only); `trainable_only`:
+    checkpoints hold the parameters that train, not the frozen rest (TrainableOnly)."""
     task, device, run = ctx.recipe.task, ctx.device, ctx.recipe.run
     precision = resolve_precision(stage.precision, device)
     autocast_dtype = AUTOCAST[precision]
@@ -106,6 +129,10 @@ def build(model, data, stage, ctx, dd, loss_fn=None, extra: torch.nn.Module | No
     total_steps = stage.max_steps or max(1, math.ceil(stage.epochs * steps_per_epoch))
 
     trainable = model if extra is None else torch.nn.ModuleDict({"model": model, "extra": extra})
+    if trainable_only:
+        if fsdp:
+            raise TrainoptError(f"stage {stage.name}: a partly frozen model trains with parallel: ddp only")
+        trainable = TrainableOnly(trainable)
     trainable.to(device)
     trainable.train()
     loaded_attention = getattr(model.config, "_attn_implementation", None)

@@ -49,7 +49,7 @@ def make_loss(teacher, w: DistillLossSpec, task: str, layer_map: list[int], proj
         total = s_logits.new_zeros(())
         if task == "causal_lm":  # position t predicts token t+1
             s_pred, t_pred = s_logits[:, :-1], t_logits[:, :-1]
-            mask = torch.ones(s_pred.shape[:2], device=s_pred.device)
+            mask = (batch["labels"][:, 1:] != -100).float()  # SFT data: the response tokens only
         else:
             s_pred, t_pred = s_logits, t_logits
             mask = None
@@ -60,6 +60,8 @@ def make_loss(teacher, w: DistillLossSpec, task: str, layer_map: list[int], proj
         if w.kd:
             kl = F.kl_div(F.log_softmax(s_pred / T, -1), F.log_softmax(t_pred / T, -1), log_target=True,
                           reduction="none").sum(-1)
+            if mask is not None:
+                kl = kl * mask
             total = total + w.kd * (T * T) * kl.sum() / denom
         items = batch["input_ids"].shape[0] if mask is None else mask.sum()
         share = items / denom  # this micro-batch's share of the accumulated batch

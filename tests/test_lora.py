@@ -1,0 +1,134 @@
+"""LoRA through PEFT (trainopt/lora/): only the adapters train, the adapter folder loads in plain peft with the same
+logits, merged equals unmerged, a killed LoRA run resumes bit for bit, and `trainopt predict` reads both folders."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from trainopt.artifacts import load_saved
+from trainopt.runner import run
+
+from .conftest import sft_recipe
+
+
+def _logits(model, ids):
+    with torch.inference_mode():
+        return model.eval()(input_ids=ids).logits
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_chat_llama_dir):
+    from .conftest import make_definitions, write_jsonl
+
+    root = tmp_path_factory.mktemp("lora")
+    data = root / "defs"
+    data.mkdir()
+    write_jsonl(data / "train.jsonl", make_definitions(240, seed=1))
+    write_jsonl(data / "test.jsonl", make_definitions(40, seed=2))
+    out = {}
+    for merge in (True, False):
+        raw = sft_recipe(tiny_chat_llama_dir, data, merge=merge)
+        raw["stages"].insert(0, {"kind": "eval", "name": "base"})
+        out[merge] = (root / f"merge-{merge}", run(raw, out=root / f"merge-{merge}", show_summary=False))
+    return out
+
+
+def test_only_adapters_train_and_quality_improves(runs, tiny_chat_llama_dir):
+    run_dir, report = runs[False]
+    base, lora = report["stages"]
+    info = lora["lora"]
+    assert 0 < info["trainable_fraction"] <= 0.10 and info["trainable_params"] < info["total_params"]
+    assert set(info["target_modules"]) >= {"q_proj", "v_proj", "down_proj"} and "lm_head" not in info["target_modules"]
+    assert lora["quality"]["loss"] < base["quality"]["loss"]
+    assert lora["training"]["tokens_seen"] > 0 and lora["cost"]["tokens_per_s"] > 0
+    # the unmerged stage's folder is the adapter alone: megabytes of adapter, not the model
+    folder = run_dir / lora["checkpoint"]
+    assert (folder / "adapter_config.json").is_file() and not (folder / "config.json").exists()
+    assert lora["size"]["disk_bytes"] == (folder / "adapter_model.safetensors").stat().st_size
+    # the base weights did not move
+    model, _, _ = load_saved(folder, "causal_lm")
+    start = load_file(str(tiny_chat_llama_dir / "model.safetensors"))
+    base_state = model.get_base_model().state_dict()
+    for k, v in start.items():
+        key = k.replace("q_proj.weight", "q_proj.base_layer.weight").replace("v_proj.weight", "v_proj.base_layer.weight")
+        if key in base_state:
+            assert torch.equal(base_state[key], v), k
+
+
+def test_adapter_loads_in_plain_peft_with_the_same_logits(runs):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    run_dir, report = runs[False]
+    folder = run_dir / report["stages"][1]["checkpoint"]
+    cfg = json.loads((folder / "adapter_config.json").read_text())
+    plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(cfg["base_model_name_or_path"]), str(folder))
+    ours, _, _ = load_saved(folder, "causal_lm")
+    ids = torch.randint(0, 300, (2, 17))
+    torch.testing.assert_close(_logits(plain, ids), _logits(ours, ids))
+    # and it is not the base model: the adapters changed something
+    base = AutoModelForCausalLM.from_pretrained(cfg["base_model_name_or_path"])
+    assert not torch.allclose(_logits(base, ids), _logits(ours, ids))
+
+
+def test_merged_equals_unmerged(runs):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    run_dir, report = runs[True]
+    lora = report["stages"][1]
+    merged_dir = run_dir / lora["checkpoint"]
+    assert (merged_dir / "config.json").is_file()  # a plain HF folder
+    merged = AutoModelForCausalLM.from_pretrained(str(merged_dir))
+    adapter = run_dir / lora["lora"]["adapter"]
+    base = AutoModelForCausalLM.from_pretrained(json.loads((adapter / "adapter_config.json").read_text())
+                                                ["base_model_name_or_path"])
+    unmerged = PeftModel.from_pretrained(base, str(adapter))
+    ids = torch.randint(0, 300, (2, 17))
+    torch.testing.assert_close(_logits(merged, ids), _logits(unmerged, ids), atol=1e-5, rtol=1e-5)
+    assert lora["quality"]["loss"] == pytest.approx(runs[False][1]["stages"][1]["quality"]["loss"], abs=1e-4)
+
+
+def test_predict_reads_both_folders(runs):
+    from trainopt.predict import predict
+
+    for merge in (True, False):
+        run_dir, report = runs[merge]
+        out = predict(run_dir / report["stages"][1]["checkpoint"], ["What is tea 1?"], max_new_tokens=4)
+        assert len(out) == 1 and isinstance(out[0]["generated"], str)
+
+
+def test_killed_lora_run_resumes_bit_for_bit(tmp_path, tiny_chat_llama_dir, definitions_dir):
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    raw = sft_recipe(tiny_chat_llama_dir, definitions_dir, merge=False, keep_best=False, max_steps=6,
+                     checkpoint_every=2, dropout=0.1)
+    raw["run"]["deterministic"] = True
+    raw["measure"] = {"latency": False, "samples": 0}
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINOPT_FAULT")}
+
+    def cli(*args, kill=None):
+        return subprocess.run([sys.executable, "-m", "trainopt", "run", str(recipe), *map(str, args)],
+                              capture_output=True, text=True, timeout=300,
+                              env={**env, **({"TRAINOPT_FAULT_KILL_AT_STEP": str(kill)} if kill else {})})
+
+    assert cli("--out", tmp_path / "clean").returncode == 0
+    killed = cli("--out", tmp_path / "killed", kill=3)
+    assert killed.returncode == -9, killed.stderr[-1500:]
+    ckpts = sorted((tmp_path / "killed" / "stages" / "lora" / "checkpoints").iterdir())
+    assert ckpts and (ckpts[-1] / "model.safetensors").stat().st_size < 200_000  # the adapters, not the model
+    resumed = cli("--out", tmp_path / "killed", "--resume")
+    assert resumed.returncode == 0 and "resuming lora from step 2" in resumed.stderr + resumed.stdout
+    a = load_file(str(tmp_path / "clean" / "stages" / "lora" / "model" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "killed" / "stages" / "lora" / "model" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
