@@ -3,7 +3,7 @@ then the same data, steps, batch and schedule with every parameter trained (a `t
 rates (the full fine-tune at its best). Held-out response perplexity, trainable parameters, wall time, tokens/s and
 peak memory of each, run one after the other on the same machine.
 
-    python benchmarks/sft_lora_cpu.py [--steps 60] [--full-lrs 3e-5,1e-4] [--out runs/sft-bench]
+    python benchmarks/sft_lora_cpu.py [--steps 60] [--full-lrs 3e-5,1e-4] [--lora-lrs 5e-4,1e-3] [--out runs/sft-bench]
 """
 
 from __future__ import annotations
@@ -24,13 +24,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=None, help="override max_steps (default: the recipe's)")
     ap.add_argument("--full-lrs", default="3e-5,1e-4")
+    ap.add_argument("--lora-lrs", default="", help="also LoRA at these learning rates (default: the recipe's only)")
+    ap.add_argument("--no-recipe-row", action="store_true", help="skip the recipe as written")
     ap.add_argument("--out", default="runs/sft-bench")
     args = ap.parse_args()
     raw = read_yaml(resolve_recipe_path("sft-lora"))
     if args.steps:
         raw["stages"][1]["max_steps"] = args.steps
     rows = []
-    variants = [("lora", raw)]
+    variants = [] if args.no_recipe_row else [("lora", raw)]
+    for lr in [float(x) for x in args.lora_lrs.split(",") if x]:
+        lo = copy.deepcopy(raw)
+        lo["stages"][1]["optimizer"] = {**lo["stages"][1]["optimizer"], "lr": lr}
+        variants.append((f"lora lr {lr:g}", lo))
     for lr in [float(x) for x in args.full_lrs.split(",") if x]:
         full = copy.deepcopy(raw)
         stage = {k: v for k, v in full["stages"][1].items() if k not in LORA_ONLY}

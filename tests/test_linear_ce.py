@@ -78,6 +78,17 @@ def test_train_loss_module_equals_the_plain_loss(tiny_gpt_dir):
     padded.backward()
     assert padded.item() == pytest.approx(ref.item(), rel=1e-5)
     assert torch.allclose(model.transformer.wte.weight.grad, ref_grad, atol=1e-6)
+    model.zero_grad()  # the head on the targeted positions only (SFT prompts have none): the same loss and gradients
+    labels[1, :12] = -100
+    ref = lm_loss_sum(model(input_ids=ids, attention_mask=mask).logits, labels)
+    ref.backward()
+    ref_grad = model.transformer.wte.weight.grad.clone()
+    model.zero_grad()
+    sparse = TrainLoss(model, "causal_lm", lm_loss="chunked", chunk=16, sparse_targets=True)(
+        input_ids=ids, attention_mask=mask, labels=labels)
+    sparse.backward()
+    assert sparse.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert torch.allclose(model.transformer.wte.weight.grad, ref_grad, atol=1e-6)
     full = TrainLoss(model, "causal_lm")(input_ids=ids, attention_mask=mask, labels=labels)  # the logits' loss
     assert full.item() == pytest.approx(ref.item(), rel=1e-6)
     out = TrainLoss(model, "causal_lm")(input_ids=ids, attention_mask=mask)  # no labels: the model's own forward (evaluation)

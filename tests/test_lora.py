@@ -132,3 +132,32 @@ def test_killed_lora_run_resumes_bit_for_bit(tmp_path, tiny_chat_llama_dir, defi
     a = load_file(str(tmp_path / "clean" / "stages" / "lora" / "model" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "killed" / "stages" / "lora" / "model" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_frozen_base_in_bf16_gives_the_same_products_and_is_restored(tiny_chat_llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    from trainopt.lora.spec import LoraStage
+    from trainopt.lora.stage import _frozen_to_autocast_dtype, wrap
+
+    stage = LoraStage(kind="lora", precision="bf16", rank=4)
+    model = wrap(AutoModelForCausalLM.from_pretrained(str(tiny_chat_llama_dir)), stage, "causal_lm", seed=0).eval()
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.1)  # a non-zero adapter, as after training
+    ids = torch.randint(0, 300, (2, 9))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        before = model(input_ids=ids).logits
+    originals = _frozen_to_autocast_dtype(model, stage, torch.device("cpu"))
+    assert originals and all(p.dtype == torch.bfloat16 for p, _ in originals)
+    assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if "norm" in n or "lora" in n)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        after = model(input_ids=ids).logits
+    assert torch.equal(before, after)
+    for p, original in originals:
+        p.data = original
+    start = AutoModelForCausalLM.from_pretrained(str(tiny_chat_llama_dir)).state_dict()
+    merged = model.merge_and_unload()
+    lora_free = {k: v for k, v in merged.state_dict().items() if "proj" not in k}
+    assert all(torch.equal(v, start[k]) for k, v in lora_free.items())
+    assert all(v.dtype == torch.float32 for v in merged.state_dict().values())

@@ -19,8 +19,11 @@ from .linear_ce import DEFAULT_CHUNK, chunked_linear_cross_entropy, liger_linear
 
 class TrainLoss(torch.nn.Module):
     def __init__(self, model, task: str, label_smoothing: float = 0.0, lm_loss: str = "full",
-                 chunk: int = DEFAULT_CHUNK, opaque_head: bool = False, vocab_multiple: int = 1):
+                 chunk: int = DEFAULT_CHUNK, opaque_head: bool = False, vocab_multiple: int = 1,
+                 sparse_targets: bool = False):
         super().__init__()
+        # lm_loss: chunked on data where most positions have no target (SFT prompts): the head on the targets only
+        self.sparse_targets = sparse_targets
         self.model, self.task, self.label_smoothing, self.lm_loss, self.chunk = model, task, label_smoothing, \
             lm_loss, chunk
         self.vocab_multiple = vocab_multiple  # lm_loss: chunked — matmuls on the vocabulary padded to a multiple
@@ -63,11 +66,23 @@ class TrainLoss(torch.nn.Module):
         head = hf.get_output_embeddings()
         if self.lm_loss == "liger":
             return liger_linear_cross_entropy(hidden, head.weight, head.bias, targets)
+        if self.sparse_targets:
+            return _targets_only(hidden, head.weight, head.bias, targets, self.chunk, self.vocab_multiple)
         fn = _opaque_chunked if self.opaque_head else chunked_linear_cross_entropy
         return fn(hidden, head.weight, head.bias, targets, self.chunk, vocab_multiple=self.vocab_multiple)
 
 
 _opaque_chunked = torch.compiler.disable(chunked_linear_cross_entropy)
+
+
+@torch.compiler.disable  # the selection's size depends on the data: eager, after the compiled model body
+def _targets_only(hidden, weight, bias, targets, chunk: int, vocab_multiple: int) -> torch.Tensor:
+    """The chunked head and loss on the positions that have a target only. On SFT data the prompts have none (two
+    thirds of the tokens of builtin:definitions): their logits would be computed and thrown away, and their hidden
+    states get no gradient from the loss either way. The same sum, in another order."""
+    keep = (targets != -100).nonzero().squeeze(1)
+    return chunked_linear_cross_entropy(hidden.index_select(0, keep), weight, bias, targets.index_select(0, keep),
+                                        chunk, vocab_multiple=vocab_multiple)
 
 
 def module_loss(wrapped, batch: dict, denom: int) -> torch.Tensor:

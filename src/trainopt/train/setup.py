@@ -113,10 +113,13 @@ def build(model, data, stage, ctx, dd, loss_fn=None, extra: torch.nn.Module | No
         if why:
             raise RecipeError(stage.key_of("lm_loss"), why, "set lm_loss: full")
 
+    sft = ctx.recipe.data.sft
+    sparse = sft is not None and sft.loss_on == "response" and stage.lm_loss == "chunked"
+
     def wrap_loss(m):
         return TrainLoss(m, task, stage.label_smoothing, stage.lm_loss, stage.lm_loss_chunk,
                          opaque_head=dd.enabled and stage.compile and not fsdp,
-                         vocab_multiple=stage.lm_loss_vocab_multiple)
+                         vocab_multiple=stage.lm_loss_vocab_multiple, sparse_targets=sparse)
 
     auto_choice = None
     if stage.auto_micro_batch:  # before anything depends on the micro-batch size (train/microbatch.py)
