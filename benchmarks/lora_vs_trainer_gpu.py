@@ -66,6 +66,13 @@ def recipe(model: str, batch: int, steps: int, block: int, checkpointing: bool, 
             "measure": {"latency": False, "samples": 0, "generate_tokens": 0}}
 
 
+def _timed_out(log: Path, tag: str, e: subprocess.TimeoutExpired) -> dict:
+    """A variant past --variant-timeout: what it printed so far kept in its log."""
+    text = "".join(x.decode(errors="replace") if isinstance(x, bytes) else (x or "") for x in (e.stdout, e.stderr))
+    log.write_text(text)
+    return {"variant": tag, "error": f"over {TIMEOUT[0]} s", "log_tail": text[-400:]}
+
+
 def run_trainopt(out: Path, raw: dict, tag: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{tag}.yaml"
@@ -74,8 +81,8 @@ def run_trainopt(out: Path, raw: dict, tag: str) -> dict:
     try:
         proc = subprocess.run([sys.executable, "-m", "trainopt", "run", str(path), "--out", str(out / tag),
                                "--overwrite"], capture_output=True, text=True, timeout=TIMEOUT[0])
-    except subprocess.TimeoutExpired:
-        return {"variant": tag, "error": f"over {TIMEOUT[0]} s"}
+    except subprocess.TimeoutExpired as e:
+        return _timed_out(out / f"{tag}.log", tag, e)
     (out / f"{tag}.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         return {"variant": tag, "error": (proc.stderr or proc.stdout)[-800:]}
@@ -170,8 +177,8 @@ def run_trainer(args, batch: int, dtype: str) -> dict:
     tag = f"trainer_{dtype}_b{batch}"
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT[0])
-    except subprocess.TimeoutExpired:
-        return {"variant": tag, "error": f"over {TIMEOUT[0]} s"}
+    except subprocess.TimeoutExpired as e:
+        return _timed_out(Path(args.out) / f"{tag}.log", tag, e)
     (Path(args.out) / f"{tag}.log").write_text(proc.stdout + proc.stderr)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:

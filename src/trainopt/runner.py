@@ -224,15 +224,14 @@ def _measure_stage(model, data, stage, outcome: Outcome, ctx: RunContext, inputs
     quality: dict = {"accuracy": None, "f1_macro": None, "loss": None, "perplexity": None}
     if data.test is not None:
         console.print(f"{stage.name}: test evaluation ({len(data.test):,} {_unit(recipe.task)}) on {device.type}")
-        # fp32: the saved model as plain HF loads it; LM rows 8 at a time (64 rows of a 49k vocabulary: 3 GB of logits)
-        quality = evaluate(model, data.test, recipe.task, 64 if recipe.task == "classification" else 8, device)
+        quality = evaluate(model, data.test, recipe.task, _eval_batch(recipe.task), device)  # fp32: as plain HF loads it
         if recipe.task == "classification":
             names = data.label_names
             quality["per_class"] = {names[int(c)]: v for c, v in quality["per_class"].items()}
             quality["labels"] = names
     validation = None
     if recipe.measure.validation and data.validation is not None:
-        vq = evaluate(model, data.validation, recipe.task, 64 if recipe.task == "classification" else 8, device)
+        vq = evaluate(model, data.validation, recipe.task, _eval_batch(recipe.task), device)
         validation = {k: v for k, v in vq.items() if k in ("accuracy", "f1_macro", "loss", "perplexity")}
     m = recipe.measure
     parent = next((r for r in previous if r.name == stage.from_stage), None) if stage.from_stage else \
@@ -273,6 +272,11 @@ def _measure_stage(model, data, stage, outcome: Outcome, ctx: RunContext, inputs
         for note in notes:
             console.print(f"[yellow]{stage.name}[/yellow]: {note}")
     return result
+
+
+def _eval_batch(task: str) -> int:
+    """Rows per evaluation batch: LM rows 8 at a time (64 rows of 256 tokens of a 49k vocabulary are 3 GB of logits)."""
+    return 64 if task == "classification" else 8
 
 
 def _unit(task: str) -> str:
