@@ -154,13 +154,18 @@ def tiny_chat_llama_dir(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture
-def definitions_dir(tmp_path) -> Path:
-    d = tmp_path / "defs"
+def write_definitions(root: Path) -> Path:
+    """A folder with train/test jsonl files of make_definitions rows."""
+    d = root / "defs"
     d.mkdir()
     write_jsonl(d / "train.jsonl", make_definitions(240, seed=1))
     write_jsonl(d / "test.jsonl", make_definitions(40, seed=2))
     return d
+
+
+@pytest.fixture
+def definitions_dir(tmp_path) -> Path:
+    return write_definitions(tmp_path)
 
 
 def sft_recipe(model_dir: Path, data: Path, **stage) -> dict:

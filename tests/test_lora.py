@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from trainopt.artifacts import load_saved
 from trainopt.runner import run
 
-from .conftest import sft_recipe
+from .conftest import sft_recipe, write_definitions
 
 
 def _logits(model, ids):
@@ -22,13 +22,8 @@ def _logits(model, ids):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_chat_llama_dir):
-    from .conftest import make_definitions, write_jsonl
-
     root = tmp_path_factory.mktemp("lora")
-    data = root / "defs"
-    data.mkdir()
-    write_jsonl(data / "train.jsonl", make_definitions(240, seed=1))
-    write_jsonl(data / "test.jsonl", make_definitions(40, seed=2))
+    data = write_definitions(root)
     out = {}
     for merge in (True, False):
         raw = sft_recipe(tiny_chat_llama_dir, data, merge=merge)
