@@ -156,3 +156,20 @@ def test_frozen_base_in_bf16_gives_the_same_products_and_is_restored(tiny_chat_l
     lora_free = {k: v for k, v in merged.state_dict().items() if "proj" not in k}
     assert all(torch.equal(v, start[k]) for k, v in lora_free.items())
     assert all(v.dtype == torch.float32 for v in merged.state_dict().values())
+
+
+@pytest.mark.parametrize("flag", ["dora", "rslora"])
+def test_dora_and_rslora_reach_peft(tiny_chat_llama_dir, flag):
+    from transformers import AutoModelForCausalLM
+
+    from trainopt.lora.spec import LoraStage
+    from trainopt.lora.stage import wrap
+
+    stage = LoraStage(kind="lora", rank=4, **{flag: True})
+    model = wrap(AutoModelForCausalLM.from_pretrained(str(tiny_chat_llama_dir)), stage, "causal_lm", seed=0)
+    config = model.peft_config["default"]
+    assert config.use_dora is (flag == "dora") and config.use_rslora is (flag == "rslora")
+    magnitudes = [n for n, _ in model.named_parameters() if "lora_magnitude_vector" in n]
+    assert bool(magnitudes) is (flag == "dora")  # DoRA's learned magnitude per output feature
+    assert model.base_model.model.model.layers[0].self_attn.q_proj.scaling["default"] == \
+        pytest.approx(stage.alpha / (stage.rank ** 0.5 if flag == "rslora" else stage.rank))

@@ -84,6 +84,15 @@ def test_unpacked_rows_are_padded_per_batch_with_a_mask(chat):
     assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
 
 
+def test_a_system_message_goes_first():
+    from trainopt.recipe import DataSpec
+
+    spec = DataSpec(sft={"system": "Be brief."})
+    (conv,) = sft.conversations([{"prompt": " q ", "response": "a"}], spec, "train")
+    assert conv == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "q"},
+                    {"role": "assistant", "content": "a"}]
+
+
 def test_long_examples_are_cut_and_counted():
     counts = Counter()
     rows = sft.pack([([1] * 10, [-100] * 5 + [1] * 5), ([2] * 10, [-100] * 9 + [2])], 6, True, counts, 0)

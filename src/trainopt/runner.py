@@ -156,13 +156,11 @@ def _execute(recipe: Recipe, device, texts, dd, run_dir: Path, resume: bool, on_
                 model = None  # reload lazily from the finished stage's folder
                 console.print(f"[green]stage {stage.name} already done[/green]: skipped")
                 continue
+            before = _parent(stage, results)
             if stage.from_stage is not None:
-                parent = next(r for r in results if r.name == stage.from_stage)
-                model, _, _ = load_saved(run_dir / parent.checkpoint, recipe.task)
+                model, _, _ = load_saved(run_dir / before.checkpoint, recipe.task)
             elif model is None:
                 model = _model_for(recipe, tokenizer, data, results, run_dir)
-            before = next(r for r in results if r.name == stage.from_stage) if stage.from_stage else \
-                (results[-1] if results else None)
             ctx.parent_dir = run_dir / before.checkpoint if before is not None else \
                 (resolve_model_ref(recipe.model.path) if recipe.model.path else None)
             stage_dir.mkdir(parents=True, exist_ok=True)
@@ -234,8 +232,7 @@ def _measure_stage(model, data, stage, outcome: Outcome, ctx: RunContext, inputs
         vq = evaluate(model, data.validation, recipe.task, _eval_batch(recipe.task), device)
         validation = {k: v for k, v in vq.items() if k in ("accuracy", "f1_macro", "loss", "perplexity")}
     m = recipe.measure
-    parent = next((r for r in previous if r.name == stage.from_stage), None) if stage.from_stage else \
-        (previous[-1] if previous else None)
+    parent = _parent(stage, previous)
     baseline = next((r for r in previous if r.effect == "baseline"), None)
     timing, notes = None, []
     if inputs is not None:
@@ -272,6 +269,13 @@ def _measure_stage(model, data, stage, outcome: Outcome, ctx: RunContext, inputs
         for note in notes:
             console.print(f"[yellow]{stage.name}[/yellow]: {note}")
     return result
+
+
+def _parent(stage, previous: list[StageResult]) -> StageResult | None:
+    """The finished stage a stage starts from: its from_stage, else the one before it (None: the recipe's model)."""
+    if stage.from_stage:
+        return next(r for r in previous if r.name == stage.from_stage)
+    return previous[-1] if previous else None
 
 
 def _eval_batch(task: str) -> int:

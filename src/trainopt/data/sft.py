@@ -102,7 +102,7 @@ def render(msgs: list[dict], tokenizer, chat: bool) -> tuple[str, list[tuple[int
             if m["role"] != "assistant":
                 continue
             before = tokenizer.apply_chat_template(msgs[:j], tokenize=False, add_generation_prompt=True) if j else ""
-            through = tokenizer.apply_chat_template(msgs[: j + 1], tokenize=False)
+            through = text if j == len(msgs) - 1 else tokenizer.apply_chat_template(msgs[: j + 1], tokenize=False)
             if not (through.startswith(before) and text.startswith(through)):
                 raise DataError("the tokenizer's chat template does not render the start of a conversation as the "
                                 "start of the whole (the response masks need that); set data.sft.template: plain")
