@@ -1,9 +1,10 @@
 """LoRA against a full fine-tune on the built-in SFT recipe (issue 23): `recipes/sft-lora.yaml` as a user runs it,
 then the same data, steps, batch and schedule with every parameter trained (a `train` stage) at a few learning
-rates (the full fine-tune at its best). Held-out response perplexity, trainable parameters, wall time, tokens/s and
+rates (the full fine-tune at its best), and QLoRA (the same LoRA on a 4-bit base, `--qlora nf4,fp4`). Held-out response perplexity, trainable parameters, wall time, tokens/s and
 peak memory of each, run one after the other on the same machine.
 
-    python benchmarks/sft_lora_cpu.py [--steps 60] [--full-lrs 3e-5,1e-4] [--lora-lrs 5e-4,1e-3] [--out runs/sft-bench]
+    python benchmarks/sft_lora_cpu.py [--steps 60] [--full-lrs 3e-5,1e-4] [--lora-lrs 5e-4,1e-3] [--qlora nf4]
+                                      [--out runs/sft-bench]
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from trainopt.recipe import read_yaml, resolve_recipe_path
 from trainopt.runner import run
 
-LORA_ONLY = ("rank", "alpha", "dropout", "target_modules", "dora", "rslora", "merge")
+LORA_ONLY = ("rank", "alpha", "dropout", "target_modules", "dora", "rslora", "merge", "quantize_base", "double_quant")
 
 
 def main() -> None:
@@ -25,6 +26,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="override max_steps (default: the recipe's)")
     ap.add_argument("--full-lrs", default="3e-5,1e-4")
     ap.add_argument("--lora-lrs", default="", help="also LoRA at these learning rates (default: the recipe's only)")
+    ap.add_argument("--qlora", default="", help="also the recipe's LoRA on a 4-bit base of these types (nf4,fp4)")
     ap.add_argument("--no-recipe-row", action="store_true", help="skip the recipe as written")
     ap.add_argument("--out", default="runs/sft-bench")
     args = ap.parse_args()
@@ -37,6 +39,10 @@ def main() -> None:
         lo = copy.deepcopy(raw)
         lo["stages"][1]["optimizer"] = {**lo["stages"][1]["optimizer"], "lr": lr}
         variants.append((f"lora lr {lr:g}", lo))
+    for quant in [x for x in args.qlora.split(",") if x]:
+        q = copy.deepcopy(raw)
+        q["stages"][1]["quantize_base"] = quant
+        variants.append((f"qlora {quant}", q))
     for lr in [float(x) for x in args.full_lrs.split(",") if x]:
         full = copy.deepcopy(raw)
         stage = {k: v for k, v in full["stages"][1].items() if k not in LORA_ONLY}

@@ -134,13 +134,18 @@ def _load_adapter(model_dir: Path, task: str | None):
         raise TrainoptError(f"{model_dir} is a LoRA adapter whose base model folder {base_dir} is missing; copy the "
                             "base back, or set base_model_name_or_path in its adapter_config.json")
     base, _, base_meta = load_saved(base_dir, task)
+    meta = json.loads((model_dir / META_FILE).read_text()) if (model_dir / META_FILE).is_file() else {}
+    quant = meta.get("lora", {}).get("quantize_base")
+    if quant:  # trained on a 4-bit base (QLoRA): the base quantised the same way first
+        from .lora.quantize import quantize_base
+
+        quantize_base(base, quant["quant_type"], quant["double_quant"], torch.float32, torch.device("cpu"))
     model = PeftModel.from_pretrained(base, str(model_dir))
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
-    meta = json.loads((model_dir / META_FILE).read_text()) if (model_dir / META_FILE).is_file() else {}
     meta = {**base_meta, **meta}
     model.eval()
     return model, tokenizer, meta

@@ -15,6 +15,15 @@ def check(stage: LoraStage, index: int, recipe, device: torch.device) -> None:
     except ImportError:
         raise RecipeError(stage_key(index, "kind"), "the lora stage needs the peft package",
                           "pip install peft (make install does)") from None
+    if stage.quantize_base != "none":
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise RecipeError(stage_key(index, "quantize_base"), "a 4-bit base needs the bitsandbytes package",
+                              "pip install bitsandbytes (make install does), or set quantize_base: none") from None
+        if stage.fp8 != "off":
+            raise RecipeError(stage_key(index, "fp8"), "fp8 matmuls and a 4-bit base both replace the Linear layers",
+                              "set fp8: off, or quantize_base: none")
     if stage.parallel == "fsdp":
         raise RecipeError(stage_key(index, "parallel"), "LoRA trains with parallel: ddp only for now (FSDP2 shards "
                           "frozen and trained weights alike; not built yet)", "set parallel: ddp")

@@ -21,6 +21,10 @@ class LoraStage(StageBase, TrainSettings):
     target_modules: Literal["all-linear"] | list[str] = "all-linear"
     dora: bool = False  # DoRA: a learned magnitude per output feature on top of the low-rank direction
     rslora: bool = False  # rank-stabilised scaling alpha / sqrt(rank)
+    # QLoRA: the frozen base's Linear layers (all but the output head) stored in 4-bit through bitsandbytes while the
+    # adapters train in bf16 / fp32: nf4 (QLoRA's NormalFloat), fp4, or none (the base in the autocast dtype)
+    quantize_base: Literal["none", "nf4", "fp4"] = "none"
+    double_quant: bool = True  # with quantize_base: the 4-bit blocks' scales stored in 8-bit too (QLoRA's default)
     # true: the stage's model folder holds the merged weights (a plain HF model; the adapter is kept in adapter/);
     # false: it holds the adapter alone (a PEFT folder on the parent stage's model)
     merge: bool = True

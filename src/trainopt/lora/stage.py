@@ -41,31 +41,55 @@ def wrap(model, stage: LoraStage, task: str, seed: int):
 
 def run(model, data, stage: LoraStage, ctx, stage_dir: Path):
     task = ctx.recipe.task
+    quantized = _quantize(model, stage, ctx.device)
     adapted = wrap(model, stage, task, ctx.recipe.run.seed)
     trainable, total = adapted.get_nb_trainable_parameters()
     console.print(f"LoRA r={stage.rank}, alpha={stage.alpha:g}: {trainable:,} of {total:,} parameters train "
-                  f"({trainable / total:.2%})")
+                  f"({trainable / total:.2%})" + (f"; base in {stage.quantize_base} ({quantized['layers']} Linear "
+                                                  "layers)" if quantized else ""))
     originals = _frozen_to_autocast_dtype(adapted, stage, ctx.device)
     summary = train(adapted, data, stage, ctx, stage_dir, trainable_only=True)
     for p, original in originals:  # the base's own fp32 weights back, for merging and saving
         p.data = original.to(p.device)
     base = ctx.parent_dir
     adapter_dir = save_adapter(adapted, stage_dir / ADAPTER_DIR, base)
+    if quantized and stage.merge:  # merged into the dequantised base: the merged model is the one that trained
+        from .quantize import dequantized
+
+        adapted = dequantized(adapted)
     info = {"rank": stage.rank, "alpha": stage.alpha, "dropout": stage.dropout, "dora": stage.dora,
             "rslora": stage.rslora,
             "target_modules": sorted({t.split(".")[-1] for t in adapted.peft_config["default"].target_modules}),
             "trainable_params": trainable, "total_params": total, "trainable_fraction": round(trainable / total, 5),
             "adapter": os.path.relpath(adapter_dir, ctx.run_dir),
             "adapter_bytes": (adapter_dir / "adapter_model.safetensors").stat().st_size,
-            "base": str(base) if base is not None else None, "merged": stage.merge}
+            "base": str(base) if base is not None else None, "merged": stage.merge,
+            "quantize_base": stage.quantize_base}
+    if quantized:
+        info.update(double_quant=stage.double_quant, quantized_layers=quantized["layers"],
+                    quantized_params=quantized["params"], quantized_weight_bytes=quantized["weight_bytes"])
     if stage.merge:
         model = adapted.merge_and_unload()
         saved_meta = {}
     else:
         model = adapted
         saved_meta = {"lora": {"base": str(base)}}
+        if quantized:  # the loader quantises the base the same way before putting the adapter on it
+            saved_meta["lora"]["quantize_base"] = {"quant_type": stage.quantize_base,
+                                                   "double_quant": stage.double_quant}
     model.eval()
     return model, Outcome.trained(summary, details={"lora": info}, saved_meta=saved_meta)
+
+
+def _quantize(model, stage: LoraStage, device) -> dict | None:
+    """QLoRA: the base's Linear layers to 4-bit on the training device (computing in the autocast dtype)."""
+    if stage.quantize_base == "none":
+        return None
+    from ..train.setup import AUTOCAST, resolve_precision
+    from .quantize import quantize_base
+
+    compute = AUTOCAST[resolve_precision(stage.precision, device)] or torch.float32
+    return quantize_base(model, stage.quantize_base, stage.double_quant, compute, device)
 
 
 def _frozen_to_autocast_dtype(adapted, stage: LoraStage, device) -> list:
