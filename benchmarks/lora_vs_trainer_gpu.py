@@ -15,7 +15,8 @@ Each variant runs in its own process (no shared compile caches or allocator stat
 for both or off for both (`--checkpointing`).
 
     python benchmarks/lora_vs_trainer_gpu.py --model smollm2 --steps 60 --out runs/lora-gpu
-    python benchmarks/lora_vs_trainer_gpu.py --model llama1b --checkpointing --trainer-batches 64,128 --trainopt-batches 8,16
+    python benchmarks/lora_vs_trainer_gpu.py --model llama1b --checkpointing --trainer-batches 64,128 \
+        --trainopt-batches 8,16 --trainopt-quant none,nf4   # nf4: QLoRA's memory and speed against LoRA's
 
 Both models are built from their configs with random weights and SmolLM2's tokenizer (speed and memory depend on the
 shapes, not the values; SmolLM2's 514 MB of weights cannot travel to the GPU machine, and no 1B weights are
@@ -38,6 +39,7 @@ from pathlib import Path
 import yaml
 
 TIMEOUT = [300]  # seconds per variant (--variant-timeout)
+LM_LOSS_CHUNK = [4096]  # trainopt's positions per head chunk (--lm-loss-chunk): less memory when smaller
 LORA = {"rank": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"}
 LLAMA_1B = {"model_type": "llama", "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
             "num_attention_heads": 32, "num_key_value_heads": 8, "max_position_embeddings": 2048,
@@ -49,15 +51,18 @@ TINY = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num
         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024}
 
 
-def recipe(model: str, batch: int, steps: int, block: int, checkpointing: bool, tiny: bool) -> dict:
+def recipe(model: str, batch: int, steps: int, block: int, checkpointing: bool, tiny: bool,
+           quant: str = "none", compile_: bool = True) -> dict:
     cuda = not tiny
     config = TINY if tiny else SMOLLM2_135M if model == "smollm2" else LLAMA_1B
     spec = {"config": config, "tokenizer": "builtin:smollm2-135m"}
     return {"name": "lora-gpu", "task": "causal_lm", "model": spec,
             "data": {"source": "builtin:definitions", "sft": {}, "block_size": block, "max_validation_examples": 64,
                      "max_test_examples": 64},
-            "stages": [{"kind": "lora", "name": "lora", **LORA, "max_steps": steps, "batch_size": batch,
-                        "precision": "bf16" if cuda else "fp32", "compile": cuda, "lm_loss": "chunked",
+            "stages": [{"kind": "lora", "name": "lora", **LORA, "quantize_base": quant, "max_steps": steps,
+                        "batch_size": batch,
+                        "precision": "bf16" if cuda else "fp32", "compile": cuda and compile_, "lm_loss": "chunked",
+                        "lm_loss_chunk": LM_LOSS_CHUNK[0],
                         "attention": "sdpa", "activation_checkpointing": checkpointing, "checkpoint_every": 0,
                         "eval_every": steps, "keep_best": False, "log_every": 5, "recovery": {"enabled": False},
                         "optimizer": {"lr": 2e-4, "weight_decay": 0.0}, "schedule": {"name": "cosine",
@@ -92,7 +97,8 @@ def run_trainopt(out: Path, raw: dict, tag: str) -> dict:
             "tokens_per_s": t["steady_tokens_per_s"], "whole_stage_tokens_per_s": t["tokens_per_s"],
             "mfu": t["steady_mfu"], "peak_mem_bytes": t["peak_mem_bytes"], "first_step_s": t["first_step_s"],
             "process_wall_s": round(time.perf_counter() - t0, 1), "test_loss": stage["quality"]["loss"],
-            "trainable_fraction": stage["lora"]["trainable_fraction"]}
+            "trainable_fraction": stage["lora"]["trainable_fraction"], "quantize_base": stage["lora"]["quantize_base"],
+            "tokens_per_step": t.get("tokens_per_step")}
 
 
 def trainer_child(args) -> dict:
@@ -118,6 +124,7 @@ def trainer_child(args) -> dict:
 
     def collate(batch):
         width = max(len(e["input_ids"]) for e in batch)
+        width = -(-width // args.pad_multiple) * args.pad_multiple
         ids = torch.full((len(batch), width), tok.pad_token_id, dtype=torch.long)
         labels = torch.full((len(batch), width), -100, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -149,7 +156,7 @@ def trainer_child(args) -> dict:
     targs = TrainingArguments(
         output_dir=str(Path(args.out) / "trainer-tmp"), per_device_train_batch_size=args.batch, max_steps=args.steps,
         learning_rate=2e-4, weight_decay=0.0, warmup_steps=5, lr_scheduler_type="cosine", bf16=cuda,
-        torch_compile=cuda, optim="adamw_torch_fused" if cuda else "adamw_torch", max_grad_norm=1.0,
+        torch_compile=cuda and args.compile == "on", optim="adamw_torch_fused" if cuda else "adamw_torch", max_grad_norm=1.0,
         gradient_checkpointing=args.checkpointing, logging_steps=args.steps, save_strategy="no", report_to=[],
         dataloader_drop_last=True, seed=0, use_cpu=not cuda, disable_tqdm=True, remove_unused_columns=False,
         **grouping)
@@ -161,20 +168,26 @@ def trainer_child(args) -> dict:
     per_step = [b - a for a, b in zip(stamps[args.warmup:-1], stamps[args.warmup + 1:])]
     tokens = statistics.mean(produced[args.warmup:] or produced)
     tps = tokens / statistics.median(per_step) if per_step else None
-    return {"variant": f"trainer_{args.dtype}_b{args.batch}", "system": "hf_trainer+peft", "micro_batch": args.batch,
-            "rows": "one example per row, grouped by length", "base_dtype": args.dtype,
+    return {"variant": _trainer_tag(args.dtype, args.batch, args.compile), "system": "hf_trainer+peft",
+            "micro_batch": args.batch, "rows": "one example per row, grouped by length", "base_dtype": args.dtype,
+            "compile": args.compile, "pad_multiple": args.pad_multiple,
             "tokens_per_s": round(tps, 1) if tps else None, "peak_mem_bytes":
             torch.cuda.max_memory_allocated() if cuda else None, "first_step_s": round(stamps[0] - t0, 2),
             "wall_s": round(time.perf_counter() - t0, 1), "train_loss": result.training_loss,
             "tokens_per_step": round(tokens)}
 
 
-def run_trainer(args, batch: int, dtype: str) -> dict:
+def _trainer_tag(dtype: str, batch: int, compile_: str) -> str:
+    return f"trainer_{dtype}_b{batch}" + ("_compiled" if compile_ == "on" else "")
+
+
+def run_trainer(args, batch: int, dtype: str, compile_: str) -> dict:
     cmd = [sys.executable, __file__, "--child", "--model", args.model, "--steps", str(args.steps), "--warmup",
-           str(args.warmup), "--block", str(args.block), "--batch", str(batch), "--dtype", dtype, "--out", args.out]
+           str(args.warmup), "--block", str(args.block), "--batch", str(batch), "--dtype", dtype, "--out", args.out,
+           "--compile", compile_, "--pad-multiple", str(args.pad_multiple)]
     cmd += ["--checkpointing"] if args.checkpointing else []
     cmd += ["--tiny"] if args.tiny else []
-    tag = f"trainer_{dtype}_b{batch}"
+    tag = _trainer_tag(dtype, batch, compile_)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT[0])
     except subprocess.TimeoutExpired as e:
@@ -193,8 +206,15 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--block", type=int, default=1024)
     ap.add_argument("--trainer-batches", default="64,128,256")
-    ap.add_argument("--trainer-dtypes", default="bf16,fp32")
+    ap.add_argument("--trainer-dtypes", default="bf16")
+    # the Trainer's compile recompiles for each new padded width until dynamo marks the width dynamic: measured both
+    # ways, each at the batches listed for it (--trainer-compiled-batches)
+    ap.add_argument("--trainer-compiled-batches", default="256")
+    ap.add_argument("--pad-multiple", type=int, default=64, help="the Trainer's batches padded to a multiple of this")
     ap.add_argument("--trainopt-batches", default="8,16")
+    ap.add_argument("--trainopt-quant", default="none", help="base formats for trainopt: none,nf4 (QLoRA)")
+    ap.add_argument("--trainopt-compile", default="on", choices=["on", "off"])
+    ap.add_argument("--lm-loss-chunk", type=int, default=4096)
     ap.add_argument("--checkpointing", action="store_true")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--out", default="runs/lora-gpu")
@@ -202,24 +222,32 @@ def main() -> None:
     ap.add_argument("--child", action="store_true")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--dtype", default="bf16")
+    ap.add_argument("--compile", default="off")
     args = ap.parse_args()
     if args.child:
         print(json.dumps(trainer_child(args)), flush=True)
         return
     TIMEOUT[0] = args.variant_timeout
+    LM_LOSS_CHUNK[0] = args.lm_loss_chunk
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for b in [int(x) for x in args.trainopt_batches.split(",") if x]:
-        rows.append(run_trainopt(out, recipe(args.model, b, args.steps, args.block, args.checkpointing, args.tiny),
-                                 f"trainopt_b{b}"))
-        print(json.dumps(rows[-1]), flush=True)
-    for dtype in [d for d in args.trainer_dtypes.split(",") if d]:
-        for b in [int(x) for x in args.trainer_batches.split(",") if x]:
-            rows.append(run_trainer(args, b, dtype))
+    for quant in [q for q in args.trainopt_quant.split(",") if q]:
+        for b in [int(x) for x in args.trainopt_batches.split(",") if x]:
+            raw = recipe(args.model, b, args.steps, args.block, args.checkpointing, args.tiny, quant,
+                         args.trainopt_compile == "on")
+            tag = f"trainopt_b{b}" + ("" if quant == "none" else f"_{quant}") + \
+                ("" if args.trainopt_compile == "on" else "_eager")
+            rows.append(run_trainopt(out, raw, tag))
             print(json.dumps(rows[-1]), flush=True)
+    for dtype in [d for d in args.trainer_dtypes.split(",") if d]:
+        for compile_, batches in (("off", args.trainer_batches), ("on", args.trainer_compiled_batches)):
+            for b in [int(x) for x in batches.split(",") if x]:
+                rows.append(run_trainer(args, b, dtype, compile_))
+                print(json.dumps(rows[-1]), flush=True)
     ok = [r for r in rows if r.get("tokens_per_s")]
-    best = {s: max((r for r in ok if r["system"] == s), key=lambda r: r["tokens_per_s"], default=None)
+    lora = [r for r in ok if r.get("quantize_base", "none") == "none"]  # QLoRA rows are compared to LoRA below
+    best = {s: max((r for r in lora if r["system"] == s), key=lambda r: r["tokens_per_s"], default=None)
             for s in ("trainopt", "hf_trainer+peft")}
     summary = {"model": args.model, "checkpointing": args.checkpointing, "rows": rows, "best": best}
     if best["trainopt"] and best["hf_trainer+peft"]:
@@ -227,6 +255,13 @@ def main() -> None:
         summary["speedup_best_vs_best"] = round(a["tokens_per_s"] / b["tokens_per_s"], 3)
         if a.get("peak_mem_bytes") and b.get("peak_mem_bytes"):
             summary["peak_mem_ratio_best_vs_best"] = round(a["peak_mem_bytes"] / b["peak_mem_bytes"], 3)
+    for q in (r for r in ok if r.get("quantize_base", "none") != "none"):  # QLoRA against LoRA at the same batch
+        same = next((r for r in lora if r["system"] == "trainopt" and r["micro_batch"] == q["micro_batch"]), None)
+        if same and q.get("peak_mem_bytes") and same.get("peak_mem_bytes"):
+            summary[f"{q['variant']}_vs_lora"] = {
+                "peak_mem_ratio": round(q["peak_mem_bytes"] / same["peak_mem_bytes"], 3),
+                "tokens_per_s_ratio": round(q["tokens_per_s"] / same["tokens_per_s"], 3),
+                "test_loss": [same["test_loss"], q["test_loss"]]}
     (out / "result.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps({k: v for k, v in summary.items() if k != "rows"}, indent=1))
 
