@@ -85,6 +85,8 @@ def test_qlora_stage_reports_the_4bit_base_and_improves(qlora_runs):
         assert info["quantize_base"] == "nf4" and info["double_quant"] is True and info["quantized_layers"] > 0
         assert info["quantized_weight_bytes"] > info["quantized_params"] // 2  # 4 bits a weight + scales
         assert lora["quality"]["loss"] < base["quality"]["loss"]
+        run_dir = qlora_runs[merge][0]
+        assert f"QLoRA: the base's {info['quantized_layers']} Linear layers" in (run_dir / "report.md").read_text()
 
 
 def test_merged_qlora_folder_is_the_trained_model_in_plain_transformers(qlora_runs):

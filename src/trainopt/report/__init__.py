@@ -102,6 +102,12 @@ def to_markdown(report: dict) -> str:
                       f"({lo['trainable_fraction']:.2%}); adapter `{lo['adapter']}` ({lo['adapter_bytes'] / 1e6:.1f} "
                       "MB, a PEFT folder)" + ("; the stage's model is the merged weights" if lo["merged"] else
                                              f"; the stage's model is the adapter on `{lo['base']}`")]
+            if lo.get("quantized_layers"):
+                extra += [f"QLoRA: the base's {lo['quantized_layers']} Linear layers "
+                          f"({lo['quantized_params']:,} weights) trained in {lo['quantize_base']} (bitsandbytes"
+                          + (", double quantisation" if lo["double_quant"] else "") + f"), "
+                          f"{lo['quantized_weight_bytes'] / 1e6:.1f} MB as stored"
+                          + ("; merged into the dequantised base" if lo["merged"] else "")]
         for x in s.get("samples") or []:
             extra += ["", f"- **{x['question']}** → {x['answer'][:300]}", f"  (reference: {x['reference'][:200]})"]
         if s.get("notes"):
