@@ -212,3 +212,35 @@ def test_fsdp_with_compile_compiles_block_by_block_and_matches(tmp_path, tiny_gp
     report = json.loads((tmp_path / "two/report.json").read_text())
     assert report["stages"][0]["training"]["world_size"] == 2
     assert report["stages"][0]["training"]["compiled"] == "2 blocks + loss"
+
+
+def test_lora_under_ddp_matches_one_process(tmp_path, tiny_chat_llama_dir, definitions_dir):
+    """LoRA on packed SFT rows, 2 processes × 2 rows against 1 process × 2 rows × 2 accumulation steps: the same loss
+    curve and the same adapters (the loss is normalised by the global batch's target tokens on both)."""
+    from .conftest import sft_recipe
+
+    def recipe(name, grad_accum):
+        raw = sft_recipe(tiny_chat_llama_dir, definitions_dir, merge=False, dropout=0.0, batch_size=2,
+                         grad_accum=grad_accum, max_steps=6, keep_best=False, checkpoint_every=3, eval_every=3)
+        raw["run"]["deterministic"] = True
+        raw["measure"] = {"latency": False, "samples": 0}
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        return path
+
+    one = _run([recipe("one", 2), "--out", tmp_path / "one"])
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = _run([recipe("two", 1), "--out", tmp_path / "two", "--nproc", "2"])
+    assert two.returncode == 0, two.stderr[-3000:]
+
+    def losses(run_dir):
+        return {r["step"]: r["loss"] for r in read_metrics(run_dir) if r.get("stage") == "lora" and "loss" in r}
+
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert a.keys() == b.keys() and len(a) == 6
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=RTOL_LOSS), step
+    wa = load_file(tmp_path / "one/stages/lora/model/adapter_model.safetensors")
+    wb = load_file(tmp_path / "two/stages/lora/model/adapter_model.safetensors")
+    assert wa.keys() == wb.keys() and max((wa[k] - wb[k]).abs().max().item() for k in wa) < ATOL_WEIGHTS
+    assert json.loads((tmp_path / "two/report.json").read_text())["stages"][0]["training"]["world_size"] == 2

@@ -52,7 +52,8 @@ def run(model, data, stage: LoraStage, ctx, stage_dir: Path):
     for p, original in originals:  # the base's own fp32 weights back, for merging and saving
         p.data = original.to(p.device)
     base = ctx.parent_dir
-    adapter_dir = save_adapter(adapted, stage_dir / ADAPTER_DIR, base)
+    main = ctx.dist is None or ctx.dist.is_main  # under torchrun rank 0 alone writes (the ranks' adapters are equal)
+    adapter_dir = save_adapter(adapted, stage_dir / ADAPTER_DIR, base) if main else stage_dir / ADAPTER_DIR
     if quantized and stage.merge:  # merged into the dequantised base: the merged model is the one that trained
         from .quantize import dequantized
 
@@ -62,7 +63,7 @@ def run(model, data, stage: LoraStage, ctx, stage_dir: Path):
             "target_modules": sorted({t.split(".")[-1] for t in adapted.peft_config["default"].target_modules}),
             "trainable_params": trainable, "total_params": total, "trainable_fraction": round(trainable / total, 5),
             "adapter": os.path.relpath(adapter_dir, ctx.run_dir),
-            "adapter_bytes": (adapter_dir / "adapter_model.safetensors").stat().st_size,
+            "adapter_bytes": (adapter_dir / "adapter_model.safetensors").stat().st_size if main else None,
             "base": str(base) if base is not None else None, "merged": stage.merge,
             "quantize_base": stage.quantize_base}
     if quantized:
