@@ -4,6 +4,7 @@ logits, merged equals unmerged, a killed LoRA run resumes bit for bit, and `trai
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -173,3 +174,36 @@ def test_dora_and_rslora_reach_peft(tiny_chat_llama_dir, flag):
     assert bool(magnitudes) is (flag == "dora")  # DoRA's learned magnitude per output feature
     assert model.base_model.model.model.layers[0].self_attn.q_proj.scaling["default"] == \
         pytest.approx(stage.alpha / (stage.rank ** 0.5 if flag == "rslora" else stage.rank))
+
+
+def test_a_study_searches_lora_keys(tmp_path, tiny_chat_llama_dir, definitions_dir):
+    """`trainopt tune` over a lora stage's own keys: each trial trains its adapters at the rank it was given (the
+    trainable count follows the rank), is scored on the held-out answer loss, and the best recipe is exported."""
+    import yaml
+
+    from trainopt.tune.study import tune
+
+    raw = sft_recipe(tiny_chat_llama_dir, definitions_dir, max_steps=4, checkpoint_every=0, eval_every=2)
+    raw["measure"] = {"latency": False, "samples": 0}
+    raw["search"] = {"sampler": "grid", "trials": 2, "pruner": {"name": "none"},
+                     "space": {"stages.lora.rank": {"type": "categorical", "choices": [2, 4]}}}
+    s = tune(raw, out=tmp_path / "study")
+    assert s["counts"]["complete"] == 2 and s["counts"]["fail"] == 0
+    trained = {}
+    for t in s["trials"]:
+        stage = json.loads((Path(t["run_dir"]) / "report.json").read_text())["stages"][0]
+        assert stage["lora"]["rank"] == t["params"]["stages.lora.rank"]
+        assert t["values"] == [stage["validation_quality"]["loss"]]
+        trained[stage["lora"]["rank"]] = stage["lora"]["trainable_params"]
+    assert trained[4] == 2 * trained[2]  # A (r x in) and B (out x r) grow with r
+    (best,) = s["best"]
+    assert best["values"][0] == min(t["values"][0] for t in s["trials"])
+    exported = yaml.safe_load((tmp_path / "study" / "best_recipe.yaml").read_text())
+    assert exported["stages"][0]["rank"] == best["params"]["stages.lora.rank"]
+    # a metric a causal LM does not report is refused before the study starts
+    from trainopt.errors import RecipeError
+
+    raw["search"]["objectives"] = [{"metric": "accuracy"}]
+    with pytest.raises(RecipeError, match=r"search\.objectives\.0\.metric"):
+        tune(raw, out=tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()

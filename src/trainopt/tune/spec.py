@@ -65,7 +65,9 @@ class ParamSpec(Strict):
 class ObjectiveSpec(Strict):
     """What a trial is scored on: a metric of one stage's report entry."""
 
-    metric: str = "accuracy"  # accuracy, f1_macro, loss, perplexity, latency_ms_b<N>_p50, disk_bytes, params, …
+    # accuracy, f1_macro, loss, perplexity, latency_ms_b<N>_p50, disk_bytes, params, …; default: the task's own
+    # quality metric (accuracy for classification, loss for a causal LM: tune/space.py check_objectives)
+    metric: str = "accuracy"
     direction: Literal["maximize", "minimize"] | None = None  # default: maximize accuracy-like, minimize others
     stage: str | None = None  # default: the last stage
     split: Literal["validation", "test"] = "validation"  # quality metrics: tune on validation, never on test
