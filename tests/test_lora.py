@@ -207,3 +207,26 @@ def test_a_study_searches_lora_keys(tmp_path, tiny_chat_llama_dir, definitions_d
     with pytest.raises(RecipeError, match=r"search\.objectives\.0\.metric"):
         tune(raw, out=tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+
+
+def test_merged_lora_chains_into_prune_distill_and_quantize(tmp_path, tiny_chat_llama_dir, definitions_dir):
+    """SFT → merge → Wanda pruning (calibrated on the SFT rows) → a distilled student (KD on the answer tokens) →
+    dynamic int8: every stage starts from the one before, is scored on the same held-out answers, and the report
+    says what each did."""
+    raw = sft_recipe(tiny_chat_llama_dir, definitions_dir, max_steps=4, checkpoint_every=0, eval_every=2)
+    raw["stages"] += [{"kind": "prune", "name": "wanda", "method": "wanda", "sparsity": 0.5, "calibration_batches": 2},
+                      {"kind": "distill", "name": "student", "teacher_stage": "lora", "student": {"num_layers": 1},
+                       "train": {"max_steps": 3, "batch_size": 4, "checkpoint_every": 0, "eval_every": 3}},
+                      {"kind": "quantize", "name": "int8"}]
+    raw["measure"] = {"latency": False, "samples": 1, "generate_tokens": 2}
+    report = run(raw, out=tmp_path / "chain", show_summary=False)
+    lora, wanda, student, int8 = report["stages"]
+    assert [s["name"] for s in report["stages"]] == ["lora", "wanda", "student", "int8"]
+    assert wanda["pruning"]["achieved_sparsity"] == pytest.approx(0.5, abs=0.02) and wanda["effect"] == "masked"
+    assert wanda["size"]["nonzero_params"] < lora["size"]["nonzero_params"]
+    assert student["size"]["params"] < wanda["size"]["params"]  # one layer of two
+    for s in (wanda, student, int8):
+        assert s["quality"]["loss"] > 0 and s["quality"]["perplexity"] > 1
+        assert s["samples"] and s["samples"][0]["question"] == lora["samples"][0]["question"]
+    assert student["effect"] == "smaller" and int8["effect"] in ("smaller", "accelerated")
+    assert int8["size"]["disk_bytes"] < student["size"]["disk_bytes"]
