@@ -27,6 +27,7 @@ def main() -> None:
     ap.add_argument("--full-lrs", default="3e-5,1e-4")
     ap.add_argument("--lora-lrs", default="", help="also LoRA at these learning rates (default: the recipe's only)")
     ap.add_argument("--qlora", default="", help="also the recipe's LoRA on a 4-bit base of these types (nf4,fp4)")
+    ap.add_argument("--qlora-lrs", default="", help="QLoRA also at these learning rates")
     ap.add_argument("--no-recipe-row", action="store_true", help="skip the recipe as written")
     ap.add_argument("--out", default="runs/sft-bench")
     args = ap.parse_args()
@@ -40,9 +41,12 @@ def main() -> None:
         lo["stages"][1]["optimizer"] = {**lo["stages"][1]["optimizer"], "lr": lr}
         variants.append((f"lora lr {lr:g}", lo))
     for quant in [x for x in args.qlora.split(",") if x]:
-        q = copy.deepcopy(raw)
-        q["stages"][1]["quantize_base"] = quant
-        variants.append((f"qlora {quant}", q))
+        for lr in [None] + [float(x) for x in args.qlora_lrs.split(",") if x]:
+            q = copy.deepcopy(raw)
+            q["stages"][1]["quantize_base"] = quant
+            if lr is not None:
+                q["stages"][1]["optimizer"] = {**q["stages"][1]["optimizer"], "lr": lr}
+            variants.append((f"qlora {quant}" + (f" lr {lr:g}" if lr is not None else ""), q))
     for lr in [float(x) for x in args.full_lrs.split(",") if x]:
         full = copy.deepcopy(raw)
         stage = {k: v for k, v in full["stages"][1].items() if k not in LORA_ONLY}
