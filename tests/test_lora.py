@@ -225,6 +225,9 @@ def test_merged_lora_chains_into_prune_distill_and_quantize(tmp_path, tiny_chat_
     assert wanda["pruning"]["achieved_sparsity"] == pytest.approx(0.5, abs=0.02) and wanda["effect"] == "masked"
     assert wanda["size"]["nonzero_params"] < lora["size"]["nonzero_params"]
     assert student["size"]["params"] < wanda["size"]["params"]  # one layer of two
+    # training does not keep pruning masks: the report says that the student trained the zeros back
+    assert any("wanda's pruned weights were trained back" in n for n in student.get("notes", []))
+    assert not any("trained back" in n for n in int8.get("notes", []) + wanda.get("notes", []))
     for s in (wanda, student, int8):
         assert s["quality"]["loss"] > 0 and s["quality"]["perplexity"] > 1
         assert s["samples"] and s["samples"][0]["question"] == lora["samples"][0]["question"]

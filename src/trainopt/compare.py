@@ -38,6 +38,19 @@ def classify_effect(result: StageResult, parent: StageResult | None, outcome: Ou
     return "unchanged"
 
 
+def lost_sparsity(result: StageResult, parent: StageResult | None) -> str | None:
+    """A note when a stage trained the zeros of a pruned parent back (its masks are not kept while training): the
+    parent's sparsity, this stage's, and what to do instead."""
+    if parent is None or not parent.size.params or not result.size.params:
+        return None
+    before = 1 - parent.size.nonzero_params / parent.size.params
+    after = 1 - result.size.nonzero_params / result.size.params
+    if before < 0.05 or before - after < 0.05:
+        return None
+    return (f"{parent.name}'s pruned weights were trained back: sparsity {before:.0%} → {after:.0%} (training "
+            "does not keep pruning masks; prune after the training stages, or prune again after this one)")
+
+
 def _faster(result: StageResult, parent: StageResult, batch: int, timing: Timing | None) -> tuple[bool, str | None]:
     threshold = ACCELERATED_MIN_SPEEDUP
     ratio = _interleaved(timing, parent.name, result.name, batch)

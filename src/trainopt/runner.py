@@ -23,7 +23,7 @@ import torch
 
 from . import measure
 from .artifacts import count_params, load_model, load_saved, save_model
-from .compare import classify_effect, compare, vs_baseline
+from .compare import classify_effect, compare, lost_sparsity, vs_baseline
 from .context import Hooks, RunContext
 from .data.prepare import tokenize
 from .errors import RecipeError
@@ -261,6 +261,8 @@ def _measure_stage(model, data, stage, outcome: Outcome, ctx: RunContext, inputs
                          checkpoint=os.path.relpath(model_dir, ctx.run_dir), validation_quality=validation,
                          details=details)
     result.effect = "baseline" if not previous else classify_effect(result, parent, outcome, timing, notes)
+    if (lost := lost_sparsity(result, parent)) is not None:
+        notes.append(lost)
     if parent is not None:
         result.vs_parent = {"stage": parent.name, **compare(result, parent, recipe.task, timing)}
     result.vs_baseline = vs_baseline(result, previous, recipe.task, timing)
