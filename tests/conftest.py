@@ -163,6 +163,19 @@ def write_definitions(root: Path) -> Path:
     return d
 
 
+def lora_runs(root: Path, model_dir: Path, **stage) -> dict:
+    """{merge: (run dir, report)} of a base eval stage then an SFT + LoRA stage, with merge true and false."""
+    from trainopt.runner import run
+
+    data = write_definitions(root)
+    out = {}
+    for merge in (True, False):
+        raw = sft_recipe(model_dir, data, merge=merge, **stage)
+        raw["stages"].insert(0, {"kind": "eval", "name": "base"})
+        out[merge] = (root / f"merge-{merge}", run(raw, out=root / f"merge-{merge}", show_summary=False))
+    return out
+
+
 @pytest.fixture
 def definitions_dir(tmp_path) -> Path:
     return write_definitions(tmp_path)

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from trainopt.artifacts import load_saved
 from trainopt.runner import run
 
-from .conftest import sft_recipe, write_definitions
+from .conftest import lora_runs, sft_recipe
 
 
 def _logits(model, ids):
@@ -23,14 +23,7 @@ def _logits(model, ids):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_chat_llama_dir):
-    root = tmp_path_factory.mktemp("lora")
-    data = write_definitions(root)
-    out = {}
-    for merge in (True, False):
-        raw = sft_recipe(tiny_chat_llama_dir, data, merge=merge)
-        raw["stages"].insert(0, {"kind": "eval", "name": "base"})
-        out[merge] = (root / f"merge-{merge}", run(raw, out=root / f"merge-{merge}", show_summary=False))
-    return out
+    return lora_runs(tmp_path_factory.mktemp("lora"), tiny_chat_llama_dir)
 
 
 def test_only_adapters_train_and_quality_improves(runs, tiny_chat_llama_dir):

@@ -12,7 +12,7 @@ from trainopt.artifacts import load_saved
 from trainopt.errors import RecipeError
 from trainopt.runner import run
 
-from .conftest import sft_recipe, write_definitions
+from .conftest import lora_runs, sft_recipe, write_definitions
 
 bnb = pytest.importorskip("bitsandbytes")
 
@@ -67,14 +67,7 @@ def test_base_in_4bit_trains_adapters_and_dequantises_exactly(tiny_chat_llama_di
 
 @pytest.fixture(scope="module")
 def qlora_runs(tmp_path_factory, tiny_chat_llama_dir):
-    root = tmp_path_factory.mktemp("qlora")
-    data = write_definitions(root)
-    out = {}
-    for merge in (True, False):
-        raw = sft_recipe(tiny_chat_llama_dir, data, merge=merge, quantize_base="nf4")
-        raw["stages"].insert(0, {"kind": "eval", "name": "base"})
-        out[merge] = (root / f"merge-{merge}", run(raw, out=root / f"merge-{merge}", show_summary=False))
-    return out
+    return lora_runs(tmp_path_factory.mktemp("qlora"), tiny_chat_llama_dir, quantize_base="nf4")
 
 
 def test_qlora_stage_reports_the_4bit_base_and_improves(qlora_runs):
