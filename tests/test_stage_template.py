@@ -1,7 +1,8 @@
 """The shared stage template (Composer's one-test-template-per-algorithm): every technique in the technique table
 runs in one tiny chain through `trainopt run` and is held to the same contract — a report entry that reads back as a
 typed StageResult, a label from the allowed set, measured cost, size and speed, a saved folder that loads and
-predicts, its technique's own report section, and a bad value of its own refused before any run directory exists.
+predicts, its technique's own report section, a bad value of its own refused before any run directory exists, and
+a kill inside every training stage of the chain resumed to the uninterrupted chain's results.
 Adding a technique to trainopt/techniques.py without a case here fails `test_every_technique_has_a_case`."""
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class Case:
     bad: tuple[str, str]  # (key under the stage, value) that the recipe check refuses
 
 
-TRAIN = {"max_steps": 3, "batch_size": 16, "eval_every": 3, "checkpoint_every": 3, "log_every": 1}
+TRAIN = {"max_steps": 3, "batch_size": 16, "eval_every": 3, "checkpoint_every": 2, "log_every": 1}
 CASES = {
     "eval": Case({"kind": "eval", "name": "before"}, {"baseline"}, None, ("from_stage", "nosuch")),
     "train": Case({"kind": "train", "name": "train", "optimizer": {"lr": 1e-3}, **TRAIN}, {"unchanged"}, "training",
@@ -110,3 +111,36 @@ def test_a_bad_value_is_refused_before_work(chain, kind, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and full in err, err
     assert not out.exists()
+
+
+def test_a_kill_in_every_training_stage_resumes_to_the_same_chain(chain, tmp_path):
+    """SIGKILL after step 2 (its checkpoint written) of each training stage in turn: every `--resume` goes on from
+    the killed stage's checkpoint, the finished stages are not run again, and the chain ends with the uninterrupted
+    chain's quality in every stage."""
+    import os
+    import subprocess
+    import sys
+
+    recipe, _, clean = chain
+    out = tmp_path / "killed"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("TRAINOPT_FAULT")},
+           "TRAINOPT_FAULT_KILL_AT_STEP": "2"}
+    args = [sys.executable, "-m", "trainopt", "run", str(recipe), "--out", str(out)]
+    trained = [k for k in ORDER if k in ("train", "lora", "distill")]
+    kills = 0
+    while True:
+        proc = subprocess.run(args + (["--resume"] if kills else []), capture_output=True, text=True, env=env,
+                              timeout=600)
+        if proc.returncode != -9:
+            break
+        kills += 1
+        assert kills <= len(trained), "killed more often than there are training stages"
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert kills == len(trained)
+    report = json.loads((out / "report.json").read_text())
+    assert [s["name"] for s in report["stages"]] == [s["name"] for s in clean["stages"]]
+    for got, want in zip(report["stages"], clean["stages"]):
+        assert got["quality"]["accuracy"] == want["quality"]["accuracy"], got["name"]
+        assert got["quality"]["loss"] == pytest.approx(want["quality"]["loss"], rel=1e-5, abs=1e-6), got["name"]
+        if got["kind"] in trained:
+            assert got["training"]["resumed_from_step"] == 2, got["name"]
