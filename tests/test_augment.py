@@ -119,6 +119,12 @@ def test_augment_stage_in_a_run(tmp_path, tiny_bert_dir):
     assert aug["added"] > 0 and aug["train_rows"] == aug["originals"] + aug["added"]
     assert train["training"]["train_examples"] == aug["train_rows"] and train["effect"] == "baseline"
     assert report["data"]["rows"]["train"] == aug["originals"]
+    # a typed result: the report entry and stage.json read back as an AugmentResult without losing a key
+    from trainopt.results import AugmentResult
+
+    typed = AugmentResult.from_json(aug)
+    assert typed.to_json() == aug and typed.details["seed"] == raw["run"]["seed"] and typed.cached is False
+    assert json.loads((tmp_path / "run" / "stages" / "eda" / "stage.json").read_text()) == aug
     assert "## Augmentation `eda`" in (tmp_path / "run" / "report.md").read_text()
     rows = (tmp_path / "run" / "stages" / "eda" / "augmented.jsonl").read_text().splitlines()
     assert len(rows) == aug["added"] and {"text", "label", "source"} <= json.loads(rows[0]).keys()

@@ -173,3 +173,36 @@ class StageResult:
                    validation_quality=d.get("validation_quality"),
                    details={k: d[k] for k in DETAIL_KEYS if k in d}, vs_parent=d.get("vs_parent"),
                    vs_baseline=d.get("vs_baseline"))
+
+
+@dataclass
+class AugmentResult:
+    """A stage that changes the training data, not the model (augment): one entry of the report's `augmentation`
+    list (and its stages/<name>/stage.json). The counts are typed; the stage's settings and engine timings are in
+    `details`, written beside them."""
+
+    name: str
+    originals: int  # training examples before the stage
+    added: int  # new examples kept (identical and duplicate ones dropped)
+    train_rows: int  # training examples after it
+    per_operation: dict  # examples added per operation (synonym, insert, swap, delete, backtranslate, contextual)
+    dropped: dict  # identical / duplicate / truncated
+    mean_word_edit_distance: float | None
+    cached: bool  # read back from the stage's cache (same data, settings and seed)
+    examples: list = field(default_factory=list)  # a few {source, augmented} pairs for the report
+    details: dict = field(default_factory=dict)  # seed, seconds, rates, synonyms, engine specs and timings
+    kind: str = "augment"
+
+    TYPED = ("name", "kind", "originals", "added", "train_rows", "per_operation", "dropped", "mean_word_edit_distance",
+             "cached", "examples")
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "originals": self.originals, "added": self.added,
+                "per_operation": self.per_operation, "dropped": self.dropped,
+                "mean_word_edit_distance": self.mean_word_edit_distance, **self.details, "cached": self.cached,
+                "train_rows": self.train_rows, "examples": self.examples}
+
+    @classmethod
+    def from_json(cls, d: dict) -> AugmentResult:
+        return cls(**{k: d[k] for k in cls.TYPED if k in d}, details={k: v for k, v in d.items()
+                                                                      if k not in cls.TYPED})

@@ -30,7 +30,7 @@ from .errors import RecipeError
 from .evaluate import evaluate, generate_samples
 from .models import disk_bytes, folder_problem, load_tokenizer, resolve_model_ref
 from .recipe import Recipe, dump_recipe
-from .results import Outcome, Size, Speed, StageResult
+from .results import AugmentResult, Outcome, Size, Speed, StageResult
 from .rundir import RunLock, claim, is_trainopt_run
 from .report import print_summary, write_report
 from .techniques import stage_module
@@ -130,7 +130,7 @@ def _execute(recipe: Recipe, device, texts, dd, run_dir: Path, resume: bool, on_
 
     model = None
     results: list[StageResult] = []
-    data_entries: list[dict] = []  # stages that change the training data (augment), not the model
+    data_entries: list[AugmentResult] = []  # stages that change the training data (augment), not the model
     try:
         for stage in recipe.stages:
             stage_dir = run_dir / "stages" / stage.name
@@ -143,12 +143,12 @@ def _execute(recipe: Recipe, device, texts, dd, run_dir: Path, resume: bool, on_
                 texts, entry = module.run(texts, stage, ctx, stage_dir)
                 if dd.is_main:
                     distributed.barrier(dd)
-                    _write_text(done, json.dumps(entry, indent=1))
+                    _write_text(done, json.dumps(entry.to_json(), indent=1))
                 data = tokenize(texts, tokenizer, recipe)
                 ctx.data = data
                 data_entries.append(entry)
-                console.print(f"augmented the training split: {entry['originals']} → {entry['train_rows']} examples "
-                              f"({entry['per_operation']})")
+                console.print(f"augmented the training split: {entry.originals} → {entry.train_rows} examples "
+                              f"({entry.per_operation})")
                 continue
             finished = _finished(done, run_dir) if resume and done.is_file() else None
             if finished is not None:
@@ -177,7 +177,7 @@ def _execute(recipe: Recipe, device, texts, dd, run_dir: Path, resume: bool, on_
         log.close()
 
     report = {"trainopt_version": __version__, "recipe": recipe.model_dump(mode="json"), "hardware": hardware,
-              "data": data.stats, "stages": [r.to_json() for r in results], "augmentation": data_entries,
+              "data": data.stats, "stages": [r.to_json() for r in results], "augmentation": [e.to_json() for e in data_entries],
               "run_dir": str(run_dir),
               "total_wall_s": round(time.perf_counter() - t_start, 2)}
     if dd.is_main:

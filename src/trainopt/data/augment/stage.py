@@ -21,6 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ... import assets
+from ...results import AugmentResult
 from . import eda
 
 CACHE_FILE = "augmented.jsonl"
@@ -150,7 +151,7 @@ CHANGES = "data"  # the runner hands this stage the texts, not a model
 
 
 def run(texts, stage, ctx, stage_dir: Path):
-    """(augmented TextData, report entry). `texts` is the run's TextData before this stage (classification:
+    """(augmented TextData, its AugmentResult). `texts` is the run's TextData before this stage (classification:
     check() refuses an augment stage in a causal_lm recipe before any work)."""
     seed = ctx.recipe.run.seed if stage.seed is None else stage.seed
     start = time.perf_counter()
@@ -183,7 +184,11 @@ def run(texts, stage, ctx, stage_dir: Path):
                                     train_labels=texts.train_labels + new_labels,
                                     stats={**texts.stats, "augmented_by": stage.name,
                                            "train_rows_after_augment": len(texts.train) + len(new_texts)})
-    entry = {"name": stage.name, "kind": "augment", **{k: v for k, v in stats.items() if k != "key"},
-             "train_rows": len(augmented.train),
-             "examples": [{"source": texts.train[i], "augmented": t} for t, i in zip(new_texts[:4], sources[:4])]}
+    extra = {k: v for k, v in stats.items() if k != "key" and k not in AugmentResult.TYPED}
+    entry = AugmentResult(name=stage.name, originals=stats["originals"], added=stats["added"],
+                          train_rows=len(augmented.train), per_operation=stats["per_operation"],
+                          dropped=stats["dropped"], mean_word_edit_distance=stats["mean_word_edit_distance"],
+                          cached=stats["cached"], details=extra,
+                          examples=[{"source": texts.train[i], "augmented": t}
+                                    for t, i in zip(new_texts[:4], sources[:4])])
     return augmented, entry
