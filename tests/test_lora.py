@@ -226,3 +226,21 @@ def test_merged_lora_chains_into_prune_distill_and_quantize(tmp_path, tiny_chat_
         assert s["samples"] and s["samples"][0]["question"] == lora["samples"][0]["question"]
     assert student["effect"] == "smaller" and int8["effect"] in ("smaller", "accelerated")
     assert int8["size"]["disk_bytes"] < student["size"]["disk_bytes"]
+
+
+def test_the_gpu_sft_recipe_runs_on_a_cpu(tmp_path, tiny_chat_llama_dir, definitions_dir):
+    """sft-lora-gpu (bf16, packed rows, chunked head on the answers) on a tiny model and two steps: the recipe's keys
+    hold and it trains on the CPU too (compile off here: it costs the suite ~25 s on 2 cores; the compiled LoRA path
+    ran on the GPU in benchmarks/lora_vs_trainer_gpu.py)."""
+    from trainopt.recipe import load_recipe
+
+    recipe = load_recipe("sft-lora-gpu", [f"model.path={tiny_chat_llama_dir}", f"data.source={definitions_dir}",
+                                          "data.block_size=64", "data.max_test_examples=16",
+                                          "data.max_validation_examples=8", "stages.lora.max_steps=2",
+                                          "stages.lora.batch_size=2", "stages.lora.eval_every=null",
+                                          "stages.lora.checkpoint_every=0", "measure.latency=false",
+                                          "measure.samples=0", "run.progress=false", "stages.lora.compile=false"])
+    report = run(recipe, out=tmp_path / "gpu", show_summary=False)
+    t = report["stages"][1]["training"]
+    assert t["steps"] == 2 and report["stages"][1]["lora"]["merged"] is True
+    assert report["stages"][1]["quality"]["loss"] > 0 and report["stages"][0]["name"] == "base"
