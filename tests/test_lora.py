@@ -91,7 +91,8 @@ def test_predict_reads_both_folders(runs):
         assert len(out) == 1 and isinstance(out[0]["generated"], str)
 
 
-def test_killed_lora_run_resumes_bit_for_bit(tmp_path, tiny_chat_llama_dir, definitions_dir):
+@pytest.mark.parametrize("quantize_base", ["none", "nf4"])  # nf4: QLoRA, the 4-bit base rebuilt on resume
+def test_killed_lora_run_resumes_bit_for_bit(tmp_path, tiny_chat_llama_dir, definitions_dir, quantize_base):
     import os
     import subprocess
     import sys
@@ -99,7 +100,7 @@ def test_killed_lora_run_resumes_bit_for_bit(tmp_path, tiny_chat_llama_dir, defi
     import yaml
 
     raw = sft_recipe(tiny_chat_llama_dir, definitions_dir, merge=False, keep_best=False, max_steps=6,
-                     checkpoint_every=2, dropout=0.1)
+                     checkpoint_every=2, dropout=0.1, quantize_base=quantize_base)
     raw["run"]["deterministic"] = True
     raw["measure"] = {"latency": False, "samples": 0}
     recipe = tmp_path / "r.yaml"
