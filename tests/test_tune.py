@@ -202,6 +202,9 @@ def test_killed_study_resumes_with_exact_trial_count(tmp_path, tiny_bert_dir, re
     s = json.loads((out / "study.json").read_text())
     assert s["counts"] == {"complete": 3, "pruned": 0, "fail": 1, "running": 0}
     assert s["trials"][0]["state"] == "fail" and "interrupted" in s["trials"][0]["error"]
+    # the resumed sampler goes on with new values instead of drawing the first process's sequence again
+    lrs = [t["params"]["stages.finetune.optimizer.lr"] for t in s["trials"]]
+    assert len(set(lrs)) == len(lrs), lrs
 
 
 # ------------------------------------------------------------------------------------------------ postgres

@@ -60,6 +60,12 @@ def safe_url(url: str) -> str:
     return url
 
 
+# A resumed study's sampler is seeded by its seed plus this times the trials already in it: a seeded sampler built
+# afresh would propose its first values again (a resumed random study re-ran the trials it started with); the
+# offset keeps a resume reproducible (same study state, same proposals) and clear of other workers' seed + k.
+SEED_STRIDE = 1009
+
+
 def make_sampler(search: SearchSpec, seed: int):
     s = optuna_module().samplers
     if search.sampler == "random":
@@ -102,6 +108,8 @@ def open_study(raw: dict, search: SearchSpec, url: str, name: str, seed: int):
                                     directions=[o.direction for o in search.objectives])
     except ValueError as e:  # e.g. an existing study with other directions
         raise TrainoptError(f"study '{name}' in {safe_url(url)}: {e}") from None
+    if study.trials:  # a resumed study (or a worker joining one): the sampler's sequence goes on, not from its start
+        study.sampler = make_sampler(search, seed + SEED_STRIDE * len(study.trials))
     digest = recipe_digest(raw)
     found = study.user_attrs.get("recipe_digest")
     if found is None:
