@@ -207,6 +207,30 @@ def test_killed_study_resumes_with_exact_trial_count(tmp_path, tiny_bert_dir, re
     assert len(set(lrs)) == len(lrs), lrs
 
 
+def test_a_trial_killed_after_its_report_was_written_is_kept_on_resume(tmp_path, tiny_bert_dir, reviews_dir):
+    """The study process dies between a trial's run writing report.json and the study being told: on --resume the
+    trial is scored from its report and kept as complete (it used to be failed and its budget run again)."""
+    import optuna
+
+    r = study_recipe(tiny_bert_dir, reviews_dir, trials=1, pruner={"name": "none"}, sampler="random")
+    out = tmp_path / "study"
+    first = tune(r, out=out)
+    (done,) = first["trials"]
+    # one more trial as a killed process leaves it: RUNNING in the study, its finished run directory on disk
+    study = optuna.load_study(study_name=r["name"], storage=f"sqlite:///{(out / 'study.db').resolve()}")
+    lr = optuna.distributions.FloatDistribution(1e-5, 3e-2, log=True)
+    cut = study.ask({"stages.finetune.optimizer.lr": lr})
+    import shutil
+
+    shutil.copytree(Path(done["run_dir"]), out / "trials" / "0001")
+    cut.set_user_attr("run_dir", str((out / "trials" / "0001").resolve()))
+    del study
+    s = tune(r, out=out, resume=True)
+    assert s["counts"] == {"complete": 2, "pruned": 0, "fail": 0, "running": 0}
+    kept = next(t for t in s["trials"] if t["number"] == 1)
+    assert kept["state"] == "complete" and kept["values"] == done["values"] and kept["steps"] == done["steps"]
+
+
 # ------------------------------------------------------------------------------------------------ postgres
 def _wait_for(pred, timeout: float, what: str):
     end = time.time() + timeout

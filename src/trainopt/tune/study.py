@@ -34,7 +34,7 @@ from ..train.monitor import console
 from .space import load_study_recipe
 from .storage import open_study, optuna_module, safe_url, storage_url
 from .summary import print_summary, summarize
-from .trial import make_objective
+from .trial import finish_from_report, make_objective
 
 
 
@@ -153,7 +153,7 @@ def _study(raw, recipe, search, run_dir: Path, resume: bool, storage, study_name
     seed = (search.seed if search.seed is not None else recipe.run.seed) + (worker_index or 0)
     study = open_study(raw, search, url, name, seed)
     if resume and worker_index is None and url.startswith("sqlite") and storage is None and not search.storage:
-        _fail_running(study)  # the run directory's own SQLite file: nothing else can be running its trials
+        _fail_running(study, search)  # the run directory's own SQLite file: nothing else can be running its trials
     deadline = time.time() + search.timeout_s if search.timeout_s else None
     console.rule(f"[bold]study {name}[/bold] · {search.sampler} · pruner {search.pruner.label()} · "
                  f"{search.trials or '∞'} trials"
@@ -194,10 +194,13 @@ def _prepare_dir(run_dir: Path, raw: dict, resume: bool, overwrite: bool) -> Run
     return lock
 
 
-def _fail_running(study) -> None:
+def _fail_running(study, search: SearchSpec) -> None:
     from optuna.trial import TrialState
 
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if finish_from_report(study, t, search):
+            console.print(f"trial {t.number} had finished before the interruption (its report is complete): kept")
+            continue
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         console.print(f"[yellow]trial {t.number} was cut short by the interruption: marked failed[/yellow]")
 

@@ -56,6 +56,31 @@ def _trial_steps(report: dict) -> int:
     return sum(int((s.get("training") or {}).get("steps") or 0) for s in report["stages"])
 
 
+def _finished_attrs(report: dict) -> dict:
+    """What a finished trial records beside its values: its optimizer steps and each stage's test quality."""
+    return {"steps": _trial_steps(report),
+            "test_quality": {s["name"]: s["quality"].get("accuracy", s["quality"].get("perplexity"))
+                             for s in report["stages"]}}
+
+
+def finish_from_report(study, frozen, search: SearchSpec) -> bool:
+    """A trial cut short after its run had finished (report.json written, the study not yet told): scored from that
+    report and marked complete, as its objective would have done. False (left to be failed) without one."""
+    run_dir = frozen.user_attrs.get("run_dir")
+    path = Path(run_dir) / "report.json" if run_dir else None
+    if path is None or not path.is_file():
+        return False
+    try:
+        report = json.loads(path.read_text())
+        values = score(report, search)
+    except (ValueError, KeyError, TypeError, TrainoptError):
+        return False
+    for key, value in _finished_attrs(report).items():
+        study._storage.set_trial_user_attr(frozen._trial_id, key, value)
+    study.tell(frozen.number, values[0] if len(values) == 1 else values)
+    return True
+
+
 # ------------------------------------------------------------------------------------------------ worker
 def make_objective(raw: dict, search: SearchSpec, run_dir: Path, workers: int, nproc: int = 1,
                    url: str | None = None):
@@ -99,9 +124,8 @@ def make_objective(raw: dict, search: SearchSpec, run_dir: Path, workers: int, n
                 (trial_dir / "error.txt").write_text(traceback.format_exc())
             raise
         values = score(report, search)
-        trial.set_user_attr("steps", _trial_steps(report))
-        trial.set_user_attr("test_quality", {s["name"]: s["quality"].get("accuracy", s["quality"].get("perplexity"))
-                                             for s in report["stages"]})
+        for key, value in _finished_attrs(report).items():
+            trial.set_user_attr(key, value)
         console.print(f"trial {trial.number}: " + ", ".join(f"{o.metric} {v:.4g}" for o, v in
                                                              zip(search.objectives, values)))
         return values[0] if len(values) == 1 else values
