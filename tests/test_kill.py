@@ -132,3 +132,43 @@ def test_a_resume_forgets_a_dead_process_without_checkpoint_and_its_half_written
     assert list(ckpts.glob(".tmp-*"))  # the dead write's folder
     assert _run([recipe, "--out", out, "--resume"], ("step", 22)).returncode == -9
     assert not list(ckpts.glob(".tmp-*"))  # removed when the next process started, not at the stage's end
+
+
+def test_a_real_full_disk_ends_in_one_line_and_resumes_bit_identically(tmp_path, tiny_bert_dir, reviews_dir):
+    """On a small tmpfs (root can mount one; skipped otherwise) the disk really fills while a checkpoint is written:
+    one line naming the full disk (exit 1), the last complete checkpoint intact; with the space back, --resume ends
+    with the uninterrupted run's weights, bit for bit."""
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root and mount(8)")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("this machine does not let root mount a tmpfs")
+    try:
+        recipe = _recipe(tmp_path, tiny_bert_dir, reviews_dir)
+        clean = _run([recipe, "--out", tmp_path / "clean"])
+        assert clean.returncode == 0, clean.stderr[-2000:]
+        out = mnt / "run"
+        assert _run([recipe, "--out", out], ("step", 4)).returncode == -9  # a checkpoint at step 3, then killed
+        (first,) = sorted((out / "stages/finetune/checkpoints").glob("step-*"))
+        size = sum(f.stat().st_size for f in first.rglob("*") if f.is_file())
+        st = os.statvfs(mnt)
+        ballast = mnt / "ballast"
+        ballast.write_bytes(b"\0" * (st.f_bavail * st.f_frsize - size // 2))  # room for half a checkpoint
+        full = _run([recipe, "--out", out, "--resume"])
+        assert full.returncode == 1, full.stderr[-2000:]
+        lines = [line for line in full.stderr.splitlines() if line.startswith("trainopt:")]
+        assert len(lines) == 1 and "disk full" in lines[0] and "--resume" in lines[0], full.stderr[-2000:]
+        assert "Traceback" not in full.stderr
+        kept = sorted(p.name for p in (out / "stages/finetune/checkpoints").glob("step-*"))
+        assert kept == [first.name]
+        ballast.unlink()
+        final = _run([recipe, "--out", out, "--resume"])
+        assert final.returncode == 0, final.stderr[-2000:]
+        a = load_file(tmp_path / "clean/stages/finetune/model/model.safetensors")
+        b = load_file(out / "stages/finetune/model/model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)

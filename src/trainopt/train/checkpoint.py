@@ -11,6 +11,7 @@ a checkpoint folder is trusted like any file its owner can write. Tensors load w
 from __future__ import annotations
 
 import hashlib
+import errno
 import json
 import os
 import pickle
@@ -178,6 +179,32 @@ def _write(ckpt_root: Path, step: int, weights: dict, gathered: bool, trainer: d
     tmp = ckpt_root / f".tmp-{PREFIX}{step:08d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    try:
+        _write_files(tmp, step, weights, gathered, trainer, rng, train_state, kill)
+    except BaseException as e:
+        # torch.save and safetensors report a full disk as a RuntimeError / SafetensorError ("unexpected pos …"),
+        # not as ENOSPC: a write that failed with the filesystem (nearly) full is said to be that
+        full = not isinstance(e, OSError) and shutil.disk_usage(ckpt_root).free < FULL_BELOW
+        shutil.rmtree(tmp, ignore_errors=True)  # no half-written folder left, its space given back
+        if full:
+            raise OSError(errno.ENOSPC, "No space left on device", str(final)) from e
+        raise
+    kill(step, "manifest")
+    if final.exists():  # a re-run of the same step after a resume: replace it
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(ckpt_root)
+    kill(step, "renamed")
+    for old in list_checkpoints(ckpt_root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+FULL_BELOW = 4 * 2**20  # bytes free under which a failed checkpoint write is taken for a full disk
+
+
+def _write_files(tmp: Path, step: int, weights: dict, gathered: bool, trainer: dict, rng: dict, train_state: dict,
+                 kill) -> None:
+    """The checkpoint's files in `tmp`, each fsynced, and the manifest of their sizes and hashes."""
     if gathered:
         save_full_weights(weights, tmp / "model.safetensors")
     else:
@@ -197,14 +224,6 @@ def _write(ckpt_root: Path, step: int, weights: dict, gathered: bool, trainer: d
     with open(manifest, "rb") as fh:
         os.fsync(fh.fileno())
     _fsync_dir(tmp)
-    kill(step, "manifest")
-    if final.exists():  # a re-run of the same step after a resume: replace it
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync_dir(ckpt_root)
-    kill(step, "renamed")
-    for old in list_checkpoints(ckpt_root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def list_checkpoints(ckpt_root: Path) -> list[Path]:
