@@ -177,7 +177,8 @@ def _execute(recipe: Recipe, device, texts, dd, run_dir: Path, resume: bool, on_
         log.close()
 
     report = {"trainopt_version": __version__, "recipe": recipe.model_dump(mode="json"), "hardware": hardware,
-              "data": data.stats, "stages": [r.to_json() for r in results], "augmentation": [e.to_json() for e in data_entries],
+              "data": data.stats, "stages": [r.to_json() for r in results],
+              "augmentation": [e.to_json() for e in data_entries],
               "run_dir": str(run_dir),
               "total_wall_s": round(time.perf_counter() - t_start, 2)}
     if dd.is_main:

@@ -64,12 +64,9 @@ def quantize_base(model, quant_type: str, double_quant: bool, compute_dtype: tor
 
 def _state_bytes(state) -> int:
     """Bytes of a 4-bit weight's scales (absmax, and with double quantisation the nested absmax and code)."""
-    n = 0
-    for t in (state.absmax, getattr(state.state2, "absmax", None) if state.state2 is not None else None,
-              getattr(state.state2, "code", None) if state.state2 is not None else None):
-        if isinstance(t, torch.Tensor):
-            n += t.numel() * t.element_size()
-    return n
+    nested = state.state2  # None without double quantisation
+    tensors = [state.absmax] + ([nested.absmax, nested.code] if nested is not None else [])
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
 
 
 def dequantize_linears(model) -> int:

@@ -10,8 +10,8 @@ a checkpoint folder is trusted like any file its owner can write. Tensors load w
 
 from __future__ import annotations
 
-import hashlib
 import errno
+import hashlib
 import json
 import os
 import pickle
