@@ -166,7 +166,7 @@ class Recipe(Strict):
                     close = difflib.get_close_matches(obj.stage, names, n=1)
                     raise RecipeError(f"search.objectives.{j}.stage", f"no stage named '{obj.stage}'",
                                       f"did you mean '{close[0]}'?" if close else f"stages: {names}")
-                batch = batch_of_latency_key(obj.metric) if obj.metric else None
+                batch = batch_of_latency_key(obj.metric)
                 if batch is not None and batch not in self.measure.batch_sizes:
                     raise RecipeError(f"search.objectives.{j}.metric", f"batch size {batch} is not measured",
                                       f"use one of measure.batch_sizes {self.measure.batch_sizes}")

@@ -33,21 +33,24 @@ def load_study_recipe(spec, overrides: list[str] | None) -> tuple[dict, Recipe]:
         raise RecipeError("search", "this recipe has no search: block", "add one (see docs/methods/tune.md) or use "
                           "`trainopt run`")
     check_paths(recipe)
-    check_objectives(recipe)
+    check_objectives(raw, recipe)
     check_space(raw, recipe.search)
     return raw, recipe
 
 
-def check_objectives(recipe: Recipe) -> None:
-    """An objective without a metric gets the task's own quality metric (accuracy for classification, the held-out
-    loss for a causal LM), as a training stage's `metric` does; a quality metric the task does not measure is
-    refused before trial 1."""
+def check_objectives(raw: dict, recipe: Recipe) -> None:
+    """The default objective is the task's own quality metric (accuracy for classification, the held-out loss for
+    a causal LM); a quality metric the task does not measure is refused before trial 1."""
     from ..evaluate import DEFAULT_METRIC, METRICS
 
     task = recipe.task
+    written = (raw.get("search") or {}).get("objectives") or [{}]
     for i, o in enumerate(recipe.search.objectives):
-        if o.metric is None:
-            o.metric = DEFAULT_METRIC[task]  # (assigning it re-runs the spec's check, which sets the direction)
+        given = written[i] if i < len(written) and isinstance(written[i], dict) else {}
+        if "metric" not in given:
+            o.metric = DEFAULT_METRIC[task]
+            if "direction" not in given:
+                o.direction = "maximize" if METRICS[task][o.metric] == "max" else "minimize"
         elif o.metric in QUALITY_METRICS and o.metric not in METRICS[task]:
             raise RecipeError(f"search.objectives.{i}.metric", f"{task} stages do not report {o.metric}",
                               f"use one of {', '.join(METRICS[task])}")

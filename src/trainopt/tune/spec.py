@@ -65,9 +65,9 @@ class ParamSpec(Strict):
 class ObjectiveSpec(Strict):
     """What a trial is scored on: a metric of one stage's report entry."""
 
-    # accuracy, f1_macro, loss, perplexity, latency_ms_b<N>_p50, disk_bytes, params, …; null: the task's own quality
-    # metric (accuracy for classification, loss for a causal LM), set by tune/space.py check_objectives
-    metric: str | None = None
+    # accuracy, f1_macro, loss, perplexity, latency_ms_b<N>_p50, disk_bytes, params, …; default: the task's own
+    # quality metric (accuracy for classification, loss for a causal LM: tune/space.py check_objectives)
+    metric: str = "accuracy"
     direction: Literal["maximize", "minimize"] | None = None  # default: maximize accuracy-like, minimize others
     stage: str | None = None  # default: the last stage
     split: Literal["validation", "test"] = "validation"  # quality metrics: tune on validation, never on test
@@ -75,8 +75,6 @@ class ObjectiveSpec(Strict):
     @model_validator(mode="after")
     def _metric(self):
         m = self.metric
-        if m is None:  # the task's metric and its direction come with the recipe's task (check_objectives)
-            return self
         if not (m in QUALITY_METRICS or m in OTHER_METRICS or batch_of_latency_key(m) is not None):
             close = difflib.get_close_matches(m, [*QUALITY_METRICS, *OTHER_METRICS, "latency_ms_b32_p50"], n=1)
             raise ValueError(f"unknown objective metric '{m}'" + (f"; did you mean '{close[0]}'?" if close else
@@ -138,9 +136,8 @@ class SearchSpec(Strict):
         if len(self.objectives) > 1 and self.pruner.active:
             raise ValueError("Optuna prunes single-objective studies only; with several objectives set "
                              "search.pruner.name: none (and no patience)")
-        first = self.objectives[0]
-        if self.pruner.active and not ((first.metric is None or first.metric in QUALITY_METRICS)
-                                       and first.split == "validation"):
+        if self.pruner.active and not (self.objectives[0].metric in QUALITY_METRICS
+                                               and self.objectives[0].split == "validation"):
             raise ValueError("trial pruning follows the validation metric during training; the objective must be "
                              "a quality metric on split: validation (or set search.pruner.name: none)")
         for i, params in enumerate(self.enqueue):
