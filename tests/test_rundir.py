@@ -119,3 +119,42 @@ def test_a_damaged_finished_stage_is_run_again_on_resume_and_a_damaged_model_fol
     assert main(["check", str(recipe), "--set", f"model.path={copy}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "model.path" in err[0] and "damaged" in err[0]
+
+
+DAMAGED_META = [
+    "{not json",
+    "[1, 2]",
+    '{"structure": {"heads": "all", "intermediate": [4]}}',
+    '{"labels": "pos,neg"}',
+    '{"quantization": 8}',
+    '{"task": "translation"}',
+    '{"sft": {"template": "yaml"}}',
+]
+DAMAGED_CONFIG = [
+    "[1, 2]",
+    {"num_hidden_layers": 10 ** 9},
+    {"vocab_size": 10 ** 13},
+    {"hidden_size": "big"},
+]
+
+
+def test_a_model_folder_with_a_damaged_trainopt_json_or_config_is_refused_in_one_line(
+        tmp_path, tiny_bert_dir, reviews_dir, capsys):
+    """trainopt.json and config.json come from disk and may be hand-edited: check and predict each refuse a damaged
+    one in one line naming the file (exit 2), never a traceback or an out-of-memory kill."""
+    import shutil
+
+    raw = classification_recipe(tiny_bert_dir, reviews_dir, max_steps=1)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    cases = [("trainopt.json", m) for m in DAMAGED_META] + [("config.json", c) for c in DAMAGED_CONFIG]
+    for i, (name, content) in enumerate(cases):
+        folder = tmp_path / f"m{i}"
+        shutil.copytree(tiny_bert_dir, folder)
+        if isinstance(content, dict):
+            config = json.loads((folder / "config.json").read_text())
+            content = json.dumps({**config, **content})
+        (folder / name).write_text(content)
+        for args in (["check", recipe, "--set", f"model.path={folder}"], ["predict", folder, "--text", "tasty"]):
+            code, err = _cli(args, capsys)
+            assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, (name, content, args, err)

@@ -43,9 +43,12 @@ CASES = {
                     {"smaller"}, "distillation", ("loss.temperature", "0")),
     "quantize": Case({"kind": "quantize", "name": "quantize", "method": "dynamic_int8"}, {"smaller", "accelerated"},
                      "quantization", ("group_size", "7")),
+    # the distilled student in onnxruntime's int8 (after quantize: an export starts from the stage it names)
+    "export": Case({"kind": "export", "name": "onnx-int8", "from_stage": "distill", "format": "onnx",
+                    "quantize": "int8"}, {"smaller", "accelerated"}, "export", ("quantize", "int4")),
 }
 ELSEWHERE = {"augment": "changes the training data, not the model: tests/test_augment.py runs it through the runner"}
-ORDER = ["eval", "train", "lora", "prune", "distill", "quantize"]
+ORDER = ["eval", "train", "lora", "prune", "distill", "quantize", "export"]
 
 
 def test_every_technique_has_a_case():
@@ -85,7 +88,8 @@ def test_stage_meets_the_report_contract(chain, kind):
     if case.section is not None:
         assert isinstance(entry[case.section], dict) and entry[case.section]
     if index:
-        assert entry["vs_parent"]["stage"] == report["stages"][index - 1]["name"]
+        parent = case.stage.get("from_stage") or report["stages"][index - 1]["name"]
+        assert entry["vs_parent"]["stage"] == parent
         assert entry["vs_baseline"]["quality_metric"] == "accuracy"
 
 

@@ -9,6 +9,8 @@ it refuses (their weights are integers). This module sits above models.py (plain
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import pickle
@@ -19,9 +21,11 @@ import torch
 
 from .compress.blocks import apply_structure, detect_structure
 from .compress.quantize import dynamic, weight_only
-from .errors import RecipeError, TrainoptError, unsafe_pickle
+from .errors import RecipeError, TrainoptError, first_line, unsafe_pickle
 from .hf import auto_class, quiet_transformers
-from .models import META_FILE, resolve_model_ref, saved_task
+from .meta import META_FILE, read_meta
+from .models import folder_problem, resolve_model_ref, saved_task, size_problem
+from .portable import read_config, seal
 from .models import load_model as load_hf_model
 
 
@@ -29,8 +33,7 @@ def load_model(recipe, tokenizer, label_names: list[str] | None = None):
     """The recipe's starting model: a folder trainopt saved in a format of its own (pruned shapes, quantized
     weights) through load_saved, anything else through plain transformers (models.load_model)."""
     path = resolve_model_ref(recipe.model.path) if recipe.model.path else None
-    meta_file = path / META_FILE if path is not None else None
-    meta = json.loads(meta_file.read_text()) if meta_file is not None and meta_file.is_file() else {}
+    meta = read_meta(path) if path is not None else {}
     if meta.get("structure") or meta.get("quantization"):  # shapes/format only trainopt's loader rebuilds
         task = recipe.task
         model, _, _ = load_saved(path, task)
@@ -64,8 +67,12 @@ def save_model(model, tokenizer, out_dir: Path, meta: dict) -> Path:
     else:
         model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    # a shape or format plain transformers cannot build: its config points at shipped code (portable.py)
+    seal(tmp, model, meta.get("task") or _task_of(model), structure, meta.get("quantization") or
+         ({"format": "torchao"} if weight_only.is_quantized(model) else None))
     (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
     for f in tmp.iterdir():
+        f.chmod(0o644)  # readable by a serving process of another user (safetensors writes 0600)
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
     if out_dir.exists():
@@ -81,7 +88,7 @@ def save_model(model, tokenizer, out_dir: Path, meta: dict) -> Path:
 
 def load_saved(model_dir: Path, task: str | None = None):
     """Load a folder saved by trainopt (or any HF checkpoint): (model, tokenizer, meta)."""
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoTokenizer
 
     quiet_transformers()
     model_dir = Path(model_dir)
@@ -89,30 +96,20 @@ def load_saved(model_dir: Path, task: str | None = None):
         return _load_adapter(model_dir, task)
     if not (model_dir / "config.json").is_file():
         raise TrainoptError(f"{model_dir} is not a model folder (no config.json)")
-    meta = json.loads((model_dir / META_FILE).read_text()) if (model_dir / META_FILE).is_file() else {}
-    config = AutoConfig.from_pretrained(str(model_dir))
+    problem = folder_problem(model_dir)  # headers only: a cut or hand-edited file is named before anything is built
+    if problem:
+        raise TrainoptError(f"{problem}; restore the folder or save it again")
+    meta = read_meta(model_dir)
     task = task or saved_task(model_dir)
-    if meta.get("quantization") or meta.get("structure"):
-        from safetensors.torch import load_file
+    with _damaged(model_dir):
+        if (model_dir / "model.onnx").is_file():  # an ONNX export (export/onnx.py): onnxruntime runs it
+            from .export.onnx import OrtModel
 
-
-        model = auto_class(task).from_config(config)
-        if meta.get("structure"):
-            apply_structure(model, meta["structure"])
-        weights = model_dir / "model.safetensors"
-        if meta.get("quantization", {}).get("format") == "torchao":  # weight-only int8/int4 (compress/quantize/weight_only.py)
-            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-            model = weight_only.load(model, weights, meta["quantization"], device)
-        elif meta.get("quantization"):
-            dynamic.import_tensors(model, load_file(str(weights)), meta["quantization"])
+            config = read_config(model_dir)
+            model = OrtModel(model_dir / "model.onnx", config)
         else:
-            _load_plain(model, load_file(str(weights)))
-    else:
-        try:
-            model = auto_class(task).from_pretrained(str(model_dir), dtype=torch.float32)
-        except pickle.UnpicklingError as e:
-            raise unsafe_pickle("", model_dir, e) from None
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+            model, config = _build(model_dir, meta, task)
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     meta.setdefault("task", task)
@@ -120,6 +117,66 @@ def load_saved(model_dir: Path, task: str | None = None):
         meta["labels"] = [config.id2label[i] for i in range(config.num_labels)]
     model.eval()
     return model, tokenizer, meta
+
+
+@contextlib.contextmanager
+def _damaged(model_dir: Path):
+    """A saved folder comes from disk and may be damaged or edited (a config transformers cannot build, weights that
+    do not match it, a cut tokenizer file): whatever the libraries raise while building it becomes one line naming
+    the folder. Disk-full and interrupts pass through."""
+    from huggingface_hub.errors import StrictDataclassError  # a config field of the wrong type (transformers 5)
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except TrainoptError:
+        raise
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise TrainoptError(f"cannot load {model_dir} ({first_line(e)}); restore the folder or save it again") \
+            from None
+    except (SafetensorError, StrictDataclassError, RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+        raise TrainoptError(f"cannot load {model_dir} ({first_line(e)}); restore the folder or save it again") \
+            from None
+
+
+def _build(model_dir: Path, meta: dict, task: str):
+    """The model of a saved folder (its config, its recorded shapes and format, its weights) and its config."""
+    config = read_config(model_dir)
+    problem = size_problem(config, lambda: _on_meta(task, config))
+    if problem:
+        raise TrainoptError(f"cannot load {model_dir}: {problem}; restore its config.json")
+    quantization = meta.get("quantization") or {}
+    if not (quantization or meta.get("structure")):
+        try:
+            model = auto_class(task).from_pretrained(str(model_dir), dtype=torch.float32)
+        except pickle.UnpicklingError as e:
+            raise unsafe_pickle("", model_dir, e) from None
+        return model, config
+    from safetensors.torch import load_file
+
+    model = auto_class(task).from_config(config)
+    if meta.get("structure"):
+        apply_structure(model, meta["structure"])
+    weights = model_dir / "model.safetensors"
+    if quantization.get("format") == "torchao":  # weight-only int8/int4 (compress/quantize/weight_only.py)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model = weight_only.load(model, weights, quantization, device)
+    elif quantization:
+        dynamic.import_tensors(model, load_file(str(weights)), quantization)
+    else:
+        _load_plain(model, load_file(str(weights)))
+    return model, config
+
+
+def _task_of(model) -> str:
+    return "causal_lm" if type(model).__name__.endswith(("CausalLM", "LMHeadModel")) else "classification"
+
+
+def _on_meta(task: str, config):
+    with torch.device("meta"):
+        return auto_class(task).from_config(config)
 
 
 def _load_adapter(model_dir: Path, task: str | None):
@@ -134,8 +191,8 @@ def _load_adapter(model_dir: Path, task: str | None):
         raise TrainoptError(f"{model_dir} is a LoRA adapter whose base model folder {base_dir} is missing; copy the "
                             "base back, or set base_model_name_or_path in its adapter_config.json")
     base, _, base_meta = load_saved(base_dir, task)
-    meta = json.loads((model_dir / META_FILE).read_text()) if (model_dir / META_FILE).is_file() else {}
-    quant = meta.get("lora", {}).get("quantize_base")
+    meta = read_meta(model_dir)
+    quant = (meta.get("lora") or {}).get("quantize_base")
     if quant:  # trained on a 4-bit base (QLoRA): the base quantised the same way first
         from .lora.quantize import quantize_base
 
@@ -143,7 +200,7 @@ def _load_adapter(model_dir: Path, task: str | None):
     model = PeftModel.from_pretrained(base, str(model_dir))
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     meta = {**base_meta, **meta}

@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--only", default=None,
                    help="comma-separated subset of: fine_foods,austen,minilm-l6,smollm2,wordnet,apertium")
 
+    from .export.command import add_parser as add_export
+
+    add_export(sub)
     p = sub.add_parser("predict", help="batch inference with a saved model",
                        description="Classify texts (label and probabilities) or continue prompts (causal LM) "
                                    "with any stage's saved model folder.")
@@ -342,7 +345,13 @@ def _dispatch(args, parser) -> int:
         fetch([s.strip() for s in args.only.split(",")] if args.only else None)
         return 0
     if args.command == "predict":
-        return _predict(args)
+        from .predict import command
+
+        return command(args)
+    if args.command == "export":
+        from .export.command import main as export
+
+        return export(args)
     return 2
 
 
@@ -456,32 +465,6 @@ def _check(args) -> int:
     print(f"data: {rows}" + (f", labels {texts.label_names}" if texts.label_names else "") + f"; device {device}")
     if recipe.search is not None:
         print(f"search: {len(recipe.search.space)} keys, {recipe.search.sampler}, pruner {recipe.search.pruner.label()}")
-    return 0
-
-
-def _predict(args) -> int:
-    from .predict import predict
-
-    if args.text:
-        texts = args.text
-    else:
-        if args.file != "-" and not Path(args.file).is_file():
-            from .errors import TrainoptError
-
-            raise TrainoptError(f"--file {args.file} does not exist")
-        stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8", errors="replace")
-        with stream:
-            texts = [line.rstrip("\n") for line in stream if line.strip()]
-    results = predict(args.model_dir, texts, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                      temperature=args.temperature, device=args.device)
-    for r in results:
-        if args.json:
-            print(json.dumps(r, ensure_ascii=False))
-        elif "label" in r:
-            probs = ", ".join(f"{k} {v:.3f}" for k, v in r["probabilities"].items())
-            print(f"{r['label']}\t[{probs}]\t{r['text'][:80]}")
-        else:
-            print(f"{r['prompt']}{r['generated']}")
     return 0
 
 

@@ -41,3 +41,9 @@ def unsafe_pickle(key: str, path, e: Exception) -> RecipeError:
                 str(e).splitlines()[0] if str(e) else type(e).__name__)
     return RecipeError(key, f"refused to load {path}: its pickled weights hold more than tensors ({what[:140]})",
                        "use a safetensors checkpoint from a source you trust")
+
+
+def first_line(e: BaseException) -> str:
+    """An exception from a library as a short phrase for a one-line error: its type and its message's first line."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:160]}" if text else type(e).__name__

@@ -6,6 +6,7 @@ artifacts.py, which knows those formats; this module knows none of them.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from pathlib import Path
 
@@ -14,10 +15,10 @@ import torch
 from . import assets
 from .errors import RecipeError, TrainoptError, unsafe_pickle
 from .hf import auto_class, quiet_transformers
+from .meta import meta_problem, read_meta
 
 DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "resid_pdrop", "embd_pdrop", "attn_pdrop",
                 "attention_dropout", "hidden_dropout", "dropout", "classifier_dropout")
-META_FILE = "trainopt.json"
 
 
 def resolve_model_ref(ref: str) -> Path:
@@ -139,18 +140,20 @@ def folder_problem(model_dir: Path) -> str | None:
     """Why a model folder cannot be loaded, read from its headers only (no weights): config.json or trainopt.json
     that is not JSON, a safetensors file whose header is cut or does not cover its tensors (a truncated copy or
     write). None when it looks whole."""
-    import json
-
     from safetensors import SafetensorError, safe_open
 
     model_dir = Path(model_dir)
-    for name in ("config.json", META_FILE):
-        f = model_dir / name
-        if f.is_file():
-            try:
-                json.loads(f.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as e:
-                return f"{f} is not valid JSON ({str(e).splitlines()[0][:100]})"
+    f = model_dir / "config.json"
+    if f.is_file():
+        try:
+            config = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            return f"{f} is not valid JSON ({str(e).splitlines()[0][:100]})"
+        if not isinstance(config, dict):
+            return f"{f} holds a JSON {type(config).__name__}, not an object"
+    problem = meta_problem(model_dir)
+    if problem:
+        return problem
     for f in sorted(model_dir.glob("*.safetensors")):
         try:
             with safe_open(str(f), "pt"):
@@ -160,18 +163,38 @@ def folder_problem(model_dir: Path) -> str | None:
     return None
 
 
+MAX_LAYERS = 1024  # deeper than any transformer trainopt trains: a larger count is a damaged or mistyped config (and
+# building it, even on the meta device, would take minutes)
+
+
+def size_problem(config, build_on_meta) -> str | None:
+    """Why a model of this config cannot be built here: a layer count out of range, or fp32 weights larger than this
+    machine's memory (counted on `build_on_meta()`, the model built on the meta device). None when it fits."""
+    for key in ("num_hidden_layers", "n_layer", "num_layers", "n_layers"):
+        depth = getattr(config, key, None)
+        if isinstance(depth, int) and not 0 <= depth <= MAX_LAYERS:
+            return f"the config's {key} is {depth} (0 to {MAX_LAYERS} layers are built)"
+    params = sum(p.numel() for p in build_on_meta().parameters())
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if params * 4 > have:
+        return (f"the model has {params:,} parameters: its fp32 weights alone need {params * 4 / 1e9:,.1f} GB and "
+                f"this machine has {have / 1e9:.1f} GB")
+    return None
+
+
 def saved_task(model_dir: Path) -> str:
     """The task a saved folder was made for: trainopt.json says it, else the config's architecture does."""
     model_dir = Path(model_dir)
-    meta_file = model_dir / META_FILE
-    task = json.loads(meta_file.read_text()).get("task") if meta_file.is_file() else None
+    task = read_meta(model_dir).get("task")
     if task:
         return task
-    archs = " ".join(json.loads((model_dir / "config.json").read_text()).get("architectures") or [])
+    archs = json.loads((model_dir / "config.json").read_text()).get("architectures")
+    archs = " ".join(a for a in archs if isinstance(a, str)) if isinstance(archs, list) else ""
     return "causal_lm" if "CausalLM" in archs or "LMHead" in archs else "classification"
 
 
 def disk_bytes(model_dir: Path) -> int:
-    """Bytes of the weight files in a saved folder (safetensors/bin), what a deployment ships for weights."""
+    """Bytes of the weight files in a saved folder (safetensors/bin, an ONNX graph and its external data), what a
+    deployment ships for weights."""
     return sum(f.stat().st_size for f in Path(model_dir).iterdir()
-               if f.is_file() and (f.suffix in (".safetensors", ".bin", ".pt", ".pth")))
+               if f.is_file() and (f.suffix in (".safetensors", ".bin", ".pt", ".pth", ".onnx", ".data")))

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 _LATENCY = re.compile(r"latency_ms_b(\d+)_(p50|p95|q25|q75)")
 _REPEATS = re.compile(r"latency_repeats_b(\d+)")
@@ -123,6 +124,12 @@ class Outcome:
     details: dict = field(default_factory=dict)
     measure_device: str | None = None
     saved_meta: dict = field(default_factory=dict)
+    # a stage that writes its own folder in another runtime's format (export): the folder (the runner does not save
+    # the model), the model to evaluate and time in its place (that runtime behind the torch-module interface), and
+    # its (parameters, non-zero parameters)
+    folder: Path | None = None
+    runtime: Any = None
+    params: tuple[int, int] | None = None
 
     @classmethod
     def trained(cls, summary: dict, effect: str = "unchanged", extra_wall_s: float = 0.0, **kw) -> Outcome:
@@ -134,7 +141,7 @@ class Outcome:
         return cls(effect=effect, cost=cost, details=details, **kw)
 
 
-DETAIL_KEYS = ("training", "quantization", "distillation", "pruning", "lora", "samples", "notes")
+DETAIL_KEYS = ("training", "quantization", "distillation", "pruning", "lora", "export", "samples", "notes")
 
 
 @dataclass

@@ -205,6 +205,7 @@ def _finished(done: Path, run_dir: Path) -> StageResult | None:
 
 
 def _model_for(recipe, tokenizer, data, results: list[StageResult], run_dir):
+    results = _chain(results)
     if results:  # continue from the last finished stage's saved model
         model, _, _ = load_saved(run_dir / results[-1].checkpoint, recipe.task)
         return model
@@ -217,8 +218,11 @@ def _measure_stage(model, data, stage, outcome: Outcome, ctx: RunContext, inputs
     recipe = ctx.recipe
     device = torch.device(outcome.measure_device or ctx.device.type)
     model.eval()
-    model_dir = save_model(model, ctx.tokenizer, stage_dir / "model", {**meta, **outcome.saved_meta})
-    params, nonzero = count_params(model)
+    if outcome.folder is not None:  # an export: its own folder, measured in its own runtime
+        model_dir, (params, nonzero), model = outcome.folder, outcome.params, outcome.runtime
+    else:
+        model_dir = save_model(model, ctx.tokenizer, stage_dir / "model", {**meta, **outcome.saved_meta})
+        params, nonzero = count_params(model)
     t0 = time.perf_counter()
     quality: dict = {"accuracy": None, "f1_macro": None, "loss": None, "perplexity": None}
     if data.test is not None:
@@ -245,7 +249,7 @@ def _measure_stage(model, data, stage, outcome: Outcome, ctx: RunContext, inputs
         del refs
         notes += [_untimed(name, device, why) for name, why in timing.dropped.items()]
         speed = timing.speed(stage.name, device)
-        if recipe.task == "causal_lm" and m.generate_tokens:
+        if recipe.task == "causal_lm" and m.generate_tokens and hasattr(model, "generate"):
             speed.generation = measure.measure_generation(model, ctx.prompt, m.generate_tokens, device,
                                                           min(m.repeats, 5), m.max_seconds)
         if not speed.reliable:
@@ -254,7 +258,7 @@ def _measure_stage(model, data, stage, outcome: Outcome, ctx: RunContext, inputs
     else:
         speed = Speed.unmeasured(m.batch_sizes)
     details = dict(outcome.details)
-    if ctx.samples:
+    if ctx.samples and hasattr(model, "generate"):
         details["samples"] = generate_samples(model, ctx.tokenizer, ctx.samples, device)
     cost = {**outcome.cost, "eval_wall_s": round(time.perf_counter() - t0, 2)}
     result = StageResult(name=stage.name, kind=stage.kind, effect=outcome.effect, quality=quality,
@@ -278,7 +282,14 @@ def _parent(stage, previous: list[StageResult]) -> StageResult | None:
     """The finished stage a stage starts from: its from_stage, else the one before it (None: the recipe's model)."""
     if stage.from_stage:
         return next(r for r in previous if r.name == stage.from_stage)
-    return previous[-1] if previous else None
+    chain = _chain(previous)
+    return chain[-1] if chain else None
+
+
+def _chain(results: list[StageResult]) -> list[StageResult]:
+    """The stages a later stage can start from: all but exports (an export writes a copy in another runtime's
+    format; the chain goes on from the model it exported)."""
+    return [r for r in results if r.kind != "export"]
 
 
 def _eval_batch(task: str) -> int:

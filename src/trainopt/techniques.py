@@ -17,6 +17,7 @@ from .compress.prune.spec import PruneStage
 from .compress.quantize.spec import QuantizeStage
 from .data.augment.spec import AugmentStage
 from .eval.spec import EvalStage
+from .export.spec import ExportStage
 from .lora.spec import LoraStage
 from .train.spec import TrainStage
 
@@ -43,6 +44,7 @@ TECHNIQUES: dict[str, Technique] = {
                        "docs/methods/prune.md"),
     "augment": Technique(AugmentStage, "trainopt.data.augment.stage", "trainopt.data.augment.checks",
                          "docs/methods/augment.md"),
+    "export": Technique(ExportStage, "trainopt.export.stage", "trainopt.export.checks", "docs/methods/export.md"),
 }
 # Every training a stage runs (its `trainings()`) is also checked by train/checks.py.
 

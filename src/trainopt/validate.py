@@ -7,14 +7,13 @@ runs each); `trainopt run` imports them anyway, so a run's total is unchanged.""
 
 from __future__ import annotations
 
-import json
-
 import torch
 
 from . import measure
 from .data.prepare import load_texts
-from .errors import RecipeError
-from .models import folder_problem, model_config, resolve_model_ref
+from .errors import RecipeError, first_line
+from .meta import read_meta
+from .models import folder_problem, model_config, resolve_model_ref, size_problem
 from .recipe import Recipe, check_paths, load_recipe
 from .specbase import stage_key
 from .techniques import checks_module
@@ -70,6 +69,7 @@ def check_model(recipe: Recipe, device: torch.device) -> None:
     config = _config(recipe)  # a model folder whose config.json cannot be read is refused here, whatever it trains
     if config is None:
         return
+    _check_size(recipe, config)
     for i, stage in enumerate(recipe.stages):
         shapes_kept = all(s.kind not in ("prune", "distill") for s in recipe.stages[:i])
         checks = checks_module(stage.kind)
@@ -116,8 +116,7 @@ def _config(recipe: Recipe):
     if spec.trust_remote_code:
         return None
     if path is not None:
-        meta = path / "trainopt.json"
-        if meta.is_file() and {"structure", "quantization"} & set(_json(meta)):
+        if {"structure", "quantization"} & set(read_meta(path)):
             return None
     config = model_config(spec)
     if spec.config is not None:
@@ -146,6 +145,15 @@ def _known_config_keys(config, given: dict) -> None:
                           f"did you mean '{close[0]}'?" if close else f"see {cls.__name__}'s documentation")
 
 
+def _check_size(recipe: Recipe, config) -> None:
+    """The model builds from its config, and its fp32 weights fit in this machine's memory (a config.json with a
+    vocabulary of 10^12 would otherwise be found out by the out-of-memory killer, after the run directory exists)."""
+    problem = size_problem(config, lambda: _meta_model(recipe, config))
+    if problem:
+        raise RecipeError("model.path" if recipe.model.path else "model.config", problem,
+                          "use a smaller model (or check the config's sizes)")
+
+
 def _meta_model(recipe: Recipe, config):
     """The recipe's model class with its config's shapes on the meta device: no weights read, no memory."""
     from .hf import auto_class
@@ -153,19 +161,11 @@ def _meta_model(recipe: Recipe, config):
     with torch.device("meta"):
         try:
             return auto_class(recipe.task).from_config(config)
-        except (ValueError, KeyError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError, RuntimeError, ZeroDivisionError,
+                OverflowError) as e:  # whatever transformers raises on a config it cannot build
             raise RecipeError("model.path" if recipe.model.path else "model.config",
-                              f"transformers cannot build a {recipe.task} model from this config "
-                              f"({str(e).splitlines()[0][:160]})", "use a model of a supported architecture") from None
-
-
-def _json(path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise RecipeError("model.path", f"{path} is not valid JSON ({str(e)[:120]})",
-                          "restore the file, or point model.path at another folder") from None
-    return data if isinstance(data, dict) else {}
+                              f"transformers cannot build a {recipe.task} model from this config ({first_line(e)})",
+                              "use a model of a supported architecture, or fix its config") from None
 
 
 def _check_validation(recipe: Recipe, texts) -> None:
@@ -179,10 +179,7 @@ def _saved_labels(recipe: Recipe) -> list[str] | None:
     """Labels stored with a trainopt-saved model, so that a reloaded classifier keeps its label ids."""
     if recipe.model.path is None or recipe.data.labels is not None:
         return None
-    meta = resolve_model_ref(recipe.model.path) / "trainopt.json"
-    if meta.is_file():
-        return json.loads(meta.read_text()).get("labels")
-    return None
+    return read_meta(resolve_model_ref(recipe.model.path)).get("labels")
 
 
 def validate(recipe=None, overrides: list[str] | None = None):

@@ -13,14 +13,11 @@ import torch
 
 from ..errors import RecipeError
 from ..modules import set_module
+from ..portable_modeling import LAYOUTS
+from ..portable_modeling import apply_structure as _apply_shapes
 
-# Dotted paths, relative to one transformer block, of the Linear layers structured pruning slices.
-# heads: q/k/v rows and o columns of each head; ffn: rows of each "up" layer and columns of "down".
-LAYOUTS = {
-    "bert": {"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
-             "o": "attention.output.dense", "up": ["intermediate.dense"], "down": "output.dense"},
-    "llama": {"up": ["mlp.gate_proj", "mlp.up_proj"], "down": "mlp.down_proj"},  # heads: grouped KV, not done
-}
+# LAYOUTS: the dotted paths, relative to one block, of the Linear layers structured pruning slices. They live in the
+# model code shipped inside sealed folders (portable_modeling.py), which rebuilds the same shapes without trainopt.
 
 
 def find_blocks(model: torch.nn.Module, key: str = "stages") -> tuple[torch.nn.Module, str, torch.nn.ModuleList]:
@@ -115,12 +112,7 @@ def shrink_block(block: torch.nn.Module, lay: dict, hd: int, heads: list[int] | 
 
 def apply_structure(model: torch.nn.Module, structure: dict) -> None:
     """Give a freshly built model the recorded per-layer shapes (its weights are loaded afterwards)."""
-    lay = layout(model)
-    if lay is None:
+    if layout(model) is None:
         raise RecipeError("model", f"trainopt.json records a pruned structure, but {type(model).__name__} has no "
                           "known block layout", "load it with the trainopt version that saved it")
-    _, _, blocks = find_blocks(model)
-    hd = head_dim(model)
-    heads = structure.get("heads") or [None] * len(blocks)
-    for block, n_heads, n_ffn in zip(blocks, heads, structure["intermediate"]):
-        shrink_block(block, lay, hd, list(range(n_heads)) if n_heads is not None else None, list(range(n_ffn)))
+    _apply_shapes(model, structure)

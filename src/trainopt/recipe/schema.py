@@ -157,6 +157,9 @@ class Recipe(Strict):
                 if ref is not None and ref not in names[:i]:
                     raise RecipeError(stage_key(i, key), f"'{ref}' is not an earlier stage",
                                       f"use one of {names[:i]}" if i else "the first stage starts from model:")
+                if ref is not None and self.stages[names.index(ref)].kind == "export":
+                    raise RecipeError(stage_key(i, key), f"'{ref}' is an export (a copy in another runtime's format)",
+                                      "name the stage it exported")
             if getattr(stage, "teacher", None) and getattr(stage, "teacher_stage", None):
                 raise RecipeError(stage_key(i, "teacher_stage"), "teacher and teacher_stage are exclusive",
                                   "name a folder (teacher) or an earlier stage (teacher_stage), not both")

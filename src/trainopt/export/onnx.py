@@ -1,0 +1,138 @@
+"""ONNX export through `torch.onnx.export(dynamo=True)`, run by onnxruntime.
+
+- The graph: the model's forward from token ids (and the attention mask) to logits, batch and sequence length dynamic,
+  no KV cache (a causal LM is exported for scoring, not for incremental decoding). Pruned shapes are exported as
+  they are: the graph is as small as the model.
+- optimize: onnxruntime's transformer optimizer fuses attention, LayerNorm and GELU for the families it knows (BERT
+  here); the fused graph is checked against the unfused one and dropped, with a note, when it does not match.
+- quantize int8: onnxruntime's dynamic quantization (`quantize_dynamic`: int8 weights per output channel, each
+  MatMul's input quantized per call), after its shape-inference pre-processing.
+- `OrtModel` wraps an InferenceSession as a torch module that returns `.logits`, so that the runner evaluates and
+  times the export with the same code, inputs and interleaving as every other stage, while onnxruntime computes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+MODEL_FILE = "model.onnx"
+FUSED_FAMILIES = {"bert": "bert"}  # our model_type -> onnxruntime.transformers optimizer model_type
+
+
+class _Logits(torch.nn.Module):
+    """The exported function: ids (+ mask) -> logits."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+
+def export(model, sample: dict, path: Path, opset: int) -> None:
+    """Write the model's ids -> logits graph to `path` (a float model on the CPU)."""
+    import contextlib
+    import io
+    import warnings
+
+    from torch.export import Dim
+
+    model = model.float().cpu().eval()
+    ids = sample["input_ids"]
+    mask = sample.get("attention_mask", torch.ones_like(ids))
+    batch, seq = Dim("batch", min=1, max=4096), Dim("sequence", min=2, max=65536)
+    shapes = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # torch.onnx prints its progress
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_Logits(model), (ids, mask), str(path), input_names=["input_ids", "attention_mask"],
+                          output_names=["logits"], opset_version=opset, dynamo=True, dynamic_shapes=shapes,
+                          external_data=False, verbose=False)
+
+
+def optimize(path: Path, out: Path, model_type: str) -> bool:
+    """onnxruntime's transformer fusions for a known family; False (nothing written) when there are none."""
+    family = FUSED_FAMILIES.get(model_type)
+    if family is None:
+        return False
+    import logging
+
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
+    optimized = optimize_model(str(path), model_type=family, num_heads=0, hidden_size=0, opt_level=1,
+                               use_gpu=False, only_onnxruntime=False)
+    optimized.save_model_to_file(str(out), use_external_data_format=False)
+    return True
+
+
+def quantize_int8(path: Path, out: Path) -> None:
+    """onnxruntime dynamic int8: weights per output channel (signed), activations quantized per call. The exporter's
+    intermediate shape annotations are dropped first (onnx's shape inference, which the quantizer runs, rejects some
+    of them); tensors of fused operators it cannot type are float."""
+    import logging
+
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.getLogger().setLevel(logging.ERROR)  # the quantizer's advice to pre-process, printed on every call
+    graph = onnx.load(str(path))
+    graph.graph.ClearField("value_info")
+    bare = out.with_name(out.stem + ".bare.onnx")
+    onnx.save(graph, str(bare))
+    try:
+        quantize_dynamic(str(bare), str(out), weight_type=QuantType.QInt8, per_channel=True,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    finally:
+        bare.unlink(missing_ok=True)
+
+
+def session(path: Path, threads: int | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or torch.get_num_threads()  # as many as the PyTorch stages use
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+class OrtModel(torch.nn.Module):
+    """An onnxruntime session behind the torch-module interface the runner's evaluation and timing call:
+    model(input_ids=..., attention_mask=...) -> .logits (a CPU tensor)."""
+
+    def __init__(self, path: Path, config, threads: int | None = None):
+        super().__init__()
+        self.path = Path(path)
+        self.config = config
+        self.session = session(self.path, threads)
+        self.inputs = [i.name for i in self.session.get_inputs()]
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, **_):
+        if token_type_ids is not None and bool(token_type_ids.any()):
+            raise ValueError("the ONNX export takes single texts (token_type_ids all 0)")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        feed = {"input_ids": input_ids.cpu().long().numpy(), "attention_mask": attention_mask.cpu().long().numpy()}
+        logits = self.session.run(["logits"], {k: v for k, v in feed.items() if k in self.inputs})[0]
+        return SimpleNamespace(logits=torch.from_numpy(logits))
+
+
+def count(path: Path) -> tuple[int, int]:
+    """(parameters, non-zero parameters) of an ONNX graph: the elements of its initializers (weights and their
+    quantized forms; shape constants of a few elements included)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    total = nonzero = 0
+    for init in onnx.load(str(path), load_external_data=True).graph.initializer:
+        values = numpy_helper.to_array(init)
+        if values.size <= 8 and values.dtype.kind in "iu":  # shape/axis constants, not weights
+            continue
+        total += int(values.size)
+        nonzero += int(np.count_nonzero(values))
+    return total, nonzero

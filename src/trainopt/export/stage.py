@@ -1,0 +1,167 @@
+"""The `export` stage and `trainopt export`: a saved model folder written in another runtime's format, checked
+against trainopt's own model on the same inputs, and handed back as the model to measure in that runtime."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from ..artifacts import load_saved
+from ..errors import TrainoptError
+from ..meta import META_FILE
+from ..models import disk_bytes
+from ..portable import read_config
+from ..results import Outcome
+from . import hf, onnx
+from .spec import ExportStage
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "merges.txt",
+                   "vocab.json", "chat_template.jinja", "tokenizer.model")
+
+
+def run(model, data, stage: ExportStage, ctx, stage_dir: Path):
+    """Export the stage's parent (the saved folder it starts from) and return the export as the model to measure;
+    the chain goes on from the parent's model, which is returned unchanged."""
+    start = time.perf_counter()
+    sample = _sample(ctx)
+    out = stage_dir / "model"
+    runtime, details = export_folder(ctx.parent_dir, out, stage, sample, ctx.recipe.task)
+    params = details.pop("params")
+    cost = {"wall_s": round(time.perf_counter() - start, 2), "tokens_per_s": None, "mfu": None, "peak_mem_bytes": None}
+    outcome = Outcome(effect="compressed", claims="kernel", cost=cost, details={"export": details},
+                      measure_device="cpu", runtime=runtime, folder=out, params=params)
+    return model, outcome
+
+
+def _sample(ctx) -> dict:
+    """A batch to trace and to compare on: the run's timing inputs at their largest batch, else a few test rows."""
+    if ctx.measure_inputs:
+        return ctx.measure_inputs[max(ctx.measure_inputs)]
+    split = ctx.data.test or ctx.data.validation or ctx.data.train
+    if ctx.recipe.task == "classification":
+        batch = split.collate(list(range(min(8, len(split)))))
+        return {k: batch[k] for k in ("input_ids", "attention_mask")}
+    return {"input_ids": split.blocks[: min(4, len(split)), : min(128, split.blocks.shape[1])]}
+
+
+def export_folder(src: Path, out: Path, spec: ExportStage, sample: dict, task: str | None = None):
+    """Write `src` (a saved model folder) to `out` in spec.format; returns (the export as a runnable model, details:
+    files, bytes, agreement with trainopt's model on `sample`, params)."""
+    src, out = Path(src), Path(out)
+    model, tokenizer, meta = load_saved(src, task)
+    task = meta.get("task") or task
+    reference = _logits(model, sample)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    notes: list[str] = []
+    try:
+        if spec.format == "hf":
+            runtime = _write_hf(model, tokenizer, tmp, spec, task)
+        else:
+            runtime = _write_onnx(model, src, tmp, spec, sample, reference, notes)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _copy_side_files(src, tmp, {**meta, "task": task, "export": {"format": spec.format, "quantize": spec.quantize
+                                                                   if spec.format == "onnx" else "none"}})
+    for f in tmp.iterdir():
+        f.chmod(0o644)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    if isinstance(runtime, onnx.OrtModel):
+        runtime = onnx.OrtModel(out / onnx.MODEL_FILE, runtime.config)  # the session on the folder's final path
+    else:
+        runtime, _, _ = load_saved(out, task)
+    exported = _logits(runtime, sample)
+    diff = float((exported - reference).abs().max())
+    agree = float((exported.argmax(-1) == reference.argmax(-1)).float().mean())
+    quantized = spec.format == "onnx" and spec.quantize != "none"
+    if not quantized and diff > spec.tolerance:
+        raise TrainoptError(f"the {spec.format} export of {src} differs from trainopt's model by {diff:.3g} in the "
+                            f"logits (tolerance {spec.tolerance:g}); report it, or raise the export's tolerance")
+    details = {"format": spec.format, "quantize": spec.quantize if spec.format == "onnx" else "none",
+               "runtime": _runtime_name(runtime), "files": sorted(p.name for p in out.iterdir()),
+               "disk_bytes": disk_bytes(out), "max_abs_logit_diff": round(diff, 6),
+               "same_prediction": round(agree, 4), "compared_on": list(sample["input_ids"].shape),
+               "params": _params(runtime, out)}
+    if notes:
+        details["notes"] = notes
+    return runtime, details
+
+
+def _logits(model, sample: dict) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(**{k: v.cpu() for k, v in sample.items()}).logits.float().cpu()
+
+
+def _write_hf(model, tokenizer, folder: Path, spec: ExportStage, task: str):
+    plain = hf.plain_model(model, getattr(torch, spec.dtype))
+    plain.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return plain
+
+
+def _write_onnx(model, src: Path, folder: Path, spec: ExportStage, sample: dict, reference, notes: list[str]):
+    from ..compress.quantize import dynamic, weight_only
+
+    if dynamic.is_quantized(model) or weight_only.is_quantized(model):
+        raise TrainoptError(f"{src} holds a quantized model, which torch.onnx cannot export: export the stage before "
+                            "the quantization, with quantize: int8 (onnxruntime's own int8)")
+    config = read_config(src)
+    path = folder / onnx.MODEL_FILE
+    raw = folder / "raw.onnx"
+    onnx.export(model, sample, raw, spec.opset)
+    current = raw
+    if spec.optimize:
+        fused = folder / "fused.onnx"
+        if onnx.optimize(raw, fused, config.model_type):
+            diff = float((_logits(onnx.OrtModel(fused, config), sample) - reference).abs().max())
+            if diff <= spec.tolerance:
+                current = fused
+            else:
+                notes.append(f"onnxruntime's fused graph differs by {diff:.3g} from the model: exported unfused")
+        else:
+            notes.append(f"no onnxruntime graph fusions for {config.model_type}: exported unfused")
+    if spec.quantize == "int8":
+        onnx.quantize_int8(current, path)
+    else:
+        os.replace(current, path)
+    for extra in (raw, folder / "fused.onnx"):
+        extra.unlink(missing_ok=True)
+    return onnx.OrtModel(path, config)
+
+
+def _copy_side_files(src: Path, folder: Path, meta: dict) -> None:
+    """The tokenizer (if the export has none yet), config.json (an ONNX folder keeps its source's, for its labels and
+    shapes) and trainopt.json with the export's format."""
+    for name in (*TOKENIZER_FILES, "config.json"):
+        if (src / name).is_file() and not (folder / name).exists():
+            shutil.copy2(src / name, folder / name)
+    if meta.get("export", {}).get("format") == "hf":
+        meta = {k: v for k, v in meta.items() if k not in ("structure", "quantization", "lora")}
+    (folder / META_FILE).write_text(json.dumps(meta, indent=1))
+
+
+def _runtime_name(runtime) -> str:
+    if isinstance(runtime, onnx.OrtModel):
+        import onnxruntime
+
+        return f"onnxruntime {onnxruntime.__version__} (CPU)"
+    import transformers
+
+    return f"transformers {transformers.__version__} (plain from_pretrained)"
+
+
+def _params(runtime, folder: Path) -> tuple[int, int]:
+    if isinstance(runtime, onnx.OrtModel):
+        return onnx.count(folder / onnx.MODEL_FILE)
+    from ..artifacts import count_params
+
+    return count_params(runtime)

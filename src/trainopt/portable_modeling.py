@@ -1,0 +1,106 @@
+"""trainopt_modeling.py: the model code shipped inside a saved folder whose shapes or weights plain transformers
+cannot build from a config alone, so that `from_pretrained(folder, trust_remote_code=True)` rebuilds it exactly and
+plain `from_pretrained(folder)` refuses (transformers asks for trust_remote_code) instead of loading wrong weights.
+
+trainopt copies this file into such a folder as `trainopt_modeling.py`, with the four constants below filled in, and
+points config.json's `auto_map` at its two classes (trainopt/portable.py). It imports only torch and transformers:
+the folder works where trainopt is not installed. trainopt's own loader uses `apply_structure` from here too, so there
+is one implementation of the shapes.
+
+- Structure (structured pruning: per-layer attention heads and FFN widths that no config key can express; see
+  https://github.com/huggingface/transformers — transformers 5 dropped `prune_heads`): the model is built from the
+  base config, then each block's Linear layers are resized to the recorded shapes before the weights load.
+- Quantized weights (int8/int4 formats of trainopt's own): the classes refuse with a message naming the way to run
+  the folder, never a model with re-initialised weights.
+"""
+
+from __future__ import annotations
+
+import torch
+import transformers
+
+BASE_CONFIG = "BertConfig"  # filled in by trainopt: the transformers config class of the model that was saved
+BASE_MODEL = "BertForSequenceClassification"  # ... and its model class
+MODEL_TYPE = "trainopt_bert"  # the folder's model_type: unknown to transformers, so plain loading asks for this code
+REFUSE = ""  # non-empty for a format this file does not rebuild: the error raised instead of loading
+
+# Dotted paths, relative to one transformer block, of the Linear layers structured pruning slices.
+# heads: q/k/v rows and o columns of each head; ffn: rows of each "up" layer and columns of "down".
+LAYOUTS = {
+    "bert": {"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
+             "o": "attention.output.dense", "up": ["intermediate.dense"], "down": "output.dense"},
+    "llama": {"up": ["mlp.gate_proj", "mlp.up_proj"], "down": "mlp.down_proj"},  # heads: grouped KV, not done
+}
+
+
+def blocks_of(model: torch.nn.Module) -> torch.nn.ModuleList | None:
+    """The ModuleList whose length is the config's layer count (the transformer blocks), or None."""
+    n = model.config.num_hidden_layers
+    for _, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n and n > 0:
+            return module
+    return None
+
+
+def layout_of(block: torch.nn.Module) -> dict | None:
+    """The part names of a block of a known architecture, or None."""
+    for lay in LAYOUTS.values():
+        try:
+            for path in [lay["down"], *lay["up"], *[lay[k] for k in ("q", "k", "v", "o") if k in lay]]:
+                block.get_submodule(path)
+        except AttributeError:
+            continue
+        return lay
+    return None
+
+
+def head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def _resize(block: torch.nn.Module, path: str, rows: int | None = None, cols: int | None = None) -> None:
+    """Replace the Linear at `path` by an empty one with `rows` outputs / `cols` inputs (weights are loaded later)."""
+    old = block.get_submodule(path)
+    parent_name, _, attr = path.rpartition(".")
+    new = torch.nn.Linear(cols or old.in_features, rows or old.out_features, bias=old.bias is not None,
+                          device=old.weight.device, dtype=old.weight.dtype)
+    setattr(block.get_submodule(parent_name) if parent_name else block, attr, new)
+
+
+def apply_structure(model: torch.nn.Module, structure: dict) -> None:
+    """Give a freshly built model the recorded per-layer shapes: structure = {"heads": [kept heads per layer, or
+    None], "intermediate": [FFN width per layer]}."""
+    blocks = blocks_of(model)
+    lay = layout_of(blocks[0]) if blocks is not None else None
+    if lay is None:
+        raise ValueError(f"{type(model).__name__} has no block layout that a pruned structure can be applied to")
+    hd = head_dim(model.config)
+    heads = structure.get("heads") or [None] * len(blocks)
+    for block, n_heads, width in zip(blocks, heads, structure["intermediate"]):
+        if n_heads is not None and "q" in lay:
+            for part in ("q", "k", "v"):
+                _resize(block, lay[part], rows=n_heads * hd)
+            _resize(block, lay["o"], cols=n_heads * hd)
+            attn = block.get_submodule(lay["q"].rpartition(".")[0])
+            if hasattr(attn, "num_attention_heads"):  # BERT reshapes with -1 heads; keep its bookkeeping true too
+                attn.num_attention_heads = n_heads
+                attn.all_head_size = n_heads * hd
+        for path in lay["up"]:
+            _resize(block, path, rows=width)
+        _resize(block, lay["down"], cols=width)
+
+
+class TrainoptConfig(getattr(transformers, BASE_CONFIG)):
+    model_type = MODEL_TYPE
+
+
+class TrainoptModel(getattr(transformers, BASE_MODEL)):
+    config_class = TrainoptConfig
+
+    def __init__(self, config, *args, **kwargs):
+        if REFUSE:
+            raise ValueError(REFUSE)
+        super().__init__(config, *args, **kwargs)
+        structure = (getattr(config, "trainopt", None) or {}).get("structure")
+        if structure:
+            apply_structure(self, structure)

@@ -1,0 +1,85 @@
+"""Every saved folder loads correctly in plain transformers, or refuses: a structurally pruned model (per-layer heads
+and FFN widths) rebuilds exactly through the code shipped in its folder (trust_remote_code=True) and is refused
+without it; a quantized folder is refused both ways, never loaded with re-initialised weights."""
+
+from __future__ import annotations
+
+import json
+import stat
+
+import pytest
+import torch
+
+from trainopt.artifacts import load_saved, save_model
+from trainopt.compress.prune.structured import apply_plan
+from trainopt.compress.quantize import dynamic
+
+IDS = torch.tensor([[101, 2023, 2001, 2307, 102], [101, 2204, 102, 0, 0]])
+MASK = (IDS != 0).long()
+
+
+def _bert(tok, seed=0):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=64, num_labels=3)
+    return BertForSequenceClassification(cfg).eval()
+
+
+def _logits(model):
+    with torch.no_grad():
+        return model(input_ids=IDS, attention_mask=MASK).logits
+
+
+@pytest.fixture
+def pruned(tmp_path, minilm_tokenizer):
+    model = _bert(minilm_tokenizer)
+    apply_plan(model, {"heads": [[0, 2, 3], [1]], "ffn": [list(range(0, 64, 2)), list(range(40))]})
+    return model, save_model(model, minilm_tokenizer, tmp_path / "pruned", {"task": "classification"})
+
+
+def test_a_pruned_folder_loads_in_plain_transformers_with_its_own_code_and_is_refused_without(pruned):
+    from transformers import AutoModelForSequenceClassification, pipeline
+
+    model, folder = pruned
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        AutoModelForSequenceClassification.from_pretrained(folder)
+    plain = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
+    assert torch.equal(_logits(plain), _logits(model))
+    assert sum(p.numel() for p in plain.parameters()) == sum(p.numel() for p in model.parameters())  # the real shapes
+    ours, _, _ = load_saved(folder)  # trainopt's own loader needs no remote code
+    assert torch.equal(_logits(ours), _logits(model))
+    classify = pipeline("text-classification", model=str(folder), trust_remote_code=True)
+    assert classify("a tasty snack")[0]["label"] in {"LABEL_0", "LABEL_1", "LABEL_2"}
+
+
+def test_saved_files_are_readable_by_other_users(pruned):
+    _, folder = pruned
+    for f in folder.iterdir():
+        assert f.stat().st_mode & stat.S_IROTH, f
+
+
+def test_an_int8_folder_is_refused_by_plain_transformers_never_loaded_with_random_weights(tmp_path, minilm_tokenizer):
+    from transformers import AutoModelForSequenceClassification
+
+    model = _bert(minilm_tokenizer)
+    dynamic.convert(model, dynamic.plan(model, stage_embeddings=True, skip=[]))
+    folder = save_model(model, minilm_tokenizer, tmp_path / "int8", {"task": "classification"})
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        AutoModelForSequenceClassification.from_pretrained(folder)
+    with pytest.raises(ValueError, match="trainopt predict"):
+        AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)
+    ours, _, _ = load_saved(folder)
+    assert torch.equal(_logits(ours), _logits(model))
+
+
+def test_a_plain_model_stays_a_plain_folder(tmp_path, minilm_tokenizer):
+    from transformers import AutoModelForSequenceClassification
+
+    model = _bert(minilm_tokenizer)
+    folder = save_model(model, minilm_tokenizer, tmp_path / "plain", {"task": "classification"})
+    assert "auto_map" not in json.loads((folder / "config.json").read_text())
+    assert not (folder / "trainopt_modeling.py").exists()
+    plain = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    assert torch.equal(_logits(plain), _logits(model))
