@@ -107,6 +107,11 @@ def load_saved(model_dir: Path, task: str | None = None):
 
             config = read_config(model_dir)
             model = OrtModel(model_dir / "model.onnx", config)
+        elif (model_dir / "model.gguf").is_file():  # a GGUF export (export/gguf.py), read back by transformers
+            from .export.gguf import load_with_transformers
+
+            model = load_with_transformers(model_dir)
+            config = model.config
         else:
             model, config = _build(model_dir, meta, task)
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)

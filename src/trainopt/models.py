@@ -197,4 +197,4 @@ def disk_bytes(model_dir: Path) -> int:
     """Bytes of the weight files in a saved folder (safetensors/bin, an ONNX graph and its external data), what a
     deployment ships for weights."""
     return sum(f.stat().st_size for f in Path(model_dir).iterdir()
-               if f.is_file() and (f.suffix in (".safetensors", ".bin", ".pt", ".pth", ".onnx", ".data")))
+               if f.is_file() and (f.suffix in (".safetensors", ".bin", ".pt", ".pth", ".onnx", ".data", ".gguf")))

@@ -1,4 +1,4 @@
-"""`trainopt export MODEL_DIR --format onnx|hf [--quantize int8] --out DIR`: one saved folder exported and checked
+"""`trainopt export MODEL_DIR --format onnx|hf|gguf [--quantize int8|q4_0|q8_0|f16] --out DIR`: one saved folder exported and checked
 against trainopt's model on a few fixed sentences. To measure an export on a data set (quality, latency next to the
 source), put an `export` stage in a recipe, or run `trainopt eval DIR` on the exported folder."""
 
@@ -19,12 +19,14 @@ SENTENCES = ["The snack was fresh and tasty, I would buy it again.",
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("export", help="write a saved model in another runtime's format (ONNX, plain transformers)",
-                       description="Export a saved model folder to ONNX (run by onnxruntime, optionally int8) or to "
-                                   "a plain transformers folder, and check it against trainopt's model.")
+    p = sub.add_parser("export", help="write a saved model in another runtime's format (ONNX, GGUF, plain HF)",
+                       description="Export a saved model folder to ONNX (run by onnxruntime, optionally int8), to "
+                                   "GGUF (llama.cpp; Llama-family LMs) or to a plain transformers folder, and check "
+                                   "it against trainopt's model.")
     p.add_argument("model_dir", help="a saved model folder (any stage's model/)")
-    p.add_argument("--format", choices=["onnx", "hf"], default="onnx")
-    p.add_argument("--quantize", choices=["none", "int8"], default="none", help="onnx: onnxruntime's dynamic int8")
+    p.add_argument("--format", choices=["onnx", "hf", "gguf"], default="onnx")
+    p.add_argument("--quantize", choices=["none", "int8", "q4_0", "q8_0", "f16"], default="none",
+                   help="onnx: int8 (onnxruntime's dynamic int8); gguf: q4_0, q8_0 or f16 (none: float32)")
     p.add_argument("--no-optimize", action="store_true", help="onnx: skip onnxruntime's transformer graph fusions")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="hf: weight dtype")
     p.add_argument("--out", metavar="DIR", help="the exported folder (default: exports/<model folder>-<format>)")
@@ -39,18 +41,18 @@ def main(args) -> int:
     src = Path(args.model_dir).expanduser()
     if not src.is_dir():
         raise TrainoptError(f"{src} is not a folder; give a saved model folder (a stage's model/)")
-    suffix = args.format + ("-int8" if args.quantize == "int8" else "")
+    suffix = args.format + (f"-{args.quantize}" if args.quantize != "none" else "")
     out = Path(args.out).expanduser() if args.out else Path("exports") / f"{src.resolve().name}-{suffix}"
     _check_out(src, out, args.overwrite)
-    settings = {"kind": "export", "format": args.format}
+    settings = {"kind": "export", "format": args.format, "quantize": args.quantize}
     if args.format == "onnx":
-        settings.update(quantize=args.quantize, optimize=not args.no_optimize)
+        settings["optimize"] = not args.no_optimize
     elif args.dtype != "float32":
         settings["dtype"] = args.dtype
     try:
         spec = ExportStage(**settings)
     except ValidationError as e:
-        raise TrainoptError(f"--format {args.format}: {e.errors()[0]['msg']}") from None
+        raise TrainoptError(f"--format {args.format}: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
     _, details = export_folder(src, out, spec, _sample(src))
     print(f"exported {src} → {out} ({details['runtime']}): {details['disk_bytes'] / 1e6:.1f} MB, "
           f"{details['params'][0]:,} parameters")

@@ -17,10 +17,12 @@ class ExportStage(StageBase):
     kind: Literal["export"]
     name: str = Field("export", pattern=NAME)
     # onnx: a torch.onnx (dynamo) graph run by onnxruntime; hf: a plain transformers folder (no trainopt code: pruned
-    # shapes padded back with zeros, int8 weights dequantized, LoRA merged)
-    format: Literal["onnx", "hf"] = "onnx"
-    # onnx only: int8 = onnxruntime's dynamic quantization (int8 weights per channel, activations quantized per call)
-    quantize: Literal["none", "int8"] = "none"
+    # shapes padded back with zeros, int8 weights dequantized, LoRA merged); gguf: one llama.cpp file (Llama-family
+    # causal LMs), run by llama.cpp where llama-cpp-python is installed, else read back by transformers' GGUF loader
+    format: Literal["onnx", "hf", "gguf"] = "onnx"
+    # onnx: int8 = onnxruntime's dynamic quantization (int8 weights per channel, activations quantized per call);
+    # gguf: q4_0 / q8_0 (ggml blocks of 32; the embedding in q8_0) or f16; none = float32
+    quantize: Literal["none", "int8", "q4_0", "q8_0", "f16"] = "none"
     # onnx only: onnxruntime's transformer graph fusions (attention, LayerNorm, GELU) before quantizing, for the model
     # families it knows (BERT); other families are exported unfused
     optimize: bool = True
@@ -32,9 +34,14 @@ class ExportStage(StageBase):
 
     @model_validator(mode="after")
     def _format_keys(self):
-        onnx_only = {"quantize", "optimize", "opset"} & self.model_fields_set
+        onnx_only = {"optimize", "opset"} & self.model_fields_set
         if self.format != "onnx" and onnx_only:
-            raise ValueError(f"{', '.join(sorted(onnx_only))} apply to format: onnx; remove them for format: hf")
+            raise ValueError(f"{', '.join(sorted(onnx_only))} apply to format: onnx; remove them for format: "
+                             f"{self.format}")
+        allowed = {"onnx": ("none", "int8"), "gguf": ("none", "q4_0", "q8_0", "f16"), "hf": ("none",)}[self.format]
+        if self.quantize not in allowed:
+            raise ValueError(f"quantize {self.quantize} does not apply to format: {self.format} (use one of "
+                             f"{', '.join(allowed)})")
         if self.format != "hf" and "dtype" in self.model_fields_set:
             raise ValueError("dtype applies to format: hf (an onnx export is float32, int8 with quantize: int8)")
         return self

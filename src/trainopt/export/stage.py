@@ -13,11 +13,11 @@ import torch
 
 from ..artifacts import load_saved
 from ..errors import TrainoptError
-from ..meta import META_FILE
+from ..meta import META_FILE, read_meta
 from ..models import disk_bytes
 from ..portable import read_config
 from ..results import Outcome
-from . import hf, onnx
+from . import gguf, hf, llama_cpp, onnx
 from .spec import ExportStage
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "merges.txt",
@@ -63,13 +63,14 @@ def export_folder(src: Path, out: Path, spec: ExportStage, sample: dict, task: s
     try:
         if spec.format == "hf":
             runtime = _write_hf(model, tokenizer, tmp, spec, task)
+        elif spec.format == "gguf":
+            runtime = _write_gguf(model, tokenizer, src, tmp, spec)
         else:
             runtime = _write_onnx(model, src, tmp, spec, sample, reference, notes)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _copy_side_files(src, tmp, {**meta, "task": task, "export": {"format": spec.format, "quantize": spec.quantize
-                                                                   if spec.format == "onnx" else "none"}})
+    _copy_side_files(src, tmp, {**meta, "task": task, "export": {"format": spec.format, "quantize": spec.quantize}})
     for f in tmp.iterdir():
         f.chmod(0o644)
     if out.exists():
@@ -77,16 +78,19 @@ def export_folder(src: Path, out: Path, spec: ExportStage, sample: dict, task: s
     os.replace(tmp, out)
     if isinstance(runtime, onnx.OrtModel):
         runtime = onnx.OrtModel(out / onnx.MODEL_FILE, runtime.config)  # the session on the folder's final path
+    elif spec.format == "gguf":
+        runtime = llama_cpp.runtime(out)
     else:
         runtime, _, _ = load_saved(out, task)
     exported = _logits(runtime, sample)
     diff = float((exported - reference).abs().max())
     agree = float((exported.argmax(-1) == reference.argmax(-1)).float().mean())
-    quantized = spec.format == "onnx" and spec.quantize != "none"
-    if not quantized and diff > spec.tolerance:
+    # an int8 export, or a float export of int8 weights, computes other numbers by design: its agreement is reported
+    approximate = spec.quantize != "none" or "quantization" in meta
+    if not approximate and diff > spec.tolerance:
         raise TrainoptError(f"the {spec.format} export of {src} differs from trainopt's model by {diff:.3g} in the "
                             f"logits (tolerance {spec.tolerance:g}); report it, or raise the export's tolerance")
-    details = {"format": spec.format, "quantize": spec.quantize if spec.format == "onnx" else "none",
+    details = {"format": spec.format, "quantize": spec.quantize,
                "runtime": _runtime_name(runtime), "files": sorted(p.name for p in out.iterdir()),
                "disk_bytes": disk_bytes(out), "max_abs_logit_diff": round(diff, 6),
                "same_prediction": round(agree, 4), "compared_on": list(sample["input_ids"].shape),
@@ -106,6 +110,20 @@ def _write_hf(model, tokenizer, folder: Path, spec: ExportStage, task: str):
     plain.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return plain
+
+
+def _write_gguf(model, tokenizer, src: Path, folder: Path, spec: ExportStage):
+    problem = gguf.supports(model.config)
+    if not type(model).__name__.endswith("ForCausalLM"):
+        problem = f"GGUF holds causal language models (llama.cpp); this folder holds a {type(model).__name__}"
+    if problem:
+        raise TrainoptError(f"{src}: {problem}")
+    if "structure" in read_meta(src) or "quantization" in read_meta(src):
+        raise TrainoptError(f"{src} holds pruned shapes or quantized weights in trainopt's format, which GGUF cannot "
+                            "describe: export the stage before them")
+    gguf.write(model, tokenizer, folder / gguf.MODEL_FILE, "f32" if spec.quantize == "none" else spec.quantize)
+    tokenizer.save_pretrained(folder)  # the Hugging Face tokenizer too: `trainopt predict/eval` use it
+    return None
 
 
 def _write_onnx(model, src: Path, folder: Path, spec: ExportStage, sample: dict, reference, notes: list[str]):
@@ -154,14 +172,20 @@ def _runtime_name(runtime) -> str:
         import onnxruntime
 
         return f"onnxruntime {onnxruntime.__version__} (CPU)"
+    if isinstance(runtime, llama_cpp.LlamaCppModel):
+        return runtime.describe()
     import transformers
 
+    if getattr(runtime, "runtime_name", None):  # transformers' GGUF loader (export/gguf.py)
+        return runtime.runtime_name
     return f"transformers {transformers.__version__} (plain from_pretrained)"
 
 
 def _params(runtime, folder: Path) -> tuple[int, int]:
     if isinstance(runtime, onnx.OrtModel):
         return onnx.count(folder / onnx.MODEL_FILE)
+    if (folder / gguf.MODEL_FILE).is_file():
+        return gguf.count(folder / gguf.MODEL_FILE)
     from ..artifacts import count_params
 
     return count_params(runtime)
