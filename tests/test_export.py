@@ -184,3 +184,21 @@ def test_gguf_is_refused_for_a_classifier_before_work(tmp_path, tiny_bert_dir, r
     assert code == 2 and "stages.1.format" in err and "causal language models" in err, err
     code, _, err = _cli(["export", tiny_bert_dir, "--format", "gguf", "--out", tmp_path / "g"], capsys)
     assert code == 2 and "causal language models" in err and len(err.splitlines()) == 1, err
+
+
+def test_trainopt_eval_scores_an_onnx_export_and_training_it_is_refused(tmp_path, tiny_bert_dir, reviews_dir, capsys):
+    out = tmp_path / "onnx"
+    assert _cli(["export", tiny_bert_dir, "--out", out], capsys)[0] == 0
+    raw = classification_recipe(tiny_bert_dir, reviews_dir, max_steps=1)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    runs = {}
+    for name, folder in (("source", tiny_bert_dir), ("export", out)):
+        code, _, err = _cli(["eval", folder, "--recipe", recipe, "--out", tmp_path / f"eval-{name}"], capsys)
+        assert code == 0, err
+        runs[name] = json.loads((tmp_path / f"eval-{name}" / "report.json").read_text())["stages"][0]
+    assert runs["export"]["quality"]["accuracy"] == runs["source"]["quality"]["accuracy"]
+    assert runs["export"]["quality"]["loss"] == pytest.approx(runs["source"]["quality"]["loss"], abs=1e-4)
+    assert runs["export"]["size"]["params"] > 0
+    code, _, err = _cli(["check", recipe, "--set", f"model.path={out}"], capsys)
+    assert code == 2 and "model.path" in err and "ONNX export" in err, err

@@ -34,7 +34,8 @@ def load_model(recipe, tokenizer, label_names: list[str] | None = None):
     weights) through load_saved, anything else through plain transformers (models.load_model)."""
     path = resolve_model_ref(recipe.model.path) if recipe.model.path else None
     meta = read_meta(path) if path is not None else {}
-    if meta.get("structure") or meta.get("quantization"):  # shapes/format only trainopt's loader rebuilds
+    exported = path is not None and any((path / f).is_file() for f in ("model.onnx", "model.gguf"))
+    if meta.get("structure") or meta.get("quantization") or exported:  # what only trainopt's loader rebuilds
         task = recipe.task
         model, _, _ = load_saved(path, task)
         if task == "classification" and model.config.num_labels != len(label_names):
@@ -49,6 +50,9 @@ def save_model(model, tokenizer, out_dir: Path, meta: dict) -> Path:
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    if _onnx_path(model) is not None:  # an ONNX export being evaluated: its folder, as it is
+        shutil.copytree(_onnx_path(model).parent, tmp)
+        return publish_folder(tmp, out_dir)
     tmp.mkdir(parents=True)
     structure = detect_structure(model)
     meta = {k: v for k, v in meta.items() if k != "structure"}
@@ -71,6 +75,11 @@ def save_model(model, tokenizer, out_dir: Path, meta: dict) -> Path:
     seal(tmp, model, meta.get("task") or _task_of(model), structure, meta.get("quantization") or
          ({"format": "torchao"} if weight_only.is_quantized(model) else None))
     (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
+    return publish_folder(tmp, out_dir)
+
+
+def publish_folder(tmp: Path, out_dir: Path) -> Path:
+    """Make a written folder durable and readable, then move it into place (replacing an older one)."""
     for f in tmp.iterdir():
         f.chmod(0o644)  # readable by a serving process of another user (safetensors writes 0600)
         with open(f, "rb") as fh:
@@ -224,8 +233,17 @@ def _load_plain(model, tensors: dict) -> None:
         model.tie_weights()
 
 
+def _onnx_path(model) -> Path | None:
+    path = getattr(model, "path", None)
+    return path if isinstance(path, Path) and path.suffix == ".onnx" else None
+
+
 def count_params(model) -> tuple[int, int]:
     """(parameters, non-zero parameters), counting tied weights once and quantized weights as parameters."""
+    if _onnx_path(model) is not None:
+        from .export.onnx import count
+
+        return count(_onnx_path(model))
     seen, total, nonzero = set(), 0, 0
     tensors = [weight_only.dequantized(p.detach()) for p in model.parameters()] + dynamic.quantized_weights(model) + weight_only.int4_weights(model)
     for t in tensors:

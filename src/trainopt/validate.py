@@ -113,6 +113,13 @@ def _config(recipe: Recipe):
     problem = folder_problem(path) if path is not None and path.is_dir() else None  # headers only: no code runs
     if problem:
         raise RecipeError("model.path", problem, "restore or re-copy the model folder")
+    if path is not None and (path / "model.onnx").is_file():  # an ONNX export: onnxruntime scores it, nothing trains it
+        others = sorted({s.kind for s in recipe.stages} - {"eval"})
+        if others:
+            raise RecipeError("model.path", f"{path} is an ONNX export, which onnxruntime runs but stages of kind "
+                              f"{', '.join(others)} cannot change", "evaluate it (kind: eval, `trainopt eval`), or "
+                              "point model.path at the folder it was exported from")
+        return None
     if spec.trust_remote_code:
         return None
     if path is not None:

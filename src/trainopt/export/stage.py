@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..artifacts import load_saved
+from ..artifacts import load_saved, publish_folder
 from ..errors import TrainoptError
 from ..meta import META_FILE, read_meta
 from ..models import disk_bytes
@@ -70,12 +70,8 @@ def export_folder(src: Path, out: Path, spec: ExportStage, sample: dict, task: s
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _copy_side_files(src, tmp, {**meta, "task": task, "export": {"format": spec.format, "quantize": spec.quantize}})
-    for f in tmp.iterdir():
-        f.chmod(0o644)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    _copy_side_files(src, tmp, {**read_meta(src), "task": task, "export": {"format": spec.format, "quantize": spec.quantize}})
+    publish_folder(tmp, out)
     if isinstance(runtime, onnx.OrtModel):
         runtime = onnx.OrtModel(out / onnx.MODEL_FILE, runtime.config)  # the session on the folder's final path
     elif spec.format == "gguf":
