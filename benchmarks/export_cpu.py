@@ -1,8 +1,10 @@
 """ONNX Runtime against trainopt's own PyTorch models, interleaved on one CPU (issue 26).
 
-    python benchmarks/export_cpu.py RUN_DIR [--stages student,int8,onnx,onnx-int8] [--repeats 60]
+    python benchmarks/export_cpu.py RUN_DIR [--stages int8,onnx-int8,student,onnx] [--repeats 60]
 
-RUN_DIR is a finished `trainopt run` of the quickstart chain with export stages (the recipe in the RESULTS entry).
+RUN_DIR: a finished `trainopt run` of the quickstart chain with export stages; when it holds no report yet, the
+script runs it there first: the built-in quickstart with two stages appended, `onnx` and `onnx-int8` (kind: export,
+from_stage: student, format: onnx, quantize: none / int8) — the user's path, whose own report rows are kept.
 Every named stage's saved folder is loaded the way `trainopt predict` loads it (PyTorch for trainopt's folders,
 onnxruntime for ONNX exports), scored on the run's test split, and timed with the runner's own interleaved timer
 (trainopt/timing.py: warm-up, rotating rounds, the load probe) on the run's fixed inputs (batch 1: the median-length
@@ -34,6 +36,15 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=60.0)
     args = ap.parse_args()
     run_dir = Path(args.run_dir)
+    if not (run_dir / "report.json").is_file():
+        import trainopt
+
+        raw = trainopt.load_recipe("quickstart").model_dump(mode="json")
+        raw["name"] = "quickstart-export"
+        raw["stages"] += [{"kind": "export", "name": "onnx", "from_stage": "student", "format": "onnx"},
+                          {"kind": "export", "name": "onnx-int8", "from_stage": "student", "format": "onnx",
+                           "quantize": "int8"}]
+        trainopt.run(raw, out=run_dir)
     report = json.loads((run_dir / "report.json").read_text())
     rows = {s["name"]: s for s in report["stages"]}
     names = [n.strip() for n in args.stages.split(",")]

@@ -202,3 +202,16 @@ def test_trainopt_eval_scores_an_onnx_export_and_training_it_is_refused(tmp_path
     assert runs["export"]["size"]["params"] > 0
     code, _, err = _cli(["check", recipe, "--set", f"model.path={out}"], capsys)
     assert code == 2 and "model.path" in err and "ONNX export" in err, err
+
+
+def test_a_resolved_recipe_with_exports_parses_again():
+    """recipe.yaml holds every key of every stage, defaults included: it must parse back to the same recipe."""
+    from trainopt.recipe import dump_recipe, load_recipe, parse_recipe
+
+    raw = {"model": {"path": "builtin:minilm-l6"}, "stages": [
+        {"kind": "train", "name": "ft"}, {"kind": "export", "name": "o", "quantize": "int8"},
+        {"kind": "export", "name": "h", "format": "hf", "dtype": "bfloat16"}]}
+    recipe = parse_recipe(raw)
+    assert parse_recipe(yaml.safe_load(dump_recipe(recipe))) == recipe
+    with pytest.raises(Exception, match="opset"):
+        load_recipe(raw, ["stages.2.opset=19"])

@@ -75,6 +75,10 @@ def test_effect_labels_follow_what_the_technique_claims_and_what_was_measured():
     assert classify_effect(masked, parent, Outcome(claims="mask")) == "masked"
     assert classify_effect(masked, parent, Outcome(effect="accelerated", claims="mask")) == "accelerated"
     assert classify_effect(parent, parent, Outcome(effect="unchanged")) == "unchanged"
+    # an export at the same speed and size with the few exact zeros its parent had is not a mask; a zero-padded one is
+    few_zeros, padded = _result("x", nonzero=99.5), _result("x", nonzero=60)
+    assert classify_effect(few_zeros, parent, Outcome(claims="kernel")) == "unchanged"
+    assert classify_effect(padded, parent, Outcome(claims="kernel")) == "masked"
 
 
 def test_compare_reports_ratios_against_the_base():

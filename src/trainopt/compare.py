@@ -33,9 +33,21 @@ def classify_effect(result: StageResult, parent: StageResult | None, outcome: Ou
                 notes.append(why)
         if outcome.claims != "mask" and result.size.disk_bytes < parent.size.disk_bytes:
             return "smaller"
-    if result.size.nonzero_params < result.size.params:
+    if outcome.claims == "mask" and result.size.nonzero_params < result.size.params or _sparser(result, parent):
         return "masked"
     return "unchanged"
+
+
+MASKED_MIN_SPARSITY_GAIN = 0.01  # zeros a stage added beyond its parent's: a few exact zeros are not a mask
+
+
+def _sparser(result: StageResult, parent: StageResult | None) -> bool:
+    """A stage that claims no mask is `masked` only when its zeros grew by a whole percent of its weights (a
+    zero-padded export): not for the handful of exact zeros every model carries."""
+    def zeros(r: StageResult) -> float:
+        return 1 - r.size.nonzero_params / r.size.params if r.size.params else 0.0
+
+    return zeros(result) - (zeros(parent) if parent is not None else 0.0) >= MASKED_MIN_SPARSITY_GAIN
 
 
 def lost_sparsity(result: StageResult, parent: StageResult | None) -> str | None:

@@ -18,6 +18,9 @@ def check(stage: ExportStage, index: int, recipe, device) -> None:
         if missing:
             raise RecipeError(stage_key(index, "format"), f"format onnx needs {', '.join(missing)}, not installed",
                               "pip install onnx onnxruntime onnxscript (or use format: hf)")
+    if stage.quantize == "q4_k_m" and importlib.util.find_spec("llama_cpp") is None:
+        raise RecipeError(stage_key(index, "quantize"), "q4_k_m is made by llama.cpp's own quantizer, and "
+                          "llama-cpp-python is not installed", "run `make llama-cpp`, or use quantize: q4_0 or q8_0")
     if stage.format == "gguf" and recipe.task != "causal_lm":
         raise RecipeError(stage_key(index, "format"), "GGUF holds causal language models (llama.cpp)",
                           "use format: onnx or hf for a classifier")

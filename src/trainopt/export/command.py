@@ -1,4 +1,4 @@
-"""`trainopt export MODEL_DIR --format onnx|hf|gguf [--quantize int8|q4_0|q8_0|f16] --out DIR`: one saved folder exported and checked
+"""`trainopt export MODEL_DIR --format onnx|hf|gguf [--quantize int8|q4_0|q4_k_m|q8_0|f16] --out DIR`: one saved folder exported and checked
 against trainopt's model on a few fixed sentences. To measure an export on a data set (quality, latency next to the
 source), put an `export` stage in a recipe, or run `trainopt eval DIR` on the exported folder."""
 
@@ -25,8 +25,9 @@ def add_parser(sub) -> None:
                                    "it against trainopt's model.")
     p.add_argument("model_dir", help="a saved model folder (any stage's model/)")
     p.add_argument("--format", choices=["onnx", "hf", "gguf"], default="onnx")
-    p.add_argument("--quantize", choices=["none", "int8", "q4_0", "q8_0", "f16"], default="none",
-                   help="onnx: int8 (onnxruntime's dynamic int8); gguf: q4_0, q8_0 or f16 (none: float32)")
+    p.add_argument("--quantize", choices=["none", "int8", "q4_0", "q4_k_m", "q8_0", "f16"], default="none",
+                   help="onnx: int8 (onnxruntime's dynamic int8); gguf: q4_0, q8_0, f16, or q4_k_m (llama.cpp's "
+                        "quantizer: `make llama-cpp`); none: float32")
     p.add_argument("--no-optimize", action="store_true", help="onnx: skip onnxruntime's transformer graph fusions")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="hf: weight dtype")
     p.add_argument("--out", metavar="DIR", help="the exported folder (default: exports/<model folder>-<format>)")

@@ -5,12 +5,13 @@ library; the `gguf` package writes the file format but leaves the model's tensor
 the caller. What this module writes follows llama.cpp's conventions for the `llama` architecture:
 - metadata: context length, widths, block count, head counts (grouped KV), RMSNorm epsilon, RoPE base and dimension;
   the tokenizer as a byte-level BPE (`gpt2` model: tokens, token types, merges, special ids, chat template), its
-  pre-tokenizer named `smollm` when it splits digits one by one as SmolLM2's does, else `gpt2`;
+  pre-tokenizer named `smollm` when it splits digits one by one as SmolLM2's does, else `gpt-2`;
 - tensors under llama.cpp's names (token_embd, blk.N.attn_q, ..., output_norm, output), the query and key rows of
   each head reordered from Hugging Face's rotate-half RoPE layout (first half, second half) to ggml's interleaved pairs;
 - quantization with the package's own quantizers: `q8_0` (int8 in blocks of 32), `q4_0` (int4 in blocks of 32;
   the embedding, which is also the output head when they are tied, in q8_0 as llama.cpp's Q4 files keep it in a
-  wider type), `f16`, `f32`. Norm weights stay f32.
+  wider type), `f16`, `f32`; `q4_k_m` through llama.cpp's own quantizer (llama-cpp-python), from an f16 file. Norm
+  weights stay f32.
 transformers reads the file back (`from_pretrained(folder, gguf_file=...)`, dequantizing) and llama.cpp runs it.
 """
 
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 MODEL_FILE = "model.gguf"
-TYPES = ("q4_0", "q8_0", "f16", "f32")
+TYPES = ("q4_0", "q4_k_m", "q8_0", "f16", "f32")
 _NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
           "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
           "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
@@ -47,7 +48,17 @@ def _rope_theta(config) -> float:
 
 
 def write(model, tokenizer, path: Path, qtype: str) -> None:
-    """Write `model` (a float LlamaForCausalLM) and its tokenizer to one GGUF file."""
+    """Write `model` (a float LlamaForCausalLM) and its tokenizer to one GGUF file. `q4_k_m` (llama.cpp's mixed
+    4/6-bit k-quant type, whose quantizer exists only in llama.cpp) is written as f16 and converted by llama.cpp's
+    own `llama_model_quantize` (llama-cpp-python)."""
+    if qtype == "q4_k_m":
+        f16 = path.with_name(path.stem + ".f16.gguf")
+        try:
+            write(model, tokenizer, f16, "f16")
+            _llama_quantize(f16, path, "LLAMA_FTYPE_MOSTLY_Q4_K_M")
+        finally:
+            f16.unlink(missing_ok=True)
+        return
     import gguf
 
     cfg = model.config
@@ -82,6 +93,19 @@ def write(model, tokenizer, path: Path, qtype: str) -> None:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+def _llama_quantize(src: Path, out: Path, ftype: str) -> None:
+    import ctypes
+    import os
+
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, ftype)
+    params.nthread = os.cpu_count() or 1
+    if llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(params)) != 0:
+        raise RuntimeError(f"llama.cpp could not quantize {src} to {ftype}")
 
 
 def _tensors(model):
@@ -150,7 +174,7 @@ def _tokenizer(w, tokenizer, vocab_size: int) -> None:
                          gguf.TokenType.USER_DEFINED if i in added else gguf.TokenType.NORMAL)
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("smollm" if _splits_digits(spec.get("pre_tokenizer")) else "gpt2")
+    w.add_tokenizer_pre("smollm" if _splits_digits(spec.get("pre_tokenizer")) else "gpt-2")
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_token_merges(merges)
@@ -198,7 +222,9 @@ def load_with_transformers(folder: Path):
     from transformers import AutoModelForCausalLM
 
     import transformers
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # one bar per tensor group on the run's terminal otherwise
     model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=MODEL_FILE, dtype=torch.float32)
     model.runtime_name = f"transformers {transformers.__version__} GGUF loader (dequantized to float, PyTorch)"
     return model.eval()

@@ -26,7 +26,9 @@ def available() -> bool:
 def runtime(folder: Path):
     """llama.cpp on the folder's GGUF file where llama-cpp-python is installed, else transformers' GGUF loader."""
     if available():
-        return LlamaCppModel(Path(folder) / MODEL_FILE, load_with_transformers(folder).config)
+        from ..portable import read_config
+
+        return LlamaCppModel(Path(folder) / MODEL_FILE, read_config(folder))  # config.json: the exported model's
     return load_with_transformers(folder)
 
 

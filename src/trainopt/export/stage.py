@@ -114,6 +114,9 @@ def _write_gguf(model, tokenizer, src: Path, folder: Path, spec: ExportStage):
         problem = f"GGUF holds causal language models (llama.cpp); this folder holds a {type(model).__name__}"
     if problem:
         raise TrainoptError(f"{src}: {problem}")
+    if spec.quantize == "q4_k_m" and not llama_cpp.available():
+        raise TrainoptError("quantize q4_k_m is made by llama.cpp's own quantizer, and llama-cpp-python is not "
+                            "installed: run `make llama-cpp`, or use q4_0 or q8_0")
     if "structure" in read_meta(src) or "quantization" in read_meta(src):
         raise TrainoptError(f"{src} holds pruned shapes or quantized weights in trainopt's format, which GGUF cannot "
                             "describe: export the stage before them")
@@ -133,7 +136,7 @@ def _write_onnx(model, src: Path, folder: Path, spec: ExportStage, sample: dict,
     raw = folder / "raw.onnx"
     onnx.export(model, sample, raw, spec.opset)
     current = raw
-    if spec.optimize:
+    if spec.optimize and spec.quantize == "none":  # int8: the unfused graph quantizes into the faster model
         fused = folder / "fused.onnx"
         if onnx.optimize(raw, fused, config.model_type):
             diff = float((_logits(onnx.OrtModel(fused, config), sample) - reference).abs().max())
