@@ -109,6 +109,9 @@ def session(path: Path, threads: int | None = None):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or torch.get_num_threads()  # as many as the PyTorch stages use
     opts.inter_op_num_threads = 1
+    # onnxruntime's worker threads otherwise spin after each call, taking the cores from the PyTorch model timed next
+    # to it in the same rounds (timing.py): an interleaved comparison would slow the other model down
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
