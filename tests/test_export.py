@@ -137,6 +137,7 @@ def test_an_export_stage_is_a_measured_row_and_the_chain_goes_on_from_its_parent
         assert row["quality"]["accuracy"] == stages[train]["quality"]["accuracy"]  # float exports: the same model
         assert row["export"]["max_abs_logit_diff"] < 1e-3 and row["speed"]["latency_ms_b1_p50"] > 0
     assert stages["onnx"]["export"]["runtime"].startswith("onnxruntime")
+    assert "Export: onnx, files" in (out / "report.md").read_text()  # the runtime and the agreement, in words
     assert stages["int8"]["vs_parent"]["stage"] == train  # the quantize stage starts from the trained model
     recipe.write_text(yaml.safe_dump(dict(raw, stages=raw["stages"] + [{"kind": "export", "name": "late"}])))
     code, _, err = _cli(["check", recipe], capsys)  # an ONNX export of the int8 stage

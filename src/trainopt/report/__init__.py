@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.table import Table
 
 from ..compress.prune.summary import describe
+from ..export.summary import describe as describe_export
 from .html import to_html
 from .rows import rows, timing_notes
 
@@ -94,6 +95,8 @@ def to_markdown(report: dict) -> str:
             extra += ["", "Throughput: " + _throughput(t)]
         if s.get("pruning"):
             extra += ["", "Pruning: " + describe(s["pruning"])]
+        if s.get("export"):
+            extra += ["", "Export: " + describe_export(s["export"])]
         lo = s.get("lora")
         if lo:
             extra += ["", f"LoRA: rank {lo['rank']}, alpha {lo['alpha']:g}" + (", DoRA" if lo["dora"] else "")
