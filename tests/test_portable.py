@@ -60,18 +60,52 @@ def test_saved_files_are_readable_by_other_users(pruned):
         assert f.stat().st_mode & stat.S_IROTH, f
 
 
-def test_an_int8_folder_is_refused_by_plain_transformers_never_loaded_with_random_weights(tmp_path, minilm_tokenizer):
+def test_an_int8_folder_loads_bit_identical_with_its_code_and_is_never_loaded_with_random_weights(
+        tmp_path, minilm_tokenizer):
+    """Dynamic int8 (pruned shapes too): refused by plain from_pretrained; with trust_remote_code the shipped code
+    runs PyTorch's int8 kernels on the stored integers, the same logits as trainopt's model, bit for bit."""
     from transformers import AutoModelForSequenceClassification
 
     model = _bert(minilm_tokenizer)
+    apply_plan(model, {"heads": [[0, 2, 3], [1]], "ffn": [list(range(0, 64, 2)), list(range(40))]})
     dynamic.convert(model, dynamic.plan(model, stage_embeddings=True, skip=[]))
     folder = save_model(model, minilm_tokenizer, tmp_path / "int8", {"task": "classification"})
     with pytest.raises(ValueError, match="trust_remote_code"):
         AutoModelForSequenceClassification.from_pretrained(folder)
-    with pytest.raises(ValueError, match="trainopt predict"):
-        AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)
+    plain = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
+    assert torch.equal(_logits(plain), _logits(model))
     ours, _, _ = load_saved(folder)
     assert torch.equal(_logits(ours), _logits(model))
+
+
+def test_an_int8_causal_lm_with_tied_embeddings_loads_with_its_code(tmp_path, minilm_tokenizer):
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=minilm_tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                      tie_word_embeddings=True)
+    model = LlamaForCausalLM(cfg).eval()
+    dynamic.convert(model, dynamic.plan(model, stage_embeddings=True, skip=[]))
+    folder = save_model(model, minilm_tokenizer, tmp_path / "lm8", {"task": "causal_lm"})
+    plain = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+    with torch.inference_mode():
+        assert torch.equal(plain(input_ids=IDS).logits, model(input_ids=IDS).logits)
+        assert torch.equal(load_saved(folder)[0](input_ids=IDS).logits, model(input_ids=IDS).logits)
+
+
+def test_a_torchao_folder_is_refused_both_ways(tmp_path, minilm_tokenizer):
+    from transformers import AutoModelForSequenceClassification
+
+    from trainopt.compress.quantize import weight_only
+
+    model = _bert(minilm_tokenizer)
+    weight_only.apply(model, "weight_only_int8", 32, True, [], torch.device("cpu"))
+    folder = save_model(model, minilm_tokenizer, tmp_path / "ao", {"task": "classification"})
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        AutoModelForSequenceClassification.from_pretrained(folder)
+    with pytest.raises(ValueError, match="trainopt predict"):
+        AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)
 
 
 def test_a_plain_model_stays_a_plain_folder(tmp_path, minilm_tokenizer):

@@ -1,13 +1,14 @@
 """Saved folders that plain transformers loads correctly, or refuses: never a model with re-initialised weights.
 
 A folder whose config describes the model (a fine-tuned model, a layer-dropped student, FFN pruning that left every
-layer the same width: structured.apply_plan writes it as intermediate_size) is a plain `save_pretrained` folder. A folder whose shapes no config key can express (per-layer
-head counts and FFN widths after structured pruning) or whose weights are in a trainopt format (dynamic int8, torchao
-int8/int4) is *sealed*: config.json gets a model_type transformers does not know (`trainopt_<base>`), its real
-model_type under `trainopt.base_model_type`, and an `auto_map` to `trainopt_modeling.py` (portable_modeling.py,
-copied in). Plain `from_pretrained(folder)` then refuses and asks for trust_remote_code; with it, the shipped code
-rebuilds a pruned model's shapes exactly (or, for a quantized format, refuses naming `trainopt predict` and
-`trainopt export`). trainopt's own loader reads the base config through `read_config` and needs no remote code.
+layer the same width: structured.apply_plan writes it as intermediate_size) is a plain `save_pretrained` folder.
+A folder whose shapes no config key can express (per-layer head counts and FFN widths after structured pruning) or
+whose weights are in a trainopt format (dynamic int8, torchao int8/int4) is *sealed*: config.json gets a model_type
+transformers does not know (`trainopt_<base>`), its real model_type under `trainopt.base_model_type`, and an
+`auto_map` to `trainopt_modeling.py` (portable_modeling.py, copied in). Plain `from_pretrained(folder)` then refuses
+and asks for trust_remote_code; with it, the shipped code rebuilds a pruned model's shapes and dynamic int8 modules
+exactly (for torchao's formats it refuses, naming `trainopt predict` and `trainopt export`). trainopt's own loader
+reads the base config through `read_config` and needs no remote code.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def seal(folder: Path, model, task: str, structure: dict | None, quantization: d
     config = json.loads((folder / "config.json").read_text())
     base_type = config["model_type"]
     refuse = ""
-    if quantization:
+    int8 = quantization.get("modules") if quantization and not quantization.get("format") else None
+    if quantization and int8 is None:
         refuse = (f"this folder holds weights in trainopt's {quantization.get('format') or 'dynamic int8'} format, "
                   "which transformers cannot run: use `trainopt predict FOLDER`, or `trainopt export FOLDER --format "
                   "onnx|hf` for a folder other runtimes load")
@@ -39,9 +41,12 @@ def seal(folder: Path, model, task: str, structure: dict | None, quantization: d
         line = next(ln for ln in code.splitlines() if ln.startswith(f"{name} = "))
         code = code.replace(line, f"{name} = {value!r}  # written by trainopt", 1)
     (folder / CODE_FILE).write_text(code)
+    if int8 is not None:  # quantized copies of tied tensors are stored apart: transformers must not tie them again
+        config["tie_word_embeddings"] = False
     config.update({
         "model_type": f"trainopt_{base_type}",
-        "trainopt": {"base_model_type": base_type, "structure": structure, "quantized": bool(quantization)},
+        "trainopt": {"base_model_type": base_type, "structure": structure, "quantized": bool(quantization),
+                     "int8": int8},
         "auto_map": {"AutoConfig": "trainopt_modeling.TrainoptConfig", AUTO_CLASS[task]: "trainopt_modeling.TrainoptModel"},
     })
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))

@@ -10,7 +10,10 @@ is one implementation of the shapes.
 - Structure (structured pruning: per-layer attention heads and FFN widths that no config key can express; see
   https://github.com/huggingface/transformers — transformers 5 dropped `prune_heads`): the model is built from the
   base config, then each block's Linear layers are resized to the recorded shapes before the weights load.
-- Quantized weights (int8/int4 formats of trainopt's own): the classes refuse with a message naming the way to run
+- Dynamic int8 (trainopt's `quantize` stage, `method: dynamic_int8`): the quantized Linear and Embedding modules are
+  swapped for `Int8Linear` / `Int8Embedding` below, which hold the stored integers under the folder's own tensor
+  names and run PyTorch's quantized kernels: the same outputs as trainopt's model.
+- Other quantized formats (torchao weight-only int8/int4): the classes refuse with a message naming the way to run
   the folder, never a model with re-initialised weights.
 """
 
@@ -90,6 +93,68 @@ def apply_structure(model: torch.nn.Module, structure: dict) -> None:
         _resize(block, lay["down"], cols=width)
 
 
+class _Stored(torch.nn.Module):
+    """The integer weight of a quantized module as trainopt stores it: `<module>.weight.int8|uint8`, `.scale`,
+    `.zero_point` (so that from_pretrained loads the folder's tensors by name, no conversion)."""
+
+    def __init__(self, rows: int, cols: int, kind: str):
+        super().__init__()
+        integer = torch.int8 if kind == "int8" else torch.uint8
+        zero_dtype = torch.int32 if kind == "int8" else torch.float32
+        self.kind = kind
+        self.register_buffer(kind, torch.zeros(rows, cols, dtype=integer))
+        self.register_buffer("scale", torch.ones(rows))
+        self.register_buffer("zero_point", torch.zeros(rows, dtype=zero_dtype))
+
+    def quantized(self) -> torch.Tensor:
+        values = getattr(self, self.kind)
+        scale = self.scale.double() if self.kind == "int8" else self.scale
+        zero = self.zero_point.long() if self.kind == "int8" else self.zero_point
+        return torch._make_per_channel_quantized_tensor(values, scale, zero, 0)
+
+
+class Int8Linear(torch.nn.Module):
+    """PyTorch's dynamic int8 Linear (int8 weights per output channel, the input quantized per call with x86's
+    reduce_range), the kernel trainopt's `quantize` stage runs: the same outputs, bit for bit."""
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = _Stored(linear.out_features, linear.in_features, "int8")
+        self.bias = None if linear.bias is None else torch.nn.Parameter(torch.zeros(linear.out_features),
+                                                                        requires_grad=False)
+        self._packed = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._packed is None:  # packed once, after the weights are loaded
+            self._packed = torch.ops.quantized.linear_prepack(self.weight.quantized(), self.bias)
+        return torch.ops.quantized.linear_dynamic(x, self._packed, True)
+
+
+class Int8Embedding(torch.nn.Module):
+    """A vocabulary embedding in 8 bits per row (uint8 with a float scale and zero point per row), looked up by
+    PyTorch's quantized embedding kernel, as trainopt's `quantize` stage stores it."""
+
+    def __init__(self, embedding: torch.nn.Embedding):
+        super().__init__()
+        self.weight = _Stored(embedding.num_embeddings, embedding.embedding_dim, "uint8")
+        self._packed = None
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self._packed is None:
+            self._packed = torch.ops.quantized.embedding_bag_prepack(self.weight.quantized())
+        return torch.ops.quantized.embedding_byte(self._packed, ids, pruned_weights=False)
+
+
+def apply_int8(model: torch.nn.Module, modules: dict) -> None:
+    """Swap the named Linear / Embedding modules for the int8 ones above (their weights are loaded afterwards)."""
+    for kind, swap in (("linear", Int8Linear), ("embedding", Int8Embedding)):
+        for name in modules.get(kind, []):
+            parent_name, _, attr = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, attr, swap(getattr(parent, attr)))
+
+
 class TrainoptConfig(getattr(transformers, BASE_CONFIG)):
     model_type = MODEL_TYPE
 
@@ -101,6 +166,8 @@ class TrainoptModel(getattr(transformers, BASE_MODEL)):
         if REFUSE:
             raise ValueError(REFUSE)
         super().__init__(config, *args, **kwargs)
-        structure = (getattr(config, "trainopt", None) or {}).get("structure")
-        if structure:
-            apply_structure(self, structure)
+        saved = getattr(config, "trainopt", None) or {}
+        if saved.get("structure"):
+            apply_structure(self, saved["structure"])
+        if saved.get("int8"):
+            apply_int8(self, saved["int8"])
