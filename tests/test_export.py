@@ -216,3 +216,31 @@ def test_a_resolved_recipe_with_exports_parses_again():
     assert parse_recipe(yaml.safe_load(dump_recipe(recipe))) == recipe
     with pytest.raises(Exception, match="opset"):
         load_recipe(raw, ["stages.2.opset=19"])
+
+
+def test_a_lora_adapter_folder_exports_merged(tmp_path, tiny_chat_llama_dir, capsys):
+    """An adapter-only folder (lora, merge: false) exported as hf: the adapters merged into a plain folder that
+    AutoModelForCausalLM loads with the adapter model's logits; to ONNX and GGUF likewise."""
+    from transformers import AutoModelForCausalLM
+
+    from trainopt.export.command import _sample
+
+    from .conftest import lora_runs
+
+    run_dir, report = lora_runs(tmp_path, tiny_chat_llama_dir)[False]
+    adapter = run_dir / next(s for s in report["stages"] if s["kind"] == "lora")["checkpoint"]
+    assert (adapter / "adapter_config.json").is_file()
+    source = load_saved(adapter, "causal_lm")[0]
+    sample = _sample(adapter)
+    with torch.inference_mode():
+        ref = source(**sample).logits
+    for fmt in ("hf", "onnx", "gguf"):
+        out = tmp_path / f"merged-{fmt}"
+        code, _, err = _cli(["export", adapter, "--format", fmt, "--out", out], capsys)
+        assert code == 0, err
+        if fmt == "hf":
+            model = AutoModelForCausalLM.from_pretrained(out).eval()
+        else:
+            model = load_saved(out)[0]
+        with torch.inference_mode():
+            assert torch.allclose(model(**sample).logits, ref, atol=1e-4), fmt

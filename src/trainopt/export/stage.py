@@ -15,13 +15,10 @@ from ..artifacts import load_saved, publish_folder
 from ..errors import TrainoptError
 from ..meta import META_FILE, read_meta
 from ..models import disk_bytes
-from ..portable import read_config
 from ..results import Outcome
 from . import gguf, hf, llama_cpp, onnx
 from .spec import ExportStage
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "merges.txt",
-                   "vocab.json", "chat_template.jinja", "tokenizer.model")
 
 
 def run(model, data, stage: ExportStage, ctx, stage_dir: Path):
@@ -54,6 +51,8 @@ def export_folder(src: Path, out: Path, spec: ExportStage, sample: dict, task: s
     files, bytes, agreement with trainopt's model on `sample`, params)."""
     src, out = Path(src), Path(out)
     model, tokenizer, meta = load_saved(src, task)
+    if hasattr(model, "merge_and_unload"):  # a LoRA adapter folder: every format gets the merged weights
+        model = model.merge_and_unload()
     task = meta.get("task") or task
     reference = _logits(model, sample)
     tmp = out.with_name(out.name + ".tmp")
@@ -70,7 +69,8 @@ def export_folder(src: Path, out: Path, spec: ExportStage, sample: dict, task: s
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _copy_side_files(src, tmp, {**read_meta(src), "task": task, "export": {"format": spec.format, "quantize": spec.quantize}})
+    _side_files(src, tmp, model, tokenizer, {**read_meta(src), "task": task,
+                                              "export": {"format": spec.format, "quantize": spec.quantize}})
     publish_folder(tmp, out)
     if isinstance(runtime, onnx.OrtModel):
         runtime = onnx.OrtModel(out / onnx.MODEL_FILE, runtime.config)  # the session on the folder's final path
@@ -131,7 +131,7 @@ def _write_onnx(model, src: Path, folder: Path, spec: ExportStage, sample: dict,
     if dynamic.is_quantized(model) or weight_only.is_quantized(model):
         raise TrainoptError(f"{src} holds a quantized model, which torch.onnx cannot export: export the stage before "
                             "the quantization, with quantize: int8 (onnxruntime's own int8)")
-    config = read_config(src)
+    config = model.config
     path = folder / onnx.MODEL_FILE
     raw = folder / "raw.onnx"
     onnx.export(model, sample, raw, spec.opset)
@@ -155,14 +155,18 @@ def _write_onnx(model, src: Path, folder: Path, spec: ExportStage, sample: dict,
     return onnx.OrtModel(path, config)
 
 
-def _copy_side_files(src: Path, folder: Path, meta: dict) -> None:
-    """The tokenizer (if the export has none yet), config.json (an ONNX folder keeps its source's, for its labels and
-    shapes) and trainopt.json with the export's format."""
-    for name in (*TOKENIZER_FILES, "config.json"):
-        if (src / name).is_file() and not (folder / name).exists():
-            shutil.copy2(src / name, folder / name)
-    if meta.get("export", {}).get("format") == "hf":
-        meta = {k: v for k, v in meta.items() if k not in ("structure", "quantization", "lora")}
+def _side_files(src: Path, folder: Path, model, tokenizer, meta: dict) -> None:
+    """The tokenizer, config.json (the source's, for its labels and shapes; the model's own for an adapter folder,
+    which has none) and trainopt.json with the export's format."""
+    if not (folder / "tokenizer_config.json").exists():
+        tokenizer.save_pretrained(folder)
+    if not (folder / "config.json").exists():
+        if (src / "config.json").is_file():
+            shutil.copy2(src / "config.json", folder / "config.json")
+        else:
+            model.config.save_pretrained(folder)
+    dropped = ("lora",) if meta["export"]["format"] == "onnx" else ("structure", "quantization", "lora")
+    meta = {k: v for k, v in meta.items() if k not in dropped}  # the export is merged, and plain where it can be
     (folder / META_FILE).write_text(json.dumps(meta, indent=1))
 
 
