@@ -63,10 +63,10 @@ def main() -> None:
         models[name] = model.eval()
         quality[name] = evaluate(model, data.test, recipe.task, 64, device)
     timing = time_models(models, inputs, device, warmup=5, repeats=args.repeats, max_seconds=args.max_seconds)
-    print(f"threads {torch.get_num_threads()}; " + "; ".join(timing.speed(names[0], device).timing.get("warnings", []))
-          or "no load warnings")
+    warnings = timing.speed(names[0], device).timing.get("warnings", [])
+    print(f"threads {torch.get_num_threads()}; " + ("; ".join(warnings) or "no load warnings"))
     first = names[0]
-    print(f"| stage | runtime | accuracy | macro-F1 | disk MB | " + " | ".join(
+    print("| stage | runtime | accuracy | macro-F1 | disk MB | " + " | ".join(
         f"b{b} p50 ms | b{b} vs {first} (95% CI)" for b in sorted(inputs)) + " |")
     for name in names:
         speed = timing.speed(name, device)

@@ -150,7 +150,8 @@ def _damaged(model_dir: Path):
             raise
         raise TrainoptError(f"cannot load {model_dir} ({first_line(e)}); restore the folder or save it again") \
             from None
-    except (SafetensorError, StrictDataclassError, RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+    except (SafetensorError, StrictDataclassError, RuntimeError, ValueError, KeyError, TypeError, IndexError,
+            AttributeError) as e:
         raise TrainoptError(f"cannot load {model_dir} ({first_line(e)}); restore the folder or save it again") \
             from None
 

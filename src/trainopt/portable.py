@@ -47,7 +47,8 @@ def seal(folder: Path, model, task: str, structure: dict | None, quantization: d
         "model_type": f"trainopt_{base_type}",
         "trainopt": {"base_model_type": base_type, "structure": structure, "quantized": bool(quantization),
                      "int8": int8},
-        "auto_map": {"AutoConfig": "trainopt_modeling.TrainoptConfig", AUTO_CLASS[task]: "trainopt_modeling.TrainoptModel"},
+        "auto_map": {"AutoConfig": "trainopt_modeling.TrainoptConfig",
+                     AUTO_CLASS[task]: "trainopt_modeling.TrainoptModel"},
     })
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
 

@@ -1,6 +1,7 @@
-"""`trainopt export MODEL_DIR --format onnx|hf|gguf [--quantize int8|q4_0|q4_k_m|q8_0|f16] --out DIR`: one saved folder exported and checked
-against trainopt's model on a few fixed sentences. To measure an export on a data set (quality, latency next to the
-source), put an `export` stage in a recipe, or run `trainopt eval DIR` on the exported folder."""
+"""`trainopt export MODEL_DIR --format onnx|hf|gguf [--quantize int8|q4_0|q4_k_m|q8_0|f16] --out DIR`: one saved
+folder exported and checked against trainopt's model on a few fixed sentences. To measure an export on a data set
+(quality, latency next to the source), put an `export` stage in a recipe, or run `trainopt eval DIR` on the exported
+folder."""
 
 from __future__ import annotations
 
@@ -57,8 +58,8 @@ def main(args) -> int:
     _, details = export_folder(src, out, spec, _sample(src))
     print(f"exported {src} → {out} ({details['runtime']}): {details['disk_bytes'] / 1e6:.1f} MB, "
           f"{details['params'][0]:,} parameters")
-    print(f"checked on {details['compared_on'][0]} sentences: max |logit difference| {details['max_abs_logit_diff']:.3g}"
-          f", same prediction {details['same_prediction']:.1%}")
+    print(f"checked on {details['compared_on'][0]} sentences: max |logit difference| "
+          f"{details['max_abs_logit_diff']:.3g}, same prediction {details['same_prediction']:.1%}")
     for note in details.get("notes", []):
         print(f"note: {note}")
     return 0

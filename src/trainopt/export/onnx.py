@@ -61,9 +61,9 @@ def export(model, sample: dict, path: Path, opset: int) -> None:
     shapes = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # torch.onnx prints its progress
         warnings.simplefilter("ignore")
-        torch.onnx.export(_Logits(model, encoder).eval(), (ids, mask), str(path), input_names=["input_ids", "attention_mask"],
-                          output_names=["logits"], opset_version=opset, dynamo=True, dynamic_shapes=shapes,
-                          external_data=False, verbose=False)
+        torch.onnx.export(_Logits(model, encoder).eval(), (ids, mask), str(path),
+                          input_names=["input_ids", "attention_mask"], output_names=["logits"], opset_version=opset,
+                          dynamo=True, dynamic_shapes=shapes, external_data=False, verbose=False)
 
 
 def optimize(path: Path, out: Path, model_type: str) -> bool:

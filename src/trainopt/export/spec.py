@@ -24,8 +24,8 @@ class ExportStage(StageBase):
     # gguf: q4_0 / q8_0 (ggml blocks of 32; the embedding in q8_0), q4_k_m (llama.cpp's own quantizer: needs
     # llama-cpp-python, `make llama-cpp`) or f16; none = float32
     quantize: Literal["none", "int8", "q4_0", "q4_k_m", "q8_0", "f16"] = "none"
-    # onnx, float exports: onnxruntime's transformer graph fusions (LayerNorm + residual, GELU) for the families it knows
-    # (BERT), kept when the fused graph matches; int8 exports quantize the unfused graph (measured faster)
+    # onnx, float exports: onnxruntime's transformer graph fusions (LayerNorm + residual, GELU) for the families it
+    # knows (BERT), kept when the fused graph matches; int8 exports quantize the unfused graph (measured faster)
     optimize: bool = True
     opset: int = Field(18, ge=17, le=23)  # ONNX opset of the exported graph
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # hf only: the weights' dtype in the folder
@@ -42,7 +42,8 @@ class ExportStage(StageBase):
         if self.format != "onnx" and onnx_only:
             raise ValueError(f"{', '.join(sorted(onnx_only))} apply to format: onnx; remove them for format: "
                              f"{self.format}")
-        allowed = {"onnx": ("none", "int8"), "gguf": ("none", "q4_0", "q4_k_m", "q8_0", "f16"), "hf": ("none",)}[self.format]
+        allowed = {"onnx": ("none", "int8"), "gguf": ("none", "q4_0", "q4_k_m", "q8_0", "f16"),
+                   "hf": ("none",)}[self.format]
         if self.quantize not in allowed:
             raise ValueError(f"quantize {self.quantize} does not apply to format: {self.format} (use one of "
                              f"{', '.join(allowed)})")

@@ -20,7 +20,6 @@ from . import gguf, hf, llama_cpp, onnx
 from .spec import ExportStage
 
 
-
 def run(model, data, stage: ExportStage, ctx, stage_dir: Path):
     """Export the stage's parent (the saved folder it starts from) and return the export as the model to measure;
     the chain goes on from the parent's model, which is returned unchanged."""
@@ -61,31 +60,27 @@ def export_folder(src: Path, out: Path, spec: ExportStage, sample: dict, task: s
     notes: list[str] = []
     try:
         if spec.format == "hf":
-            runtime = _write_hf(model, tokenizer, tmp, spec, task)
+            _write_hf(model, tokenizer, tmp, spec)
         elif spec.format == "gguf":
-            runtime = _write_gguf(model, tokenizer, src, tmp, spec)
+            _write_gguf(model, tokenizer, src, tmp, spec)
         else:
-            runtime = _write_onnx(model, src, tmp, spec, sample, reference, notes)
+            _write_onnx(model, src, tmp, spec, sample, reference, notes)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _side_files(src, tmp, model, tokenizer, {**read_meta(src), "task": task,
                                               "export": {"format": spec.format, "quantize": spec.quantize}})
-    publish_folder(tmp, out)
-    if isinstance(runtime, onnx.OrtModel):
-        runtime = onnx.OrtModel(out / onnx.MODEL_FILE, runtime.config)  # the session on the folder's final path
-    elif spec.format == "gguf":
-        runtime = llama_cpp.runtime(out)
-    else:
-        runtime, _, _ = load_saved(out, task)
-    exported = _logits(runtime, sample)
+    exported = _logits(_open(tmp, spec, task), sample)  # read back from the written files, before they are published
     diff = float((exported - reference).abs().max())
     agree = float((exported.argmax(-1) == reference.argmax(-1)).float().mean())
     # an int8 export, or a float export of int8 weights, computes other numbers by design: its agreement is reported
     approximate = spec.quantize != "none" or "quantization" in meta
     if not approximate and diff > spec.tolerance:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise TrainoptError(f"the {spec.format} export of {src} differs from trainopt's model by {diff:.3g} in the "
                             f"logits (tolerance {spec.tolerance:g}); report it, or raise the export's tolerance")
+    publish_folder(tmp, out)
+    runtime = _open(out, spec, task)
     details = {"format": spec.format, "quantize": spec.quantize,
                "runtime": _runtime_name(runtime), "files": sorted(p.name for p in out.iterdir()),
                "disk_bytes": disk_bytes(out), "max_abs_logit_diff": round(diff, 6),
@@ -96,19 +91,22 @@ def export_folder(src: Path, out: Path, spec: ExportStage, sample: dict, task: s
     return runtime, details
 
 
+def _open(folder: Path, spec: ExportStage, task: str):
+    """The export in its own runtime: onnxruntime, llama.cpp (or transformers' GGUF loader), plain transformers."""
+    return llama_cpp.runtime(folder) if spec.format == "gguf" else load_saved(folder, task)[0]
+
+
 def _logits(model, sample: dict) -> torch.Tensor:
     with torch.inference_mode():
         return model(**{k: v.cpu() for k, v in sample.items()}).logits.float().cpu()
 
 
-def _write_hf(model, tokenizer, folder: Path, spec: ExportStage, task: str):
-    plain = hf.plain_model(model, getattr(torch, spec.dtype))
-    plain.save_pretrained(folder, safe_serialization=True)
+def _write_hf(model, tokenizer, folder: Path, spec: ExportStage) -> None:
+    hf.plain_model(model, getattr(torch, spec.dtype)).save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
-    return plain
 
 
-def _write_gguf(model, tokenizer, src: Path, folder: Path, spec: ExportStage):
+def _write_gguf(model, tokenizer, src: Path, folder: Path, spec: ExportStage) -> None:
     problem = gguf.supports(model.config)
     if not type(model).__name__.endswith("ForCausalLM"):
         problem = f"GGUF holds causal language models (llama.cpp); this folder holds a {type(model).__name__}"
@@ -122,10 +120,9 @@ def _write_gguf(model, tokenizer, src: Path, folder: Path, spec: ExportStage):
                             "describe: export the stage before them")
     gguf.write(model, tokenizer, folder / gguf.MODEL_FILE, "f32" if spec.quantize == "none" else spec.quantize)
     tokenizer.save_pretrained(folder)  # the Hugging Face tokenizer too: `trainopt predict/eval` use it
-    return None
 
 
-def _write_onnx(model, src: Path, folder: Path, spec: ExportStage, sample: dict, reference, notes: list[str]):
+def _write_onnx(model, src: Path, folder: Path, spec: ExportStage, sample: dict, reference, notes: list[str]) -> None:
     from ..compress.quantize import dynamic, weight_only
 
     if dynamic.is_quantized(model) or weight_only.is_quantized(model):
@@ -152,7 +149,6 @@ def _write_onnx(model, src: Path, folder: Path, spec: ExportStage, sample: dict,
         os.replace(current, path)
     for extra in (raw, folder / "fused.onnx"):
         extra.unlink(missing_ok=True)
-    return onnx.OrtModel(path, config)
 
 
 def _side_files(src: Path, folder: Path, model, tokenizer, meta: dict) -> None:
