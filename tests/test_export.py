@@ -244,3 +244,24 @@ def test_a_lora_adapter_folder_exports_merged(tmp_path, tiny_chat_llama_dir, cap
             model = load_saved(out)[0]
         with torch.inference_mode():
             assert torch.allclose(model(**sample).logits, ref, atol=1e-4), fmt
+
+
+def test_export_stages_of_a_causal_lm_are_scored_and_timed_in_their_runtimes(tmp_path, tiny_chat_llama_dir,
+                                                                              definitions_dir):
+    """GGUF (llama.cpp, or transformers' GGUF loader where llama-cpp-python is absent) and ONNX rows of a causal LM:
+    perplexity on the same test blocks as the float model; generation timed where the runtime generates."""
+    from trainopt.runner import run
+
+    from .conftest import sft_recipe
+
+    raw = sft_recipe(tiny_chat_llama_dir, definitions_dir)
+    raw["stages"] = [{"kind": "eval", "name": "base"},
+                     {"kind": "export", "name": "gguf", "format": "gguf", "quantize": "q8_0"},
+                     {"kind": "export", "name": "onnx", "format": "onnx"}]
+    raw["measure"]["samples"] = 0
+    report = run(raw, out=tmp_path / "run", show_summary=False)
+    base, gguf_row, onnx_row = report["stages"]
+    assert onnx_row["quality"]["perplexity"] == pytest.approx(base["quality"]["perplexity"], rel=1e-4)
+    assert gguf_row["quality"]["perplexity"] == pytest.approx(base["quality"]["perplexity"], rel=0.05)
+    assert gguf_row["speed"]["generate_tokens_per_s_b1"] > 0 and onnx_row["speed"].get("generate_tokens_per_s_b1") is None
+    assert gguf_row["vs_parent"]["stage"] == "base" and gguf_row["size"]["disk_bytes"] < 0.5 * base["size"]["disk_bytes"]
