@@ -198,3 +198,84 @@ def test_long_lines_and_non_utf8_bytes_load(base, tmp_path):
     path.write_text(yaml.safe_dump(r))
     assert _check([str(path)]) == (0, "")
     assert _check([str(path), "--set", "data.encoding_errors=strict"])[0] == 2
+
+
+CONFIG_KEYS = ["num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size",
+               "max_position_embeddings", "model_type", "architectures", "id2label", "label2id", "hidden_act",
+               "type_vocab_size", "layer_norm_eps", "torch_dtype", "auto_map", "trainopt"]
+META_KEYS = ["task", "labels", "max_length", "clean", "structure", "quantization", "sft", "lora", "export"]
+
+
+@st.composite
+def damaged_folders(draw):
+    """(file, how, content) for a copy of a saved model folder: config.json or trainopt.json with a key set to any
+    value, deleted or the whole file replaced; model.safetensors cut short, grown or with its header bytes changed."""
+    target = draw(st.sampled_from(["config.json", "config.json", "trainopt.json", "trainopt.json", "model.safetensors"]))
+    if target == "model.safetensors":
+        return target, draw(st.sampled_from(["cut", "append", "header"])), draw(st.integers(0, 4000))
+    if draw(st.integers(0, 5)) == 0:
+        return target, "replace", draw(YAML_GARBAGE)
+    keys = CONFIG_KEYS if target == "config.json" else META_KEYS
+    edits = draw(st.lists(st.tuples(st.sampled_from(keys), st.one_of(st.none(), VALUES)), min_size=1, max_size=3))
+    return target, "edit", edits
+
+
+def test_generated_damaged_model_folders_are_one_line_errors(base, tmp_path_factory, tiny_bert_dir):
+    """A saved folder is an input too (issue 28): damaged config.json, trainopt.json and safetensors files as
+    model.path (`trainopt check`) and as `trainopt predict`'s folder — a one-line exit 2 or a correct run, never a
+    traceback or a model built from a config this machine cannot hold."""
+    import shutil
+
+    recipe, _ = base
+    work = tmp_path_factory.mktemp("folders")
+    original = {f.name: f.read_bytes() for f in tiny_bert_dir.iterdir() if f.is_file()}
+    original["trainopt.json"] = json.dumps({"task": "classification", "labels": ["great", "other"]}).encode()
+    counts = {"refused": 0, "ran": 0}
+
+    @settings(max_examples=max(60, EXAMPLES // 8), deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(case=damaged_folders())
+    def one(case):
+        folder = work / "model"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
+        for name, data in original.items():
+            (folder / name).write_bytes(data)
+        target, how, what = case
+        path = folder / target
+        if how == "edit":
+            content = json.loads(path.read_text())
+            for key, value in what:
+                if value is None:
+                    content.pop(key, None)
+                else:
+                    content[key] = value
+            path.write_text(json.dumps(content))
+        elif how == "replace":
+            path.write_text(what, encoding="utf-8", errors="surrogateescape")
+        elif how == "cut":
+            path.write_bytes(path.read_bytes()[:what])
+        elif how == "append":
+            path.write_bytes(path.read_bytes() + b"\x00" * what)
+        else:
+            data = bytearray(path.read_bytes())
+            data[8 + what % 64] = (data[8 + what % 64] + 1) % 256
+            path.write_bytes(bytes(data))
+        r = copy.deepcopy(recipe)
+        r["model"]["path"] = str(folder)
+        (work / "r.yaml").write_text(yaml.safe_dump(r))
+        for args in (["check", str(work / "r.yaml")], ["predict", str(folder), "--text", "tasty"]):
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                code = main(args)
+            assert "Traceback" not in err.getvalue()
+            if code == 0:
+                counts["ran"] += 1
+                continue
+            counts["refused"] += 1
+            lines = err.getvalue().strip().splitlines()
+            assert code == 2 and len(lines) == 1 and lines[0].startswith("trainopt: "), (case, args, err.getvalue())
+
+    one()
+    print(f"damaged folders: {counts}")
+    assert counts["refused"] >= counts["ran"], counts

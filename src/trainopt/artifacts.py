@@ -129,6 +129,9 @@ def load_saved(model_dir: Path, task: str | None = None):
     meta.setdefault("task", task)
     if task == "classification" and "labels" not in meta:
         meta["labels"] = [config.id2label[i] for i in range(config.num_labels)]
+    if task == "classification" and len(meta["labels"] or []) != config.num_labels:
+        raise TrainoptError(f"{model_dir / META_FILE} lists {len(meta['labels'] or [])} labels and the model has "
+                            f"{config.num_labels} outputs; restore the folder or save it again")
     model.eval()
     return model, tokenizer, meta
 
@@ -151,7 +154,7 @@ def _damaged(model_dir: Path):
         raise TrainoptError(f"cannot load {model_dir} ({first_line(e)}); restore the folder or save it again") \
             from None
     except (SafetensorError, StrictDataclassError, RuntimeError, ValueError, KeyError, TypeError, IndexError,
-            AttributeError) as e:
+            AttributeError, ZeroDivisionError, OverflowError) as e:
         raise TrainoptError(f"cannot load {model_dir} ({first_line(e)}); restore the folder or save it again") \
             from None
 
