@@ -267,3 +267,18 @@ def test_export_stages_of_a_causal_lm_are_scored_and_timed_in_their_runtimes(tmp
     assert onnx_row["speed"].get("generate_tokens_per_s_b1") is None  # no KV cache in the graph: it scores only
     assert gguf_row["vs_parent"]["stage"] == "base"
     assert gguf_row["size"]["disk_bytes"] < 0.5 * base["size"]["disk_bytes"]
+
+
+def test_hf_export_writes_the_chosen_dtype(tmp_path, tiny_bert_dir, capsys):
+    from safetensors import safe_open
+
+    out = tmp_path / "bf16"
+    code, _, err = _cli(["export", tiny_bert_dir, "--format", "hf", "--dtype", "bfloat16", "--out", out], capsys)
+    assert code == 0, err
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    code, _, err = _cli(["export", tiny_bert_dir, "--format", "onnx", "--dtype", "bfloat16", "--out", tmp_path / "x"],
+                        capsys)
+    assert code == 2 and "dtype applies to format: hf" in err, err
+    code, _, err = _cli(["export", tiny_bert_dir, "--format", "hf", "--no-optimize", "--out", tmp_path / "y"], capsys)
+    assert code == 2 and "optimize apply to format: onnx" in err, err

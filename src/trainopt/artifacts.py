@@ -2,9 +2,10 @@
 
 Every saved model is a plain `save_pretrained` folder (safetensors) with its tokenizer and label map, plus a small
 `trainopt.json` (task, label names, max length). Shapes the config cannot express (structured pruning) and quantized
-weights are recorded there; plain `transformers` loads every folder trainopt writes except the quantized ones, which
-it refuses (their weights are integers). This module sits above models.py (plain HF) and the technique formats
-(compress/blocks.py, compress/quantize/), so that neither has to know the other.
+weights are recorded there, and such a folder is sealed (portable.py): plain `transformers` refuses it unless asked
+to run the model code it ships, which rebuilds pruned shapes and dynamic int8 exactly (torchao formats refuse). ONNX
+and GGUF export folders load here too (export/). This module sits above models.py (plain HF) and the technique
+formats (compress/blocks.py, compress/quantize/, export/), so that neither has to know the other.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from .compress.quantize import dynamic, weight_only
 from .errors import RecipeError, TrainoptError, first_line, unsafe_pickle
 from .hf import auto_class, quiet_transformers
 from .meta import META_FILE, read_meta
-from .models import folder_problem, resolve_model_ref, saved_task, size_problem
+from .models import folder_problem, meta_model, resolve_model_ref, saved_task, size_problem
 from .portable import read_config, seal
 from .models import load_model as load_hf_model
 
@@ -112,10 +113,10 @@ def load_saved(model_dir: Path, task: str | None = None):
     task = task or saved_task(model_dir)
     with _damaged(model_dir):
         if (model_dir / "model.onnx").is_file():  # an ONNX export (export/onnx.py): onnxruntime runs it
-            from .export.onnx import OrtModel
+            from .export.onnx import MODEL_FILE, OrtModel
 
             config = read_config(model_dir)
-            model = OrtModel(model_dir / "model.onnx", config)
+            model = OrtModel(model_dir / MODEL_FILE, config)
         elif (model_dir / "model.gguf").is_file():  # a GGUF export (export/gguf.py), read back by transformers
             from .export.gguf import load_with_transformers
 
@@ -162,7 +163,7 @@ def _damaged(model_dir: Path):
 def _build(model_dir: Path, meta: dict, task: str):
     """The model of a saved folder (its config, its recorded shapes and format, its weights) and its config."""
     config = read_config(model_dir)
-    problem = size_problem(config, lambda: _on_meta(task, config))
+    problem = size_problem(config, lambda: meta_model(task, config))
     if problem:
         raise TrainoptError(f"cannot load {model_dir}: {problem}; restore its config.json")
     quantization = meta.get("quantization") or {}
@@ -190,11 +191,6 @@ def _build(model_dir: Path, meta: dict, task: str):
 
 def _task_of(model) -> str:
     return "causal_lm" if type(model).__name__.endswith(("CausalLM", "LMHeadModel")) else "classification"
-
-
-def _on_meta(task: str, config):
-    with torch.device("meta"):
-        return auto_class(task).from_config(config)
 
 
 def _load_adapter(model_dir: Path, task: str | None):

@@ -33,7 +33,7 @@ def classify_effect(result: StageResult, parent: StageResult | None, outcome: Ou
                 notes.append(why)
         if outcome.claims != "mask" and result.size.disk_bytes < parent.size.disk_bytes:
             return "smaller"
-    if outcome.claims == "mask" and result.size.nonzero_params < result.size.params or _sparser(result, parent):
+    if (outcome.claims == "mask" and result.size.nonzero_params < result.size.params) or _sparser(result, parent):
         return "masked"
     return "unchanged"
 

@@ -182,6 +182,12 @@ def size_problem(config, build_on_meta) -> str | None:
     return None
 
 
+def meta_model(task: str, config):
+    """The task's model class with the config's shapes on the meta device: no weights, no memory."""
+    with torch.device("meta"):
+        return auto_class(task).from_config(config)
+
+
 def saved_task(model_dir: Path) -> str:
     """The task a saved folder was made for: trainopt.json says it, else the config's architecture does."""
     model_dir = Path(model_dir)

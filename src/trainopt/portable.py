@@ -32,7 +32,7 @@ def seal(folder: Path, model, task: str, structure: dict | None, quantization: d
     refuse = ""
     int8 = quantization.get("modules") if quantization and not quantization.get("format") else None
     if quantization and int8 is None:
-        refuse = (f"this folder holds weights in trainopt's {quantization.get('format') or 'dynamic int8'} format, "
+        refuse = (f"this folder holds weights in trainopt's {quantization.get('format')} format, "
                   "which transformers cannot run: use `trainopt predict FOLDER`, or `trainopt export FOLDER --format "
                   "onnx|hf` for a folder other runtimes load")
     code = Path(portable_modeling.__file__).read_text()

@@ -13,7 +13,7 @@ from . import measure
 from .data.prepare import load_texts
 from .errors import RecipeError, first_line
 from .meta import read_meta
-from .models import folder_problem, model_config, resolve_model_ref, size_problem
+from .models import folder_problem, meta_model, model_config, resolve_model_ref, size_problem
 from .recipe import Recipe, check_paths, load_recipe
 from .specbase import stage_key
 from .techniques import checks_module
@@ -163,16 +163,13 @@ def _check_size(recipe: Recipe, config) -> None:
 
 def _meta_model(recipe: Recipe, config):
     """The recipe's model class with its config's shapes on the meta device: no weights read, no memory."""
-    from .hf import auto_class
-
-    with torch.device("meta"):
-        try:
-            return auto_class(recipe.task).from_config(config)
-        except (ValueError, KeyError, TypeError, AttributeError, IndexError, RuntimeError, ZeroDivisionError,
-                OverflowError) as e:  # whatever transformers raises on a config it cannot build
-            raise RecipeError("model.path" if recipe.model.path else "model.config",
-                              f"transformers cannot build a {recipe.task} model from this config ({first_line(e)})",
-                              "use a model of a supported architecture, or fix its config") from None
+    try:
+        return meta_model(recipe.task, config)
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, RuntimeError, ZeroDivisionError,
+            OverflowError) as e:  # whatever transformers raises on a config it cannot build
+        raise RecipeError("model.path" if recipe.model.path else "model.config",
+                          f"transformers cannot build a {recipe.task} model from this config ({first_line(e)})",
+                          "use a model of a supported architecture, or fix its config") from None
 
 
 def _check_validation(recipe: Recipe, texts) -> None:

@@ -13,11 +13,11 @@ import torch
 
 from ..errors import RecipeError
 from ..modules import set_module
-from ..portable_modeling import LAYOUTS
-from ..portable_modeling import apply_structure as _apply_shapes
+from .. import portable_modeling
 
-# LAYOUTS: the dotted paths, relative to one block, of the Linear layers structured pruning slices. They live in the
-# model code shipped inside sealed folders (portable_modeling.py), which rebuilds the same shapes without trainopt.
+# The block layouts (the dotted paths, relative to one block, of the Linear layers structured pruning slices) and the
+# code that rebuilds recorded shapes live in the model code shipped inside sealed folders (portable_modeling.py),
+# which must run without trainopt; this module adds trainopt's errors and the slicing that prunes.
 
 
 def find_blocks(model: torch.nn.Module, key: str = "stages") -> tuple[torch.nn.Module, str, torch.nn.ModuleList]:
@@ -34,19 +34,11 @@ def find_blocks(model: torch.nn.Module, key: str = "stages") -> tuple[torch.nn.M
 def layout(model: torch.nn.Module) -> dict | None:
     """The part names of this model's blocks, or None when the architecture is not one we know."""
     _, _, blocks = find_blocks(model)
-    for lay in LAYOUTS.values():
-        try:
-            for path in [lay["down"], *lay["up"], *[lay[k] for k in ("q", "k", "v", "o") if k in lay]]:
-                blocks[0].get_submodule(path)
-        except AttributeError:
-            continue
-        return lay
-    return None
+    return portable_modeling.layout_of(blocks[0])
 
 
 def head_dim(model: torch.nn.Module) -> int:
-    cfg = model.config
-    return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return portable_modeling.head_dim(model.config)
 
 
 def _features(module, attr: str) -> int:
@@ -115,4 +107,4 @@ def apply_structure(model: torch.nn.Module, structure: dict) -> None:
     if layout(model) is None:
         raise RecipeError("model", f"trainopt.json records a pruned structure, but {type(model).__name__} has no "
                           "known block layout", "load it with the trainopt version that saved it")
-    _apply_shapes(model, structure)
+    portable_modeling.apply_structure(model, structure)

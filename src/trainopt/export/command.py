@@ -47,9 +47,9 @@ def main(args) -> int:
     out = Path(args.out).expanduser() if args.out else Path("exports") / f"{src.resolve().name}-{suffix}"
     _check_out(src, out, args.overwrite)
     settings = {"kind": "export", "format": args.format, "quantize": args.quantize}
-    if args.format == "onnx":
-        settings["optimize"] = not args.no_optimize
-    elif args.dtype != "float32":
+    if args.no_optimize:  # options for another format are refused by the spec, not ignored
+        settings["optimize"] = False
+    if args.dtype != "float32":
         settings["dtype"] = args.dtype
     try:
         spec = ExportStage(**settings)

@@ -6,7 +6,8 @@
 - optimize: onnxruntime's transformer optimizer fuses LayerNorm (+ residual) and GELU for the families it knows (BERT
   here; its attention fusion does not match the dynamo exporter's graph); the fused graph is checked against the
   unfused one and dropped, with a note, when it does not match. Float exports only: an int8 export quantizes the
-  unfused graph, which ran faster than the fused one once quantized (quickstart student, batch 32: ~104 vs ~112 ms).
+  unfused graph, which ran faster than the fused one once quantized (quickstart student, batch 32: 97–105 vs
+  109–120 ms in benchmarks/onnx_variants_cpu.py).
 - quantize int8: onnxruntime's dynamic quantization (`quantize_dynamic`: int8 weights per output channel, each
   MatMul's input quantized per call), after its shape-inference pre-processing.
 - `OrtModel` wraps an InferenceSession as a torch module that returns `.logits`, so that the runner evaluates and
@@ -28,7 +29,8 @@ class _Logits(torch.nn.Module):
     """The exported function: ids (+ mask) -> logits. An encoder gets its padding mask as the additive 4-D float
     mask transformers accepts as it is: the graph then adds it to the attention scores instead of rebuilding it from
     the 0/1 mask with index and select operators (on the quickstart student in onnxruntime, int8 at batch 32 × 128:
-    ~105 ms instead of ~141 ms, the same logits). A decoder keeps its 0/1 mask: transformers adds the causal part."""
+    97–108 ms instead of 123–152 ms, the same logits: benchmarks/onnx_variants_cpu.py). A decoder keeps its 0/1 mask:
+    transformers adds the causal part."""
 
     def __init__(self, model, additive_mask: bool):
         super().__init__()
@@ -53,8 +55,8 @@ def export(model, sample: dict, path: Path, opset: int) -> None:
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # e.g. "torchvision is not installed": not ours to fix
     model = model.float().cpu().eval()
     encoder = not type(model).__name__.endswith("ForCausalLM")
-    if encoder and hasattr(model, "set_attn_implementation"):  # plain MatMul/Softmax attention: what onnxruntime's
-        model.set_attn_implementation("eager")                   # kernels run best here (measured: method card)
+    if encoder and hasattr(model, "set_attn_implementation"):  # plain MatMul/Softmax attention in the exported
+        model.set_attn_implementation("eager")                   # graph (eager and SDPA within noise of each other)
     ids = sample["input_ids"]
     mask = sample.get("attention_mask", torch.ones_like(ids))
     batch, seq = Dim("batch", min=1, max=4096), Dim("sequence", min=2, max=65536)
