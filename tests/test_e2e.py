@@ -58,6 +58,27 @@ def test_quickstart_report_contract(quickstart_run):
     assert report["data"]["rows"]["test"] == 100 and report["data"]["cleaning"]["html_cleaned"] > 0
     md = (quickstart_run / "report.md").read_text()
     assert "| finetune | train | baseline |" in md and "| int8 | quantize |" in md and "Confusion matrix" in md
+
+
+
+def test_quickstart_report_has_the_classical_baseline_row(quickstart_run):
+    """TF-IDF + logistic regression trained on the same 300 reviews: its own test figures (the same metric code),
+    its C chosen on validation macro-F1, and every stage's verdict against it, in JSON, Markdown and on the console."""
+    report = json.loads((quickstart_run / "report.json").read_text())
+    c = report["classical"]
+    assert c["kind"] == "classical" and c["name"].startswith("tf-idf")
+    assert 0.5 <= c["quality"]["accuracy"] <= 1.0 and 0.0 < c["quality"]["f1_macro"] <= 1.0
+    assert c["settings"]["C"] in (0.5, 2.0, 8.0, 32.0) and len(c["settings"]["tried"]) == 8
+    best = max(t["validation_f1_macro"] for t in c["settings"]["tried"])
+    assert any(t["C"] == c["settings"]["C"] and t["validation_f1_macro"] == best for t in c["settings"]["tried"])
+    assert c["size"]["disk_bytes"] > 0 and c["speed"]["latency_ms_b1_p50"] > 0
+    for s in report["stages"]:
+        vs = s["vs_classical"]
+        assert vs["metric"] == "f1_macro" and vs["classical"] == c["quality"]["f1_macro"]
+        assert vs["stage"] == s["quality"]["f1_macro"] and vs["beats"] == (vs["stage"] > vs["classical"])
+    md = (quickstart_run / "report.md").read_text()
+    assert "| tf-idf + logistic regression | classical | reference |" in md and "## Classical baseline" in md
+    assert json.loads((quickstart_run / "classical.json").read_text()) == c
     assert (quickstart_run / "metrics.jsonl").stat().st_size > 0
     assert any((quickstart_run / "tensorboard").glob("events.out.tfevents.*"))
     assert (quickstart_run / "recipe.yaml").is_file()
@@ -126,6 +147,12 @@ def test_lm_scratch_path_lowers_perplexity(tmp_path):
     assert untrained["effect"] == "baseline" and trained["effect"] == "unchanged"
     assert trained["quality"]["perplexity"] < 0.5 * untrained["quality"]["perplexity"]
     assert trained["vs_baseline"]["quality_metric"] == "perplexity" and trained["vs_baseline"]["quality_delta"] < 0
+    # the classical row: a bigram model over the same token ids, scored on the same test blocks
+    c = report["classical"]
+    assert c["kind"] == "classical" and 1 < c["quality"]["perplexity"] < 512 and c["settings"]["bigram_weight"] > 0
+    assert untrained["vs_classical"]["beats"] is False  # a random model is worse than counting bigrams
+    assert trained["vs_classical"]["classical"] == c["quality"]["perplexity"]
+    assert "| bigram (interpolated, add-one) | classical | reference |" in (out / "report.md").read_text()
 
     model = out / "stages/pretrain/model"
     assert main(["predict", str(model), "--text", "It is a truth", "--max-new-tokens", "5", "--json"]) == 0

@@ -300,6 +300,27 @@ def test_spike_guard_threshold():
     assert not flat.is_spike(2.1) and flat.is_spike(2.2)  # MAD floored at 1% of the median: 2 + 8 * 0.02
 
 
+def test_spike_guard_stays_quiet_in_a_low_loss_phase():
+    """The issue's case: late in a fine-tune the median batch loss is ~0.1 and a few batches score 0.4-0.9 (a hard or
+    mislabelled example or two). median + 8·MAD alone put the bar at ~0.4-0.6 and rolled such batches back; the
+    window's own tail raises it. A x1000 spike and a jump far past the tail are still caught."""
+    import random
+
+    from trainopt.recipe import RecoverySpec
+    from trainopt.train.recovery import SpikeGuard
+
+    rng = random.Random(0)
+    losses = [rng.uniform(0.02, 0.15) for _ in range(46)] + [0.55, 0.62, 0.48, 0.7]
+    rng.shuffle(losses)
+    g, old = SpikeGuard(RecoverySpec()), SpikeGuard(RecoverySpec(tail=0.0))
+    for x in losses:
+        g.add(x)
+        old.add(x)
+    assert old.is_spike(0.84) and old.is_spike(0.73)  # what the median + k·MAD rule alone did
+    assert not g.is_spike(0.84) and not g.is_spike(0.73) and not g.is_spike(1.2)
+    assert g.is_spike(1000 * 0.1) and g.is_spike(2.0)
+
+
 def test_auto_micro_batch_backs_off_on_oom_and_keeps_the_global_batch(tmp_path, tiny_bert_dir, reviews_dir):
     """A model that runs out of memory above 8 examples: auto picks 8 x 4 for batch 32, and training then takes
     exactly the steps of a run configured as 8 x 4 by hand."""

@@ -23,6 +23,7 @@ import torch
 
 from . import measure
 from .artifacts import count_params, load_model, load_saved, save_model
+from .classical import classical_baseline, versus
 from .compare import classify_effect, compare, lost_sparsity, vs_baseline
 from .context import Hooks, RunContext
 from .data.prepare import tokenize
@@ -107,6 +108,7 @@ def _execute(recipe: Recipe, device, texts, dd, run_dir: Path, resume: bool, on_
             shutil.rmtree(tmp, ignore_errors=True)
             tokenizer.save_pretrained(str(tmp))
             os.replace(tmp, saved_tokenizer)
+    classical = _classical(texts, data, recipe, run_dir) if dd.is_main and recipe.measure.classical else None
     log = MetricsLog(run_dir, recipe.run.tensorboard) if dd.is_main else NullLog()
     hardware = measure.hardware_info(device)
     eval_split = data.test if data.test is not None else (data.validation or data.train)
@@ -176,8 +178,12 @@ def _execute(recipe: Recipe, device, texts, dd, run_dir: Path, resume: bool, on_
     finally:
         log.close()
 
+    stages = [r.to_json() for r in results]
+    for entry in stages:
+        if (vs := versus(entry["quality"], classical, recipe.task)) is not None:
+            entry["vs_classical"] = vs
     report = {"trainopt_version": __version__, "recipe": recipe.model_dump(mode="json"), "hardware": hardware,
-              "data": data.stats, "stages": [r.to_json() for r in results],
+              "data": data.stats, "stages": stages, "classical": classical,
               "augmentation": [e.to_json() for e in data_entries],
               "run_dir": str(run_dir),
               "total_wall_s": round(time.perf_counter() - t_start, 2)}
@@ -188,6 +194,24 @@ def _execute(recipe: Recipe, device, texts, dd, run_dir: Path, resume: bool, on_
     distributed.barrier(dd)
     console.quiet = False
     return report
+
+
+def _classical(texts, data, recipe, run_dir: Path) -> dict | None:
+    """The classical baseline row (classical.py), computed once per run directory and read back on --resume."""
+    saved = run_dir / "classical.json"
+    if saved.is_file():
+        try:
+            return json.loads(saved.read_text(encoding="utf-8"))
+        except ValueError:
+            pass
+    entry = classical_baseline(texts, data, recipe)
+    if entry is not None:
+        q = entry["quality"]
+        console.print(f"classical baseline ({entry['name']}): " + (
+            f"accuracy {q['accuracy']}, macro-F1 {q['f1_macro']}" if recipe.task == "classification"
+            else f"perplexity {q['perplexity']}") + f", {entry['cost']['wall_s']} s")
+        _write_text(saved, json.dumps(entry, indent=1))
+    return entry
 
 
 def _finished(done: Path, run_dir: Path) -> StageResult | None:

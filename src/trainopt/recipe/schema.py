@@ -100,6 +100,9 @@ Stage = Annotated[Union[tuple(t.spec for t in TECHNIQUES.values())], Field(discr
 class MeasureSpec(Strict):
     latency: bool = True
     validation: bool = False  # also evaluate every stage on the validation split (tune turns it on)
+    # a classical baseline row (classical.py): TF-IDF + logistic regression (classification) or a bigram model
+    # (causal LM) trained on the same split; every stage says whether it beats it
+    classical: bool = True
     batch_sizes: list[int] = [1, 32]
     warmup: int = Field(3, ge=0)
     repeats: int = Field(20, ge=1)

@@ -11,7 +11,7 @@ from rich.table import Table
 from ..compress.prune.summary import describe
 from ..export.summary import describe as describe_export
 from .html import to_html
-from .rows import rows, timing_notes
+from .rows import classical_lines, rows, timing_notes
 
 
 
@@ -52,6 +52,16 @@ def to_markdown(report: dict) -> str:
         lines += ["", "## Timing", "", "Each stage is timed again next to the model it came from and the baseline, "
                   "in alternating rounds; ⚠ in the table marks figures measured on a busy machine or with a wide "
                   "spread (`speed.timing` in report.json).", ""] + [f"- {n}" for n in notes]
+    c = report.get("classical")
+    if c:
+        st = c.get("settings", {})
+        lines += ["", "## Classical baseline", "",
+                  f"{c['name']}, trained on the same training split in {c['cost']['wall_s']} s"
+                  + (f" ({st['features']}; C = {st['C']:g}, class weights {st['class_weight'] or 'none'}, chosen on "
+                     f"{st['chosen_on']})" if "C" in st else
+                     f" (bigram weight {st.get('bigram_weight')}, chosen on {st.get('chosen_on')})")
+                  + (f"; its latency includes {c['speed']['includes']}" if c.get("speed", {}).get("includes") else "")
+                  + ".", ""] + [f"- {'✓' if ok else '✗'} {text}" for text, ok in classical_lines(report)]
     data = report.get("data", {})
     lines += ["", "## Data", "", f"- source: {data.get('source')} (text column `{data.get('text_column')}`"
               + (f", label column `{data.get('label_column')}`)" if data.get("label_column") else ")"),
@@ -149,6 +159,8 @@ def print_summary(report: dict) -> None:
     if not out.is_terminal:
         out = Console(width=200)
     out.print(table)
+    for text, ok in classical_lines(report):
+        out.print(f"[green]{text}[/green]" if ok else f"[bold red]{text}[/bold red]")
     for line in timing_notes(report, unreliable_only=True):
         out.print(f"[yellow]⚠ {line}[/yellow]")
     out.print(f"report: {Path(report['run_dir']) / 'report.md'} (and report.html)")

@@ -98,6 +98,7 @@ def stage_table(report: dict) -> str:
                 good = (value > neutral) == (key[1] == "higher")
                 cls.append("better" if good else "worse")
         classes.append(cls)
+    classes += [[""] * len(head)] * (len(body) - len(classes))  # the classical row: no colours
     effect_col = head.index("effect")
     for row in body:
         row[effect_col] = f"<span class='badge {html.escape(row[effect_col])}'>{html.escape(row[effect_col])}</span>"

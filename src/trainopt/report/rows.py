@@ -28,6 +28,9 @@ def rows(report: dict) -> tuple[list[str], list[list[str]]]:
     if task == "causal_lm":
         head.append("generate tok/s b1")
     head += ["train s", "tokens/s", "MFU", "peak mem MB"]
+    classical = report.get("classical")
+    if classical:
+        head.append("vs classical")
     body = []
     for s in report["stages"]:
         q, z, sp, c, vs = s["quality"], s["size"], s["speed"], s["cost"], s["vs_baseline"]
@@ -48,8 +51,42 @@ def rows(report: dict) -> tuple[list[str], list[list[str]]]:
         row += [_fmt(c.get("wall_s"), ".1f") if s.get("training") else "—",
                 _fmt(c.get("tokens_per_s"), ",.0f"), _fmt(c.get("mfu"), ".1%"),
                 _fmt(None if c.get("peak_mem_bytes") is None else c["peak_mem_bytes"] / 1e6, ",.0f")]
+        if classical:
+            row.append(_versus(s.get("vs_classical")))
         body.append(row)
+    if classical:
+        body.append(_classical_row(classical, report, task, sizes))
     return head, body
+
+
+def _versus(vs: dict | None) -> str:
+    """A stage against the classical row: its macro-F1 (or perplexity) difference, ✓ where the stage is better."""
+    if not vs:
+        return "—"
+    spec = "+.4f" if vs["metric"] == "f1_macro" else "+.2f"
+    return f"{vs['delta']:{spec}} {'✓' if vs['beats'] else '✗ worse'}"
+
+
+def _classical_row(c: dict, report: dict, task: str, sizes) -> list[str]:
+    """The classical baseline as a row of the same table; its speed ratios against the baseline stage."""
+    base = next((s for s in report["stages"] if s["effect"] == "baseline"), None)
+    q, z, sp = c["quality"], c["size"], c.get("speed") or {}
+    row = [c["name"], "classical", "reference"]
+    if task == "classification":
+        row += [_fmt(q.get("accuracy"), ".4f"), _fmt(q.get("f1_macro"), ".4f")]
+    else:
+        row += [_fmt(q.get("loss"), ".4f"), _fmt(q.get("perplexity"), ".2f")]
+    disk, base_disk = z.get("disk_bytes"), (base or {}).get("size", {}).get("disk_bytes")
+    row += [f"{z['params']:,}", f"{z['nonzero_params']:,}",
+            _fmt(None if disk is None else disk / 1e6, ".1f") + (_ratio(disk / base_disk) if disk and base_disk
+                                                                 else "")]
+    for b in sizes:
+        mine, theirs = sp.get(latency_key(b)), (base or {}).get("speed", {}).get(latency_key(b))
+        row.append(_fmt(mine, ".2f") + (_ratio(theirs / mine) if mine and theirs else ""))
+    if task == "causal_lm":
+        row.append("—")
+    return row + [_fmt(c.get("cost", {}).get("wall_s"), ".1f"), "—", "—", "—", "—"]
+
 
 
 def timing_notes(report: dict, unreliable_only: bool = False) -> list[str]:
@@ -72,3 +109,21 @@ def timing_notes(report: dict, unreliable_only: bool = False) -> list[str]:
         state = "reliable" if timing.get("reliable", True) else "UNRELIABLE: " + "; ".join(timing.get("warnings", []))
         lines.append(f"{s['name']}: " + ", ".join(parts + [where]) + f" — {state}")
     return lines
+
+
+def classical_lines(report: dict) -> list[tuple[str, bool]]:
+    """What the classical row says about the chain, one line per stage that trained or compressed a model:
+    (text, the stage is better)."""
+    c = report.get("classical")
+    if not c:
+        return []
+    out = []
+    for s in report["stages"]:
+        vs = s.get("vs_classical")
+        if not vs:
+            continue
+        name = "macro-F1" if vs["metric"] == "f1_macro" else "perplexity"
+        verdict = "beats" if vs["beats"] else "does NOT beat"
+        out.append((f"{s['name']} {verdict} the classical baseline ({c['name']}) on {name}: {vs['stage']} vs "
+                    f"{vs['classical']}", vs["beats"]))
+    return out

@@ -47,11 +47,14 @@ class EarlyStoppingSpec(Strict):
 
 class RecoverySpec(Strict):
     """Instability recovery: a non-finite loss or a loss spike (above the rolling median + k·MAD of the last
-    `window` steps) rolls training back to the last checkpoint, skips the data window that led to it, lowers the
+    `window` steps, and well above the window's highest loss: train/recovery.py) rolls training back to the last checkpoint, skips the data window that led to it, lowers the
     learning rate, and retries — at most `max_rollbacks` times; after that a bad step is skipped, never applied."""
 
     enabled: bool = True
     spike_k: float = Field(8.0, gt=0.0)  # a spike: loss > median + spike_k · MAD (MAD floored at 1% of the median)
+    # ... and loss > max + tail · (max - median), max the window's highest loss: batch losses that jitter widely
+    # (a low-loss phase) raise the bar with them; 0 turns this bound off
+    tail: float = Field(1.0, ge=0.0)
     window: int = Field(50, ge=5)  # steps in the rolling window
     min_history: int = Field(20, ge=3)  # steps seen before spikes are looked for
     lr_factor: float = Field(0.5, gt=0.0, le=1.0)  # the learning rate is multiplied by this at each rollback
