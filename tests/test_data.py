@@ -76,8 +76,32 @@ def test_cleaning_counts(tmp_path):
     t = load_texts(recipe_for(tmp_path, validation_fraction=0.0))
     assert "Good stuff & more" in t.train and "spaced out" in t.train
     c = t.stats["cleaning"]
-    assert c["duplicates_dropped"] == 1 and c["eval_overlap_dropped"] == 1 and c["empty_dropped_train"] == 2
-    assert c["html_cleaned"] == 2
+    assert c["duplicates_dropped"] == 1 and c["empty_dropped_train"] == 2 and c["html_cleaned"] == 2
+    # the default overlap policy keeps the training row and drops the test row that repeats it
+    assert c["overlap_with_train_test"] == 1 and c["overlap_dropped_test"] == 1
+    assert "in test too" in t.train and t.test == ["t"]
+
+
+@pytest.mark.parametrize("overlap", ["drop_test", "drop_train", "keep"])
+def test_repeated_and_conflicting_texts_and_the_overlap_policy(tmp_path, overlap):
+    """The issue's case: short texts that legitimately repeat under different labels ("Untitled") are kept once per
+    label and counted; exact (text, label) repeats are dropped; a test text that is also in train is dropped from
+    test (drop_test), from train (drop_train) or only counted (keep)."""
+    rows = [{"text": "Untitled", "label": "a"}, {"text": "Untitled", "label": "b"}, {"text": "Untitled", "label": "a"},
+            {"text": "[no title]", "label": "b"}] + [{"text": f"row {i}", "label": "ab"[i % 2]} for i in range(20)]
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    write_jsonl(tmp_path / "test.jsonl", [{"text": "Untitled", "label": "b"}, {"text": "new", "label": "a"}])
+    t = load_texts(recipe_for(tmp_path, validation_fraction=0.0, clean={"overlap": overlap}))
+    c = t.stats["cleaning"]
+    assert c["duplicates_dropped"] == 1 and c["conflicting_label_texts"] == 1 and c["conflicting_label_rows"] == 2
+    assert c["overlap_with_train_test"] == 1
+    pairs = list(zip(t.train, t.train_labels))
+    if overlap == "drop_test":
+        assert ("Untitled", "a") in pairs and ("Untitled", "b") in pairs and t.test == ["new"]
+    elif overlap == "drop_train":
+        assert "Untitled" not in t.train and c["overlap_dropped_train"] == 2 and t.test == ["Untitled", "new"]
+    else:
+        assert ("Untitled", "b") in pairs and t.test == ["Untitled", "new"] and "overlap_dropped_test" not in c
 
 
 def test_non_utf8_bytes_replaced_or_refused(tmp_path):
@@ -123,7 +147,7 @@ def test_unseen_labels(tmp_path):
     write_jsonl(d / "test.jsonl", make_reviews(10) + [{"text": "new", "label": "surprise"}])
     with pytest.raises(DataError, match="never seen in training"):
         load_texts(recipe_for(d))
-    t = load_texts(recipe_for(d, unseen_labels="drop"))
+    t = load_texts(recipe_for(d, unseen_labels="drop", clean={"overlap": "keep"}))  # test repeats train here
     assert len(t.test) == 10 and t.stats["cleaning"]["unseen_label_dropped_test"] == 1
 
 

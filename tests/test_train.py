@@ -439,3 +439,17 @@ def test_a_classifier_saved_with_other_labels_gets_a_new_head_and_keeps_its_enco
     assert model.config.num_labels == 2 and model.classifier.out_features == 2
     ref = three.state_dict()
     assert all(torch.equal(v, ref[k]) for k, v in model.state_dict().items() if not k.startswith("classifier"))
+
+
+def test_default_selection_metric_is_macro_f1_on_imbalanced_classes(tmp_path, tiny_bert_dir, reviews_dir):
+    """No `metric:` in the stage: macro-F1 where the largest training class is ≥ 1.5x the smallest (accuracy rewards
+    the majority class there), accuracy on balanced classes, the loss for language models; the run records it."""
+    from trainopt.evaluate import default_metric
+
+    assert default_metric("classification", [0] * 60 + [1] * 40) == "f1_macro"
+    assert default_metric("classification", [0] * 55 + [1] * 45 + [2] * 50) == "accuracy"
+    assert default_metric("causal_lm", None) == "loss" and default_metric("classification", None) == "accuracy"
+    recipe, data, model, ctx = _setup(tmp_path, tiny_bert_dir, reviews_dir, max_steps=4, eval_every=2,
+                                      checkpoint_every=0)
+    summary = train(model, data, recipe.stages[0], ctx, tmp_path / "s")
+    assert summary["metric"] == default_metric("classification", data.train.labels)

@@ -4,6 +4,7 @@ Causal LM: mean token loss and perplexity (SFT: over the response tokens)."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +12,18 @@ import torch.nn.functional as F
 METRICS = {"classification": {"accuracy": "max", "f1_macro": "max", "loss": "min"},
            "causal_lm": {"loss": "min", "perplexity": "min"}}
 DEFAULT_METRIC = {"classification": "accuracy", "causal_lm": "loss"}
+IMBALANCED = 1.5  # the largest training class at least this many times the smallest: select by macro-F1
+
+
+def default_metric(task: str, train_labels: list[int] | None = None) -> str:
+    """What "best" means when a stage does not say (`metric:`): the validation loss for language models; for
+    classification macro-F1 when the training classes are imbalanced (accuracy rewards predicting the majority),
+    accuracy when they are balanced."""
+    if task == "classification" and train_labels:
+        counts = Counter(train_labels)
+        if len(counts) > 1 and max(counts.values()) >= IMBALANCED * min(counts.values()):
+            return "f1_macro"
+    return DEFAULT_METRIC[task]
 
 
 def lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

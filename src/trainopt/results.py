@@ -141,7 +141,7 @@ class Outcome:
         return cls(effect=effect, cost=cost, details=details, **kw)
 
 
-DETAIL_KEYS = ("training", "quantization", "distillation", "pruning", "lora", "export", "samples", "notes")
+DETAIL_KEYS = ("training", "quantization", "distillation", "pruning", "lora", "export", "samples", "budget", "notes")
 
 
 @dataclass

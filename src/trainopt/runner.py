@@ -21,11 +21,12 @@ from pathlib import Path
 
 import torch
 
-from . import measure
+from . import budget, measure
 from .artifacts import count_params, load_model, load_saved, save_model
 from .classical import classical_baseline, versus
 from .compare import classify_effect, compare, lost_sparsity, vs_baseline
 from .context import Hooks, RunContext
+from .data.dedup import describe as describe_data
 from .data.prepare import tokenize
 from .errors import RecipeError
 from .evaluate import evaluate, generate_samples
@@ -99,6 +100,7 @@ def _execute(recipe: Recipe, device, texts, dd, run_dir: Path, resume: bool, on_
     else:
         tokenizer = load_tokenizer(recipe, [m["content"] for c in texts.train for m in c] if texts.sft else texts.train)
     data = tokenize(texts, tokenizer, recipe)
+    console.print(f"data: {describe_data(data.stats)}")
     if dd.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
@@ -130,7 +132,7 @@ def _execute(recipe: Recipe, device, texts, dd, run_dir: Path, resume: bool, on_
     if texts.sft:  # `trainopt predict` wraps a prompt the way the model was fine-tuned
         meta["sft"] = {"template": data.stats["template"], "system": recipe.data.sft.system}
 
-    model = None
+    model, stop = None, None
     results: list[StageResult] = []
     data_entries: list[AugmentResult] = []  # stages that change the training data (augment), not the model
     try:
@@ -157,6 +159,8 @@ def _execute(recipe: Recipe, device, texts, dd, run_dir: Path, resume: bool, on_
                 results.append(finished)
                 model = None  # reload lazily from the finished stage's folder
                 console.print(f"[green]stage {stage.name} already done[/green]: skipped")
+                if (stop := _over_budget_stop(finished)) is not None:
+                    break
                 continue
             before = _parent(stage, results)
             if stage.from_stage is not None:
@@ -175,6 +179,9 @@ def _execute(recipe: Recipe, device, texts, dd, run_dir: Path, resume: bool, on_
                 shutil.rmtree(stage_dir / "checkpoints", ignore_errors=True)  # the model folder is the artifact
                 (stage_dir / "best.safetensors").unlink(missing_ok=True)
             results.append(distributed.broadcast_object(dd, result))
+            stop = _over_budget_stop(results[-1])
+            if stop is not None:
+                break
     finally:
         log.close()
 
@@ -193,7 +200,20 @@ def _execute(recipe: Recipe, device, texts, dd, run_dir: Path, resume: bool, on_
             print_summary(report)
     distributed.barrier(dd)
     console.quiet = False
+    if stop is not None:
+        raise stop
     return report
+
+
+def _over_budget_stop(result: StageResult) -> budget.OverBudget | None:
+    """The error that stops the chain after a stage over a `fail` budget (its result and the report are written)."""
+    b = result.details.get("budget") or {}
+    if b.get("over") and b.get("on_over_budget") == "fail":
+        return budget.OverBudget(f"stage {result.name} lost more than its quality budget allows (validation "
+                                 f"{b['metric']} {b['value']} against {b['reference']} of {b['reference_stage']}, "
+                                 f"max drop {b['max_drop']}): the chain stopped after it — loosen budget.max_drop, "
+                                 "weaken the stage, or set budget.on_over_budget: warn")
+    return None
 
 
 def _classical(texts, data, recipe, run_dir: Path) -> dict | None:
@@ -257,7 +277,7 @@ def _measure_stage(model, data, stage, outcome: Outcome, ctx: RunContext, inputs
             quality["per_class"] = {names[int(c)]: v for c, v in quality["per_class"].items()}
             quality["labels"] = names
     validation = None
-    if recipe.measure.validation and data.validation is not None:
+    if (recipe.measure.validation or budget.any_budget(recipe)) and data.validation is not None:
         vq = evaluate(model, data.validation, recipe.task, _eval_batch(recipe.task), device)
         validation = {k: v for k, v in vq.items() if k in ("accuracy", "f1_macro", "loss", "perplexity")}
     m = recipe.measure
@@ -295,6 +315,11 @@ def _measure_stage(model, data, stage, outcome: Outcome, ctx: RunContext, inputs
     if parent is not None:
         result.vs_parent = {"stage": parent.name, **compare(result, parent, recipe.task, timing)}
     result.vs_baseline = vs_baseline(result, previous, recipe.task, timing)
+    entry = budget.judge(result, stage, outcome, previous, recipe, getattr(data.train, "labels", None))
+    if entry and entry["over"]:
+        console.print(f"[bold red]{stage.name} is over its quality budget[/bold red]: validation {entry['metric']} "
+                      f"{entry['value']} against {entry['reference']} of {entry['reference_stage']} "
+                      f"(max drop {entry['max_drop']})")
     if notes:
         details["notes"] = list(details.get("notes", [])) + notes
         for note in notes:

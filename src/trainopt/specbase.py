@@ -4,6 +4,8 @@ pulling in torch or any other technique (and `trainopt check` stays light)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 BUILTIN_MODELS = ("builtin:minilm-l6", "builtin:smollm2-135m")
@@ -40,9 +42,23 @@ def _check_integers(value, depth: int) -> None:
             _check_integers(v, depth + 1)
 
 
+class BudgetSpec(Strict):
+    """A quality budget (budget.py): how much a compression stage may lose against the baseline stage (the fine-tuned
+    model), measured on the validation split before the stage's result is written."""
+
+    # the largest allowed loss in the metric's units (0.01 = 1 pt of accuracy or macro-F1); for perplexity and loss
+    # a relative increase (0.01 = 1% higher)
+    max_drop: float = Field(0.01, ge=0.0, le=1.0)
+    # auto: macro-F1 when the training classes are imbalanced, else accuracy (classification); perplexity (LM)
+    metric: Literal["auto", "accuracy", "f1_macro", "loss", "perplexity"] = "auto"
+    # warn: flag the stage in red (terminal and report) and go on; fail: write its result, flag it and stop the run
+    on_over_budget: Literal["warn", "fail"] = "warn"
+
+
 class StageBase(Strict):
     name: str = Field("stage", pattern=NAME)
     from_stage: str | None = None  # start from this earlier stage's model instead of the previous stage's
+    budget: BudgetSpec | None = None  # this stage's own quality budget (replaces the recipe's `budget:`)
 
     def paths(self) -> list[tuple[str, str, tuple[str, ...]]]:
         """(key under the stage, path or builtin name, the builtins allowed there) for every path this stage

@@ -15,7 +15,7 @@ from pathlib import Path
 from .. import assets
 from ..errors import DataError, RecipeError
 
-from . import sft
+from . import dedup, sft
 from .batching import ClassificationSplit, LMSplit, SFTSplit
 from .sources import RawData, read_source
 
@@ -210,9 +210,7 @@ def load_texts(recipe) -> TextData:
     rows_read = {"train": len(raw.train), "validation": len(raw.validation or []), "test": len(raw.test or [])}
 
     if spec.clean.dedup:
-        train, train_y, dropped = _dedup(train, train_y, exclude=set(test or []) | set(val or []))
-        counts["duplicates_dropped"] = dropped["dup"]
-        counts["eval_overlap_dropped"] = dropped["overlap"]
+        train, train_y = dedup.drop_repeats(train, train_y, counts)
 
     if not train:
         raise DataError(f"no training texts left in {spec.source} after cleaning (empty file or empty texts)")
@@ -262,6 +260,13 @@ def load_texts(recipe) -> TextData:
                     val, val_y = [texts[i] for i in keep], [ys[i] for i in keep]
                 else:
                     test, test_y = [texts[i] for i in keep], [ys[i] for i in keep]
+
+    resolved = dedup.resolve_overlap(spec.clean.overlap, {"train": (train, train_y), "validation": (val, val_y),
+                                                          "test": (test, test_y)}, counts)
+    (train, train_y), (val, val_y), (test, test_y) = resolved["train"], resolved["validation"], resolved["test"]
+    if not train:
+        raise DataError(f"no training texts left in {spec.source}: every one also sits in a held-out split "
+                        "(data.clean.overlap: drop_train); use drop_test or keep")
 
     def cap(texts, ys, n, seed):
         if n is None or texts is None or len(texts) <= n:
@@ -363,20 +368,6 @@ def _tokenize_sft(texts: TextData, tokenizer, spec, stats: dict) -> DataBundle:
     stats["row_fill"] = {n: round(s.n_tokens / (len(s) * spec.block_size), 4) for n, s in present.items()}
     stats["truncated"] = {k: v for k, v in sorted(counts.items()) if v}
     return DataBundle("causal_lm", splits["train"], splits["validation"], splits["test"], None, stats)
-
-
-def _dedup(texts, labels, exclude: set) -> tuple[list, list | None, dict]:
-    seen, keep, dup, overlap = set(), [], 0, 0
-    for i, t in enumerate(texts):
-        if t in exclude:
-            overlap += 1
-        elif t in seen:
-            dup += 1
-        else:
-            seen.add(t)
-            keep.append(i)
-    return [texts[i] for i in keep], ([labels[i] for i in keep] if labels is not None else None), \
-        {"dup": dup, "overlap": overlap}
 
 
 # ----------------------------------------------------------------------------------------- tokenizing

@@ -10,7 +10,7 @@ from pydantic import Field, model_validator
 
 from ..errors import RecipeError
 from ..results import batch_of_latency_key
-from ..specbase import NAME, Strict, stage_key
+from ..specbase import NAME, BudgetSpec, Strict, stage_key
 from ..techniques import TECHNIQUES
 from ..tune.spec import SearchSpec
 
@@ -50,7 +50,10 @@ class ModelSpec(Strict):
 class CleanSpec(Strict):
     strip_html: bool = True
     normalize_whitespace: bool = True
-    dedup: bool = True
+    dedup: bool = True  # drop exact repeats of a (text, label) pair; texts with several labels are kept, counted
+    # held-out texts that also sit in the training split (data/dedup.py): drop them from validation/test (keeps every
+    # training row), drop the training copies (the held-out splits stay as given), or only count them
+    overlap: Literal["drop_test", "drop_train", "keep"] = "drop_test"
 
 
 class SFTSpec(Strict):
@@ -144,6 +147,7 @@ class Recipe(Strict):
     run: RunSpec = RunSpec()
     measure: MeasureSpec = MeasureSpec()
     search: SearchSpec | None = None  # used by `trainopt tune`; `trainopt run` runs the recipe as written
+    budget: BudgetSpec | None = None  # the quality budget of every compression stage (a stage's own budget: replaces)
 
     @model_validator(mode="after")
     def _cross(self):

@@ -10,8 +10,9 @@ from rich.table import Table
 
 from ..compress.prune.summary import describe
 from ..export.summary import describe as describe_export
+from ..data.dedup import describe as describe_data
 from .html import to_html
-from .rows import classical_lines, rows, timing_notes
+from .rows import classical_lines, quality_flags, rows, timing_notes
 
 
 
@@ -52,6 +53,11 @@ def to_markdown(report: dict) -> str:
         lines += ["", "## Timing", "", "Each stage is timed again next to the model it came from and the baseline, "
                   "in alternating rounds; ⚠ in the table marks figures measured on a busy machine or with a wide "
                   "spread (`speed.timing` in report.json).", ""] + [f"- {n}" for n in notes]
+    flags = quality_flags(report)
+    if flags:
+        lines += ["", "## Quality lost", "", "✗ in the table: a stage over its quality budget (validation split, "
+                  "`budget:`), or one that lost more than 1 pt of test quality against the baseline.", ""]
+        lines += [f"- ✗ {f}" for f in flags]
     c = report.get("classical")
     if c:
         st = c.get("settings", {})
@@ -65,7 +71,8 @@ def to_markdown(report: dict) -> str:
     data = report.get("data", {})
     lines += ["", "## Data", "", f"- source: {data.get('source')} (text column `{data.get('text_column')}`"
               + (f", label column `{data.get('label_column')}`)" if data.get("label_column") else ")"),
-              f"- rows: {data.get('rows')}", f"- cleaning: {data.get('cleaning') or 'nothing changed'}"]
+              f"- rows: {data.get('rows')}", f"- cleaning: {describe_data(data)}",
+              f"- cleaning counts: {data.get('cleaning') or 'nothing changed'}"]
     if data.get("label_counts"):
         lines.append(f"- labels per split: {data['label_counts']}")
     if data.get("tokens"):
@@ -159,6 +166,9 @@ def print_summary(report: dict) -> None:
     if not out.is_terminal:
         out = Console(width=200)
     out.print(table)
+    out.print(f"data: {describe_data(report.get('data') or {})}")
+    for line in quality_flags(report):
+        out.print(f"[bold red]✗ {line}[/bold red]")
     for text, ok in classical_lines(report):
         out.print(f"[green]{text}[/green]" if ok else f"[bold red]{text}[/bold red]")
     for line in timing_notes(report, unreliable_only=True):

@@ -35,12 +35,13 @@ def rows(report: dict) -> tuple[list[str], list[list[str]]]:
     for s in report["stages"]:
         q, z, sp, c, vs = s["quality"], s["size"], s["speed"], s["cost"], s["vs_baseline"]
         row = [s["name"], s["kind"], s["effect"]]
+        mark = _quality_mark(s)
         if task == "classification":
-            row += [_fmt(q.get("accuracy"), ".4f") + _delta(vs.get("quality_delta"), ".4f"),
+            row += [_fmt(q.get("accuracy"), ".4f") + _delta(vs.get("quality_delta"), ".4f") + mark,
                     _fmt(q.get("f1_macro"), ".4f")]
         else:
             row += [_fmt(q.get("loss"), ".4f"),
-                    _fmt(q.get("perplexity"), ".2f") + _delta(vs.get("quality_delta"), ".2f")]
+                    _fmt(q.get("perplexity"), ".2f") + _delta(vs.get("quality_delta"), ".2f") + mark]
         row += [f"{z['params']:,}", f"{z['nonzero_params']:,}",
                 f"{z['disk_bytes'] / 1e6:.1f}" + _ratio(vs.get("size_ratio"))]
         flag = "" if sp.get("timing", {}).get("reliable", True) else " ⚠"  # why: timing_notes
@@ -127,3 +128,18 @@ def classical_lines(report: dict) -> list[tuple[str, bool]]:
         out.append((f"{s['name']} {verdict} the classical baseline ({c['name']}) on {name}: {vs['stage']} vs "
                     f"{vs['classical']}", vs["beats"]))
     return out
+
+
+def _quality_mark(stage: dict) -> str:
+    """✗ beside the quality of a stage over its budget, or that lost more than 1 pt of test quality (budget.py)."""
+    if (stage.get("budget") or {}).get("over"):
+        return " ✗ over budget"
+    if any(n.startswith("QUALITY LOST") for n in stage.get("notes") or []):
+        return " ✗ lost > 1 pt"
+    return ""
+
+
+def quality_flags(report: dict) -> list[str]:
+    """The lines that say a stage lost too much (over its budget, or > 1 pt of test quality without one)."""
+    return [f"{s['name']}: {n}" for s in report["stages"] for n in s.get("notes") or []
+            if n.startswith(("OVER BUDGET", "QUALITY LOST"))]

@@ -47,7 +47,8 @@ class EarlyStoppingSpec(Strict):
 
 class RecoverySpec(Strict):
     """Instability recovery: a non-finite loss or a loss spike (above the rolling median + k·MAD of the last
-    `window` steps, and well above the window's highest loss: train/recovery.py) rolls training back to the last checkpoint, skips the data window that led to it, lowers the
+    `window` steps, and well above the window's highest loss: train/recovery.py) rolls training back to the last
+    checkpoint, skips the data window that led to it, lowers the
     learning rate, and retries — at most `max_rollbacks` times; after that a bad step is skipped, never applied."""
 
     enabled: bool = True

@@ -11,7 +11,7 @@ from pathlib import Path
 from safetensors.torch import load_model as st_load_model
 from safetensors.torch import save_model as st_save_model
 
-from ..evaluate import DEFAULT_METRIC, METRICS, evaluate, is_better
+from ..evaluate import METRICS, default_metric, evaluate, is_better
 from . import checkpoint as ckpt
 from . import distributed
 from .loss import unwrapped
@@ -24,7 +24,7 @@ class Validator:
         self.engine, self.split, self.ctx, self.dd, self.best_file = engine, data.validation, ctx, dd, best_file
         self.stage = engine.stage
         self.task = ctx.recipe.task
-        self.metric = self.stage.metric or DEFAULT_METRIC[self.task]
+        self.metric = self.stage.metric or default_metric(self.task, getattr(data.train, "labels", None))
         self.mode = METRICS[self.task][self.metric]
         self.first_best = first_best  # evaluations before this step neither count as best nor stall the run
 
