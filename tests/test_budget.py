@@ -66,3 +66,59 @@ def test_a_stage_budget_replaces_the_recipe_budget_and_no_budget_still_flags(tmp
     assert brutal["vs_baseline"]["quality_delta"] < -0.01
     assert any(n.startswith("QUALITY LOST") for n in brutal["notes"])
     assert "✗ lost > 1 pt" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_budget_search_keeps_the_fastest_weaker_setting_that_fits(tmp_path, tiny_bert_dir, reviews_dir):
+    """on_over_budget: search — the 99.9%-sparse stage is over budget; Optuna draws weaker sparsities, each re-run
+    from the stage's input model and scored on validation; the kept one fits the budget, the report lists every
+    trial, and recipe.chosen.yaml holds the chosen sparsity (a recipe that loads)."""
+    from trainopt.recipe import load_recipe
+
+    recipe = _chain(tiny_bert_dir, reviews_dir)
+    recipe["stages"] = [recipe["stages"][0], recipe["stages"][2]]
+    recipe["stages"][1]["budget"] = {"max_drop": 0.02, "metric": "accuracy", "on_over_budget": "search", "trials": 4}
+    recipe["measure"].update(latency=True, batch_sizes=[1, 8], repeats=3, max_seconds=0.5, interleave=False)
+    report = run(recipe, out=tmp_path / "s")
+    base, brutal = report["stages"]
+    b = brutal["budget"]
+    search = b["search"]
+    assert search["trials"][0]["params"] == "as written" and len(search["trials"]) == 5
+    assert search["trials"][0]["value"] < base["validation_quality"]["accuracy"] - 0.02  # why it searched
+    kept = next(t for t in search["trials"] if t["trial"] == search["chosen"])
+    assert kept["fits"] and search["fits"] and b["over"] is False
+    fitting = [t for t in search["trials"][1:] if t["fits"]]
+    # a Pareto point: no fitting trial is both clearly faster (beyond the 5% tie) and no larger
+    assert not any(t["latency_ms"] * 1.05 < kept["latency_ms"] and t["weight_bytes"] <= kept["weight_bytes"]
+                   for t in fitting)
+    assert brutal["pruning"]["target_sparsity"] == kept["params"]["sparsity"] < 0.999
+    assert brutal["validation_quality"]["accuracy"] == kept["value"]
+    chosen = load_recipe(tmp_path / "s" / "recipe.chosen.yaml")
+    assert chosen.stages[1].sparsity == kept["params"]["sparsity"] and chosen.stages[1].name == "brutal"
+    assert not (tmp_path / "s" / "stages/brutal/search").exists()
+
+
+def test_each_technique_draws_only_weaker_settings():
+    """weaker(trial, info) per technique (optuna's FixedTrial stands for a drawn trial): never stronger than written,
+    and always a valid stage of its kind."""
+    from optuna.trial import FixedTrial
+
+    from trainopt.compress.distill.spec import DistillStage
+    from trainopt.compress.prune.spec import PruneStage
+    from trainopt.compress.quantize.spec import QuantizeStage
+
+    info = {"num_layers": 6, "block_prefix": "bert.encoder.layer", "head": ["classifier"]}
+    p = PruneStage(kind="prune", method="structured", structured={"heads": 0.5, "ffn": 0.6})
+    w = p.weaker(FixedTrial({"heads": 0.2, "ffn": 0.0}), info)
+    assert (w.structured.heads, w.structured.ffn) == (0.2, 0.0)
+    assert p.weaker(FixedTrial({"heads": 0.0, "ffn": 0.0}), info).structured.ffn == 0.05  # never a no-op stage
+    assert PruneStage(kind="prune", sparsity=0.999).weaker(FixedTrial({"sparsity": 0.99}), info).sparsity == 0.99
+    d = DistillStage(kind="distill", student={"num_layers": 4}, train={"epochs": 3})
+    w = d.weaker(FixedTrial({"num_layers": 5, "epochs_x": 1.5}), info)
+    assert w.student.num_layers == 5 and w.train.epochs == 4.5
+    with pytest.raises(ValueError, match="layer-dropped"):
+        DistillStage(kind="distill", student={"config": {"hidden_size": 64}}).weaker(FixedTrial({}), info)
+    q = QuantizeStage(kind="quantize", skip=["pooler"])
+    w = q.weaker(FixedTrial({"float_first_blocks": 1, "float_last_blocks": 2, "quantize_embeddings": False,
+                             "float_head": True}), info)
+    assert w.skip == ["pooler", "bert.encoder.layer.0.", "bert.encoder.layer.4.", "bert.encoder.layer.5.",
+                      "classifier"] and w.embeddings is False

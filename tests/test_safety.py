@@ -36,7 +36,9 @@ def test_pickled_model_weights_with_code_are_refused(tmp_path, tiny_bert_dir, re
     recipe.write_text(yaml.safe_dump(classification_recipe(evil, reviews_dir)))
     assert main(["run", str(recipe), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "refused to load" in err and "more than tensors" in err
+    errors = [line for line in err.splitlines() if line.startswith("trainopt:")]  # after the run's "data:" line
+    assert len(errors) == 1 and errors[0] == err.splitlines()[-1] and "Traceback" not in err
+    assert "refused to load" in err and "more than tensors" in err
     assert not marker.exists()
 
 

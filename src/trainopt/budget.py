@@ -31,6 +31,13 @@ def any_budget(recipe) -> bool:
     return recipe.budget is not None or any(getattr(s, "budget", None) for s in recipe.stages)
 
 
+def metric_for(spec, task: str, train_labels) -> str:
+    """The budget's metric: as written, or auto (macro-F1 on imbalanced classes, else accuracy; LM: perplexity)."""
+    if spec.metric != "auto":
+        return spec.metric
+    return default_metric(task, train_labels) if task == "classification" else "perplexity"
+
+
 def drop_of(metric: str, reference: float, value: float) -> float:
     """How much worse `value` is than `reference`: points for accuracy/macro-F1, a relative increase otherwise."""
     return value / reference - 1.0 if metric in RELATIVE else reference - value
@@ -49,8 +56,7 @@ def judge(result, stage, outcome, previous: list, recipe, train_labels) -> dict 
     spec = spec_for(stage, recipe)
     if spec is None:
         return None
-    metric = default_metric(recipe.task, train_labels) if spec.metric == "auto" and recipe.task == "classification" \
-        else ("perplexity" if spec.metric == "auto" else spec.metric)
+    metric = metric_for(spec, recipe.task, train_labels)
     ref, value = (baseline.validation_quality or {}).get(metric), (result.validation_quality or {}).get(metric)
     entry = {"metric": metric, "split": "validation", "reference_stage": baseline.name, "reference": ref,
              "value": value, "max_drop": spec.max_drop, "on_over_budget": spec.on_over_budget}

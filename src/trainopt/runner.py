@@ -13,6 +13,7 @@ Run directory layout:
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -110,7 +111,6 @@ def _execute(recipe: Recipe, device, texts, dd, run_dir: Path, resume: bool, on_
             shutil.rmtree(tmp, ignore_errors=True)
             tokenizer.save_pretrained(str(tmp))
             os.replace(tmp, saved_tokenizer)
-    classical = _classical(texts, data, recipe, run_dir) if dd.is_main and recipe.measure.classical else None
     log = MetricsLog(run_dir, recipe.run.tensorboard) if dd.is_main else NullLog()
     hardware = measure.hardware_info(device)
     eval_split = data.test if data.test is not None else (data.validation or data.train)
@@ -171,10 +171,19 @@ def _execute(recipe: Recipe, device, texts, dd, run_dir: Path, resume: bool, on_
                 (resolve_model_ref(recipe.model.path) if recipe.model.path else None)
             stage_dir.mkdir(parents=True, exist_ok=True)
             console.rule(f"[bold]{stage.name}[/bold] ({stage.kind})")
+            parent = copy.deepcopy(model) if _may_search(stage, recipe, dd, results) else None
             model, outcome = module.run(model, data, stage, ctx, stage_dir)
+            searched = None
+            if parent is not None:  # over budget with on_over_budget: search: the fastest weaker setting that fits
+                searched = _budget_search(model, parent, outcome, data, stage, ctx, stage_dir, module, results)
+                del parent
+                if searched is not None:
+                    model, outcome, stage = searched.model, searched.outcome, searched.stage
             result = None
             if dd.is_main:  # evaluated, measured and saved once; every rank gets the result
                 result = _measure_stage(model, data, stage, outcome, ctx, inputs, stage_dir, meta, results)
+                if searched is not None:
+                    result.details.setdefault("budget", {})["search"] = searched.entry
                 _write_text(done, json.dumps(result.to_json(), indent=1))
                 shutil.rmtree(stage_dir / "checkpoints", ignore_errors=True)  # the model folder is the artifact
                 (stage_dir / "best.safetensors").unlink(missing_ok=True)
@@ -185,6 +194,8 @@ def _execute(recipe: Recipe, device, texts, dd, run_dir: Path, resume: bool, on_
     finally:
         log.close()
 
+    # the classical row, once the chain has run (a model that fails to load costs no baseline fit first)
+    classical = _classical(texts, data, recipe, run_dir) if dd.is_main and recipe.measure.classical else None
     stages = [r.to_json() for r in results]
     for entry in stages:
         if (vs := versus(entry["quality"], classical, recipe.task)) is not None:
@@ -203,6 +214,53 @@ def _execute(recipe: Recipe, device, texts, dd, run_dir: Path, resume: bool, on_
     if stop is not None:
         raise stop
     return report
+
+
+def _may_search(stage, recipe: Recipe, dd, results: list[StageResult]) -> bool:
+    """Whether this stage may need a budget search (its input model is then kept aside for the trials)."""
+    spec = budget.spec_for(stage, recipe)
+    return (spec is not None and spec.on_over_budget == "search" and hasattr(stage, "weaker") and not dd.enabled
+            and any(r.effect == "baseline" for r in results))
+
+
+def _budget_search(model, parent, outcome, data, stage, ctx: RunContext, stage_dir: Path, module,
+                   results: list[StageResult]):
+    """Score the stage as written on the validation split; over budget, search weaker settings (budget_search.py)
+    and write the chosen ones into recipe.chosen.yaml. None where the stage fits (or cannot be searched)."""
+    from . import budget_search
+
+    recipe = ctx.recipe
+    spec = budget.spec_for(stage, recipe)
+    base = next(r for r in results if r.effect == "baseline")
+    metric = budget.metric_for(spec, recipe.task, getattr(data.train, "labels", None))
+    reference = (base.validation_quality or {}).get(metric)
+    if outcome.effect == "unchanged" or reference is None or data.validation is None:
+        return None
+    device = torch.device(outcome.measure_device or ctx.device.type)
+    model.eval()
+    value = evaluate(model, data.validation, recipe.task, _eval_batch(recipe.task), device)[metric]
+    if budget.drop_of(metric, reference, value) <= spec.max_drop + 1e-9:
+        return None
+    console.print(f"[bold red]{stage.name} is over its quality budget[/bold red] (validation {metric} {value} against "
+                  f"{reference}): searching weaker settings, {spec.trials} trials")
+    first = {"params": "as written", "value": value, "latency_ms": budget_search.latency_ms(model, ctx.measure_inputs,
+                                                                                          device),
+             "weight_bytes": budget_search.weight_bytes(model)}
+    searched = budget_search.search(parent, data, stage, ctx, stage_dir, module, spec, reference, metric, first)
+    if searched is not None:
+        stages = [searched.stage if s.name == stage.name else s for s in _chosen(ctx.run_dir, recipe).stages]
+        chosen = recipe.model_copy(update={"stages": stages})
+        _write_text(ctx.run_dir / "recipe.chosen.yaml", "# the run's recipe with the settings its budget search chose "
+                    "(trainopt run this file to repeat the chain without searching)\n" + dump_recipe(chosen))
+    return searched
+
+
+def _chosen(run_dir: Path, recipe: Recipe) -> Recipe:
+    """The recipe with every earlier search's choice (recipe.chosen.yaml), or the run's own."""
+    from .recipe import load_recipe
+
+    path = run_dir / "recipe.chosen.yaml"
+    return load_recipe(path) if path.is_file() else recipe
 
 
 def _over_budget_stop(result: StageResult) -> budget.OverBudget | None:

@@ -51,8 +51,10 @@ class BudgetSpec(Strict):
     max_drop: float = Field(0.01, ge=0.0, le=1.0)
     # auto: macro-F1 when the training classes are imbalanced, else accuracy (classification); perplexity (LM)
     metric: Literal["auto", "accuracy", "f1_macro", "loss", "perplexity"] = "auto"
-    # warn: flag the stage in red (terminal and report) and go on; fail: write its result, flag it and stop the run
-    on_over_budget: Literal["warn", "fail"] = "warn"
+    # warn: flag the stage in red (terminal and report) and go on; fail: write its result, flag it and stop the run;
+    # search: run the stage again with weaker settings drawn by Optuna and keep the fastest that fits (budget_search.py)
+    on_over_budget: Literal["warn", "fail", "search"] = "warn"
+    trials: int = Field(8, ge=1, le=200)  # search: settings tried (each re-runs the stage from its input model)
 
 
 class StageBase(Strict):

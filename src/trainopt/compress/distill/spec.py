@@ -57,5 +57,17 @@ class DistillStage(StageBase):
     def paths(self):
         return [("teacher", self.teacher, BUILTIN_MODELS)] if self.teacher else []
 
+    def weaker(self, trial, info: dict) -> DistillStage:
+        """A setting no weaker a student than this one, drawn by an Optuna trial (budget_search.py): as many or
+        more teacher layers kept (up to all but one), and 1x, 1.5x or 2x the training epochs."""
+        if self.student.config is not None or (self.student.layers is None and self.student.num_layers is None):
+            raise ValueError("only a layer-dropped student (student.num_layers or student.layers) is searched")
+        now = self.student.num_layers or len(self.student.layers)
+        top = max(now, info["num_layers"] - 1)
+        layers = trial.suggest_int("num_layers", now, top)
+        times = trial.suggest_categorical("epochs_x", [1.0, 1.5, 2.0])
+        train = self.train.model_copy(update={"epochs": self.train.epochs * times})
+        return self.model_copy(update={"student": StudentSpec(num_layers=layers), "train": train})
+
     def trainings(self):
         return [("train", self.train)]

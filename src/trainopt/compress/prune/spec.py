@@ -77,3 +77,22 @@ class PruneStage(StageBase):
 
     def trainings(self):
         return [("train", self.train)] if self.train is not None else []
+
+    def weaker(self, trial, info: dict) -> PruneStage:
+        """A setting no stronger than this one, drawn by an Optuna trial (budget search, budget_search.py):
+        structured: the heads and FFN fractions, each in [0, as written]; otherwise the sparsity in [1%, as written]."""
+        if self.method == "structured":
+            s = self.structured
+            heads = trial.suggest_float("heads", 0.0, _hundredths(s.heads), step=0.01) if s.heads >= 0.01 else 0.0
+            ffn = trial.suggest_float("ffn", 0.0, _hundredths(s.ffn), step=0.01) if s.ffn >= 0.01 else 0.0
+            if not (heads or ffn):  # the smallest structured step: one FFN neuron in twenty
+                ffn = 0.05
+            return self.model_copy(update={"structured": s.model_copy(update={"heads": round(heads, 3),
+                                                                              "ffn": round(ffn, 3)})})
+        top = max(0.01, _hundredths(self.sparsity))
+        return self.model_copy(update={"sparsity": round(trial.suggest_float("sparsity", 0.01, top, step=0.01), 2)})
+
+
+def _hundredths(x: float) -> float:
+    """x rounded down to a multiple of 0.01 (the budget search's grid)."""
+    return int(x * 100 + 1e-9) / 100

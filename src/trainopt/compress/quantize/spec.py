@@ -45,3 +45,15 @@ class QuantizeStage(StageBase):
 
     def trainings(self):
         return [("qat", self.qat)] if self.qat is not None else []
+
+    def weaker(self, trial, info: dict) -> QuantizeStage:
+        """Which parts stay float, drawn by an Optuna trial (budget_search.py): the embeddings, the output head, and
+        the first and last blocks (a count of each; the rest is quantised as written)."""
+        n = info["num_layers"]
+        first = trial.suggest_int("float_first_blocks", 0, n)
+        last = trial.suggest_int("float_last_blocks", 0, n - first)
+        embeddings = self.embeddings and trial.suggest_categorical("quantize_embeddings", [True, False])
+        head = trial.suggest_categorical("float_head", [False, True])
+        blocks = [f"{info['block_prefix']}.{i}." for i in list(range(first)) + list(range(n - last, n))]
+        skip = list(self.skip) + blocks + (list(info["head"]) if head else [])
+        return self.model_copy(update={"skip": skip, "embeddings": embeddings})
