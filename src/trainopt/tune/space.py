@@ -64,11 +64,13 @@ def base_of(raw: dict) -> dict:
 
 
 def trial_raw(raw: dict, search: SearchSpec, params: dict, workers: int) -> dict:
-    """One trial's recipe: the base with the sampled values set and validation measured when scored on it."""
+    """One trial's recipe: the base with the sampled values set, validation measured when scored on it, and no
+    classical baseline row (unless the recipe asks for it)."""
     out = base_of(raw)
     for key, value in params.items():
         set_path(out, key, value)
     out.setdefault("measure", {})
+    out["measure"].setdefault("classical", False)  # the same baseline row every trial: not refit per trial
     if any(o.split == "validation" and o.metric in QUALITY_METRICS for o in search.objectives):
         out["measure"]["validation"] = True
     out.setdefault("run", {})

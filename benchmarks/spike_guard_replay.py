@@ -1,0 +1,67 @@
+"""The spike guard on real loss curves (issue 27): how often each rule fires on clean runs (false positives), and
+whether it still catches injected faults.
+
+Input: the per-step fine-tune losses that benchmarks/quality_defaults.py records (`losses` of each row in
+<out>/<data set>.jsonl; logged with log_every=1). Each clean curve is replayed through trainopt's SpikeGuard with the
+rule as shipped (median + k·MAD and the window's tail, `tail: 1.0`) and with the median + k·MAD rule alone
+(`tail: 0`, the rule before issue 27): every firing on a clean curve is a false positive. Then, at 20 positions per
+curve, the step's loss is replaced by x1000 (the fault the tests inject) and by x3: a caught fault is one the guard
+fires on.
+
+    python benchmarks/spike_guard_replay.py runs/quality/*.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+
+from trainopt.recipe import RecoverySpec
+from trainopt.train.recovery import SpikeGuard
+
+
+def replay(losses: list[float], spec: RecoverySpec, inject: dict[int, float] | None = None) -> list[int]:
+    """Steps at which the guard fires (a firing step is not added to the window, as in training)."""
+    guard, fired = SpikeGuard(spec), []
+    for i, loss in enumerate(losses):
+        loss = loss * inject[i] if inject and i in inject else loss
+        if guard.is_spike(loss):
+            fired.append(i)
+        else:
+            guard.add(loss)
+    return fired
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("files", nargs="+")
+    args = ap.parse_args()
+    rules = {"shipped (tail 1.0)": RecoverySpec(), "median + k·MAD only (tail 0)": RecoverySpec(tail=0.0)}
+    curves = []
+    for path in args.files:
+        for line in open(path):
+            row = json.loads(line)
+            if row.get("losses"):
+                curves.append((f"{row['data']} {row['setting']}", row["losses"]))
+    print(f"{len(curves)} clean curves, {sum(len(c) for _, c in curves):,} steps")
+    rng = random.Random(0)
+    for name, spec in rules.items():
+        false_pos, runs_hit, caught = 0, 0, {1000.0: [0, 0], 3.0: [0, 0]}
+        for label, losses in curves:
+            fired = replay(losses, spec)
+            false_pos += len(fired)
+            runs_hit += bool(fired)
+            if fired:
+                print(f"  {name}: {label}: fired at steps {fired[:8]}{' …' if len(fired) > 8 else ''}")
+            for factor in caught:
+                for _ in range(20):
+                    at = rng.randrange(spec.min_history + 1, len(losses))
+                    caught[factor][0] += at in replay(losses[: at + 1], spec, {at: factor})
+                    caught[factor][1] += 1
+        print(f"{name}: false positives {false_pos} on {runs_hit} of {len(curves)} clean runs; "
+              + "; ".join(f"x{f:g} caught {c}/{n}" for f, (c, n) in caught.items()))
+
+
+if __name__ == "__main__":
+    main()
