@@ -8,7 +8,8 @@ values; the data sets come from benchmarks/quality_data.py.
         --grid "lr=5e-5,epochs=1" "lr=1e-4,epochs=3" [--chain] [--jobs 6]
 
 --classical-only: the classical rows alone (CPU, seconds each). --chain: the whole recipe (prune -> distill -> int8,
-with its budget) with the first grid setting. One process per data set (--jobs at a time); each writes
+with its budget; latency measured, 5 s per batch size) with each grid setting (`--grid "budget.on_over_budget=search,
+budget.trials=4"` for the budget search). One process per data set (--jobs at a time); each writes
 <out>/<data set>.jsonl (one line per run) and the table is printed at the end.
 """
 
@@ -36,7 +37,8 @@ def one_data_set(data: Path, model: str, out: Path, grid: list[str], chain: bool
 
     for setting in grid if not classical_only else [grid[0]]:
         sets = [f"data.source={data}", "data.text_column=text", "data.label_column=label", f"model.path={model}",
-                "measure.latency=false", "run.progress=false", "stages.finetune.log_every=1", *_sets(setting)]
+                f"measure.latency={str(chain).lower()}", "measure.max_seconds=5", "run.progress=false",
+                "stages.finetune.log_every=1", *_sets(setting)]
         t0 = time.perf_counter()
         if classical_only:
             row = _classical(sets)

@@ -45,8 +45,8 @@ def main() -> None:
             if row.get("losses"):
                 curves.append((f"{row['data']} {row['setting']}", row["losses"]))
     print(f"{len(curves)} clean curves, {sum(len(c) for _, c in curves):,} steps")
-    rng = random.Random(0)
     for name, spec in rules.items():
+        rng = random.Random(0)  # the same injection positions for every rule
         false_pos, runs_hit, caught = 0, 0, {1000.0: [0, 0], 3.0: [0, 0]}
         for label, losses in curves:
             fired = replay(losses, spec)

@@ -50,10 +50,10 @@ def judge(result, stage, outcome, previous: list, recipe, train_labels) -> dict 
     if baseline is None or outcome.effect == "unchanged":
         return None
     notes = result.details.setdefault("notes", [])
-    flag = _test_flag(result, baseline, recipe.task)
+    spec = spec_for(stage, recipe)
+    flag = _test_flag(result, baseline, recipe.task, spec is not None)
     if flag:
         notes.append(flag)
-    spec = spec_for(stage, recipe)
     if spec is None:
         return None
     metric = metric_for(spec, recipe.task, train_labels)
@@ -75,7 +75,7 @@ def judge(result, stage, outcome, previous: list, recipe, train_labels) -> dict 
     return entry
 
 
-def _test_flag(result, baseline, task: str) -> str | None:
+def _test_flag(result, baseline, task: str, budgeted: bool) -> str | None:
     """A flag for a stage that lost more than FLAG_DROP of test quality against the baseline, budget or not."""
     metrics = ("accuracy", "f1_macro") if task == "classification" else ("perplexity",)
     lost = []
@@ -85,8 +85,10 @@ def _test_flag(result, baseline, task: str) -> str | None:
             lost.append(f"{m} {value} against {ref}, {_spell(m, drop_of(m, ref, value))} lost")
     if not lost:
         return None
-    return f"QUALITY LOST against {baseline.name} on the test split: " + "; ".join(lost) + \
-        " (more than 1 pt; set `budget:` to gate the chain on it)"
+    why = ("the budget is judged on the validation split, which did not show it: a small validation split (or one "
+           "with few examples of a class) resolves macro-F1 coarsely — enlarge data.validation_fraction"
+           if budgeted else "set `budget:` to gate the chain on it")
+    return f"QUALITY LOST against {baseline.name} on the test split: " + "; ".join(lost) + f" (more than 1 pt; {why})"
 
 
 def _spell(metric: str, drop: float) -> str:
