@@ -3,8 +3,8 @@ whether it still catches injected faults.
 
 Input: the per-step fine-tune losses that benchmarks/quality_defaults.py records (`losses` of each row in
 <out>/<data set>.jsonl; logged with log_every=1). Each clean curve is replayed through trainopt's SpikeGuard with the
-rule as shipped (median + k·MAD and the window's tail, `tail: 1.0`) and with the median + k·MAD rule alone
-(`tail: 0`, the rule before issue 27): every firing on a clean curve is a false positive. Then, at 20 positions per
+rule as shipped (median + k·MAD, the window's tail, `tail: 1.0`, and a rise of half the starting loss,
+`min_rise: 0.5`), without the rise, and with the median + k·MAD rule alone (the rule before issue 27): every firing on a clean curve is a false positive. Then, at 20 positions per
 curve, the step's loss is replaced by x1000 (the fault the tests inject) and by x3: a caught fault is one the guard
 fires on.
 
@@ -37,7 +37,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("files", nargs="+")
     args = ap.parse_args()
-    rules = {"shipped (tail 1.0)": RecoverySpec(), "median + k·MAD only (tail 0)": RecoverySpec(tail=0.0)}
+    rules = {"shipped (tail 1.0, min_rise 0.5)": RecoverySpec(), "tail only (min_rise 0)": RecoverySpec(min_rise=0.0),
+             "median + k·MAD only (the rule before issue 27)": RecoverySpec(tail=0.0, min_rise=0.0)}
     curves = []
     for path in args.files:
         for line in open(path):

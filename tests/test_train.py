@@ -288,13 +288,13 @@ def test_spike_guard_threshold():
     from trainopt.recipe import RecoverySpec
     from trainopt.train.recovery import SpikeGuard
 
-    g = SpikeGuard(RecoverySpec(min_history=5, spike_k=8.0))
+    g = SpikeGuard(RecoverySpec(min_history=5, spike_k=8.0, min_rise=0.0))  # the k·MAD bound alone
     for x in [1.0, 1.1, 0.9, 1.05, 0.95, 1.0]:
         assert not g.is_spike(x)
         g.add(x)
     assert g.threshold == pytest.approx(1.0 + 8 * 0.05)
     assert not g.is_spike(1.3) and g.is_spike(1.5)
-    flat = SpikeGuard(RecoverySpec(min_history=5))
+    flat = SpikeGuard(RecoverySpec(min_history=5, min_rise=0.0))
     for _ in range(10):
         flat.add(2.0)
     assert not flat.is_spike(2.1) and flat.is_spike(2.2)  # MAD floored at 1% of the median: 2 + 8 * 0.02
@@ -312,7 +312,7 @@ def test_spike_guard_stays_quiet_in_a_low_loss_phase():
     rng = random.Random(0)
     losses = [rng.uniform(0.02, 0.15) for _ in range(46)] + [0.55, 0.62, 0.48, 0.7]
     rng.shuffle(losses)
-    g, old = SpikeGuard(RecoverySpec()), SpikeGuard(RecoverySpec(tail=0.0))
+    g, old = SpikeGuard(RecoverySpec()), SpikeGuard(RecoverySpec(tail=0.0, min_rise=0.0))
     for x in losses:
         g.add(x)
         old.add(x)
@@ -453,3 +453,23 @@ def test_default_selection_metric_is_macro_f1_on_imbalanced_classes(tmp_path, ti
                                       checkpoint_every=0)
     summary = train(model, data, recipe.stages[0], ctx, tmp_path / "s")
     assert summary["metric"] == default_metric("classification", data.train.labels)
+
+
+def test_spike_guard_needs_a_rise_of_half_the_starting_loss():
+    """Eight epochs on short glosses: the loss starts at ~1.4 (4 classes) and ends with most batches at ~0.005 and a
+    few at 0.1-0.3; median + k·MAD and the window's tail both fire there (15-52 times in the measured run). A spike
+    must also rise by half the stage's starting loss: the hard batches pass, a x1000 step and a return to the
+    starting loss do not."""
+    import random
+
+    from trainopt.recipe import RecoverySpec
+    from trainopt.train.recovery import SpikeGuard
+
+    rng = random.Random(1)
+    g, no_rise = SpikeGuard(RecoverySpec()), SpikeGuard(RecoverySpec(min_rise=0.0))
+    for x in [1.4 - 0.02 * i for i in range(20)] + [rng.uniform(0.001, 0.01) for _ in range(50)]:
+        g.add(x)
+        no_rise.add(x)
+    assert g.start == pytest.approx(1.2, abs=0.05)
+    assert no_rise.is_spike(0.3) and not g.is_spike(0.3) and not g.is_spike(0.6)
+    assert g.is_spike(1.4) and g.is_spike(1000 * 0.005)

@@ -14,15 +14,15 @@ from .state import TrainState
 
 
 class SpikeGuard:
-    """Loss-spike detection on a rolling window of recent step losses. A loss is a spike when it clears both
+    """Loss-spike detection on a rolling window of recent step losses. A loss is a spike when it clears all of
       - median + k · MAD (the median absolute deviation, floored at 1% of the median so that a flat loss curve does
-        not make every wiggle a spike), and
-      - the window's highest loss by `tail` times that maximum's own height above the median.
-    The second bound is what keeps healthy training quiet: late in a fine-tune most batches score ~0.01 and a few
-    score 0.5-1 (one or two hard or mislabelled examples), so the MAD is tiny and a median + k·MAD rule rolls back
-    ordinary batches; those batches also set the window's maximum, and a loss has to rise well past them to count.
-    On a smooth curve (language modelling) the maximum sits a few MADs above the median and the first bound rules.
-    benchmarks/spike_guard_replay.py measures both rules on clean runs and injected faults.
+        not make every wiggle a spike),
+      - the window's highest loss by `tail` times that maximum's own height above the median, and
+      - median + `min_rise` times the stage's starting loss (the median of its first `min_history` losses).
+    The last two keep healthy training quiet: late in a fine-tune most batches score ~0.005 and a few 0.1-0.8 (one or
+    two hard or mislabelled examples); the MAD is tiny, and median + k·MAD alone rolled such batches back (52 times
+    in one clean 8-epoch run; benchmarks/spike_guard_replay.py). A blow-up rises by a sizeable part of the loss the
+    stage started from; an ordinary hard batch late in training does not.
     Hand-written: a few lines over a deque, no library does this for a training loop."""
 
     def __init__(self, spec):
@@ -31,27 +31,36 @@ class SpikeGuard:
         self.spec = spec
         self.losses: deque[float] = deque(maxlen=spec.window)
         self.threshold: float | None = None
+        self.start: float | None = None  # the stage's starting loss level, fixed once min_history losses are in
+        self._first: list[float] = []
 
     def add(self, loss: float) -> None:
         self.losses.append(loss)
+        if self.start is None:
+            self._first.append(loss)
+            if len(self._first) >= self.spec.min_history:
+                self.start = sorted(self._first)[len(self._first) // 2]
 
     def is_spike(self, loss: float) -> bool:
         if not self.spec.enabled or len(self.losses) < self.spec.min_history:
             self.threshold = None
             return False
-        self.threshold = spike_threshold(list(self.losses), self.spec.spike_k, self.spec.tail)
+        self.threshold = spike_threshold(list(self.losses), self.spec.spike_k, self.spec.tail,
+                                         self.spec.min_rise * abs(self.start or 0.0))
         return loss > self.threshold
 
     def can_roll_back(self, rollbacks: int) -> bool:
         return self.spec.enabled and rollbacks < self.spec.max_rollbacks
 
 
-def spike_threshold(losses: list[float], k: float, tail: float) -> float:
-    """The loss above which a step is a spike, given the recent healthy losses (SpikeGuard)."""
+def spike_threshold(losses: list[float], k: float, tail: float, rise: float = 0.0) -> float:
+    """The loss above which a step is a spike, given the recent healthy losses and the smallest rise above their
+    median that counts (SpikeGuard)."""
     ordered = sorted(losses)
     median = ordered[len(ordered) // 2]
     mad = sorted(abs(x - median) for x in ordered)[len(ordered) // 2]
-    return max(median + k * max(mad, 0.01 * abs(median)), ordered[-1] + tail * (ordered[-1] - median))
+    return max(median + k * max(mad, 0.01 * abs(median)), ordered[-1] + tail * (ordered[-1] - median),
+               median + rise)
 
 
 class StepGate:
