@@ -1,14 +1,14 @@
 """The spike guard on real loss curves (issue 27): how often each rule fires on clean runs (false positives), and
 whether it still catches injected faults.
 
-Input: the per-step fine-tune losses that benchmarks/quality_defaults.py records (`losses` of each row in
-<out>/<data set>.jsonl; logged with log_every=1). Each clean curve is replayed through trainopt's SpikeGuard with the
+Input: the run directories of fine-tunes logged with log_every=1 (benchmarks/quality_defaults.py runs so): every step
+loss they computed, including the steps their own guard rejected. Each clean curve is replayed through trainopt's SpikeGuard with the
 rule as shipped (median + k·MAD, the window's tail, `tail: 1.0`, and a rise of half the starting loss,
 `min_rise: 0.5`), without the rise, and with the median + k·MAD rule alone (the rule before issue 27): every firing on a clean curve is a false positive. Then, at 20 positions per
 curve, the step's loss is replaced by x1000 (the fault the tests inject) and by x3: a caught fault is one the guard
 fires on.
 
-    python benchmarks/spike_guard_replay.py runs/quality/*.jsonl
+    python benchmarks/spike_guard_replay.py runs/quality/*/ runs/quality_spike/*/
 """
 
 from __future__ import annotations
@@ -19,6 +19,15 @@ import random
 
 from trainopt.recipe import RecoverySpec
 from trainopt.train.recovery import SpikeGuard
+
+
+def computed_losses(run_dir: str, stage: str = "finetune") -> list[float]:
+    """Every step loss the run computed, in the order it computed them: the logged steps and the losses of steps
+    its own guard rejected (rollback / skip events), which a clean curve must include."""
+    rows = [json.loads(x) for x in open(f"{run_dir}/metrics.jsonl") if x.strip()]
+    rows = [r for r in rows if r.get("stage") == stage and "loss" in r
+            and ("event" not in r or str(r["event"]).startswith(("rollback", "spike")))]
+    return [r["loss"] for r in sorted(rows, key=lambda r: r["time"])]
 
 
 def replay(losses: list[float], spec: RecoverySpec, inject: dict[int, float] | None = None) -> list[int]:
@@ -35,16 +44,12 @@ def replay(losses: list[float], spec: RecoverySpec, inject: dict[int, float] | N
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("files", nargs="+")
+    ap.add_argument("runs", nargs="+", help="run directories of fine-tunes logged with log_every=1")
     args = ap.parse_args()
-    rules = {"shipped (tail 1.0, min_rise 0.5)": RecoverySpec(), "tail only (min_rise 0)": RecoverySpec(min_rise=0.0),
+    rules = {"shipped (tail 1.0, min_rise 1.0)": RecoverySpec(), "min_rise 0.5": RecoverySpec(min_rise=0.5),
+             "tail only (min_rise 0)": RecoverySpec(min_rise=0.0),
              "median + k·MAD only (the rule before issue 27)": RecoverySpec(tail=0.0, min_rise=0.0)}
-    curves = []
-    for path in args.files:
-        for line in open(path):
-            row = json.loads(line)
-            if row.get("losses"):
-                curves.append((f"{row['data']} {row['setting']}", row["losses"]))
+    curves = [(str(path), computed_losses(path)) for path in args.runs]
     print(f"{len(curves)} clean curves, {sum(len(c) for _, c in curves):,} steps")
     for name, spec in rules.items():
         rng = random.Random(0)  # the same injection positions for every rule

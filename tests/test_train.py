@@ -455,10 +455,10 @@ def test_default_selection_metric_is_macro_f1_on_imbalanced_classes(tmp_path, ti
     assert summary["metric"] == default_metric("classification", data.train.labels)
 
 
-def test_spike_guard_needs_a_rise_of_half_the_starting_loss():
+def test_spike_guard_needs_a_rise_of_the_starting_loss():
     """Eight epochs on short glosses: the loss starts at ~1.4 (4 classes) and ends with most batches at ~0.005 and a
-    few at 0.1-0.3; median + k·MAD and the window's tail both fire there (15-52 times in the measured run). A spike
-    must also rise by half the stage's starting loss: the hard batches pass, a x1000 step and a return to the
+    few at 0.1-0.8; median + k·MAD and the window's tail both fire there (15-52 times in the measured run). A spike
+    must also rise by the stage's starting loss: the hard batches pass, a x1000 step and a return above the
     starting loss do not."""
     import random
 
@@ -471,5 +471,5 @@ def test_spike_guard_needs_a_rise_of_half_the_starting_loss():
         g.add(x)
         no_rise.add(x)
     assert g.start == pytest.approx(1.2, abs=0.05)
-    assert no_rise.is_spike(0.3) and not g.is_spike(0.3) and not g.is_spike(0.6)
+    assert no_rise.is_spike(0.3) and not g.is_spike(0.3) and not g.is_spike(0.8)
     assert g.is_spike(1.4) and g.is_spike(1000 * 0.005)

@@ -93,7 +93,9 @@ def search(parent: torch.nn.Module, data, stage, ctx, stage_dir: Path, module, s
         console.print(f"[bold]{stage.name}[/bold]: budget search, trial {n + 1}/{spec.trials}: "
                       + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in
                                   trial.params.items()))
-        model, outcome = module.run(copy.deepcopy(parent), data, candidate, ctx, root / f"trial{n}")
+        trial_dir = root / f"trial{n}"
+        trial_dir.mkdir(parents=True, exist_ok=True)  # as the runner makes a stage's folder before it runs
+        model, outcome = module.run(copy.deepcopy(parent), data, candidate, ctx, trial_dir)
         device = torch.device(outcome.measure_device or ctx.device.type)
         model.eval()
         value = evaluate(model, data.validation, ctx.recipe.task, 64, device)[metric]

@@ -57,8 +57,8 @@ class RecoverySpec(Strict):
     # (a low-loss phase) raise the bar with them; 0 turns this bound off
     tail: float = Field(1.0, ge=0.0)
     # ... and loss > median + min_rise · the stage's starting loss (the median of its first min_history losses): a
-    # hard batch late in training is no blow-up; 0 turns this bound off
-    min_rise: float = Field(0.5, ge=0.0)
+    # hard batch late in training is no blow-up, a loss back above where the stage began is; 0 turns this bound off
+    min_rise: float = Field(1.0, ge=0.0)
     window: int = Field(50, ge=5)  # steps in the rolling window
     min_history: int = Field(20, ge=3)  # steps seen before spikes are looked for
     lr_factor: float = Field(0.5, gt=0.0, le=1.0)  # the learning rate is multiplied by this at each rollback
