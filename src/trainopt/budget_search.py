@@ -54,15 +54,17 @@ def weight_bytes(model: torch.nn.Module) -> int:
                if isinstance(t, torch.Tensor))
 
 
-def latency_ms(model, inputs: dict | None, device: torch.device) -> float | None:
-    """A short timing of one forward at the largest measured batch (3 warm-up calls, the median of 5)."""
+def latency_ms(model, inputs: dict | None, device: torch.device) -> tuple[float | None, bool]:
+    """A short timing of one forward at the largest measured batch (3 warm-up calls, the median of 5), and whether
+    it is reliable (timing.py: no other process competed for the cores, a narrow spread)."""
     if not inputs:
-        return None
+        return None, True
     from .timing import time_models
 
     batch = max(inputs)
     timing = time_models({"trial": model}, {batch: inputs[batch]}, device, 3, 5, 5.0)
-    return timing.speed("trial", device).p50(batch)
+    speed = timing.speed("trial", device)
+    return speed.p50(batch), speed.reliable
 
 
 def search(parent: torch.nn.Module, data, stage, ctx, stage_dir: Path, module, spec, reference: float,
@@ -79,7 +81,7 @@ def search(parent: torch.nn.Module, data, stage, ctx, stage_dir: Path, module, s
     study = optuna.create_study(directions=["maximize" if higher else "minimize", "minimize", "minimize"],
                                 sampler=optuna.samplers.TPESampler(seed=ctx.recipe.run.seed, n_startup_trials=4))
     trials = [{"trial": "as written", **first, "fits": False}]
-    best: Searched | None = None
+    kept: list[Searched] = []  # the trials that may be chosen (held on the CPU until the search ends)
     root = stage_dir / "search"
     for n in range(spec.trials):
         trial = study.ask()
@@ -99,26 +101,34 @@ def search(parent: torch.nn.Module, data, stage, ctx, stage_dir: Path, module, s
         device = torch.device(outcome.measure_device or ctx.device.type)
         model.eval()
         value = evaluate(model, data.validation, ctx.recipe.task, 64, device)[metric]
-        lat, size = latency_ms(model, ctx.measure_inputs, device), weight_bytes(model)
+        (lat, steady), size = latency_ms(model, ctx.measure_inputs, device), weight_bytes(model)
         fits = drop_of(metric, reference, value) <= spec.max_drop + 1e-9
         params = {k: round(v, 4) if isinstance(v, float) else v for k, v in trial.params.items()}
-        row = {"trial": n, "params": params, "value": value, "latency_ms": lat, "weight_bytes": size,
-               "fits": fits, "wall_s": round(time.perf_counter() - t0, 1)}
+        row = {"trial": n, "params": params, "value": value, "latency_ms": lat, "latency_reliable": steady,
+               "weight_bytes": size, "fits": fits, "wall_s": round(time.perf_counter() - t0, 1)}
         trials.append(row)
         study.tell(trial, [value, lat if lat is not None else 0.0, size])
         console.print(f"  validation {metric} {value} ({'within' if fits else 'over'} budget), "
                       + (f"{lat:.1f} ms, " if lat is not None else "") + f"{size / 1e6:.1f} MB")
-        if _better(row, best, higher):
-            best = Searched(model.to("cpu") if device.type != "cpu" else model, outcome, candidate, row)
+        if fits or not any(k.entry["fits"] for k in kept):  # once one fits, those over budget are not kept
+            kept = [k for k in kept if k.entry["fits"] or not fits]
+            kept.append(Searched(model.to("cpu") if device.type != "cpu" else model, outcome, candidate, row))
         del model
     shutil.rmtree(root, ignore_errors=True)
-    if best is None:
+    if not kept:
         return None
+    busy = not all(t.get("latency_reliable", True) for t in trials)
+    best = None
+    for k in kept:  # chosen once every timing is in: on a busy machine latencies are not compared
+        if best is None or _better(k.entry, best, higher, by_latency=not busy):
+            best = k
     chosen = best.entry
     best.entry = {"trials": trials, "chosen": chosen["trial"], "chosen_params": chosen["params"],
                   "fits": chosen["fits"], "objectives": [metric, "latency_ms", "weight_bytes"],
                   "rule": "the fastest trial within the budget (latencies within 5% tie: the fewest non-zero weight "
-                          "bytes); none within: the best quality"}
+                          "bytes); none within: the best quality"
+                          + ("; the machine was busy (a trial's timing was unreliable), so latencies were not "
+                             "compared: the fewest non-zero weight bytes within the budget" if busy else "")}
     best.stage = best.stage.model_copy(update={"name": stage.name})
     return best
 
@@ -126,7 +136,9 @@ def search(parent: torch.nn.Module, data, stage, ctx, stage_dir: Path, module, s
 TIE = 0.05  # latencies within 5% of each other are a tie (a short timing on a shared machine): the smaller wins
 
 
-def _better(row: dict, best: Searched | None, higher: bool) -> bool:
+def _better(row: dict, best: Searched | None, higher: bool, by_latency: bool = True) -> bool:
+    """Whether `row` is a better pick than the best so far. On a busy machine (an unreliable timing among the
+    trials) latencies are not compared: the fewest non-zero weight bytes wins."""
     if best is None:
         return True
     other = best.entry
@@ -135,6 +147,6 @@ def _better(row: dict, best: Searched | None, higher: bool) -> bool:
     if not row["fits"]:  # neither fits: the better quality
         return row["value"] > other["value"] if higher else row["value"] < other["value"]
     a, b = row["latency_ms"], other["latency_ms"]
-    if a is not None and b is not None and abs(a - b) > TIE * min(a, b):
+    if by_latency and a is not None and b is not None and abs(a - b) > TIE * min(a, b):
         return a < b
     return (row["weight_bytes"], a or 0.0) < (other["weight_bytes"], b or 0.0)

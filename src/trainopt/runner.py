@@ -243,8 +243,8 @@ def _budget_search(model, parent, outcome, data, stage, ctx: RunContext, stage_d
         return None
     console.print(f"[bold red]{stage.name} is over its quality budget[/bold red] (validation {metric} {value} against "
                   f"{reference}): searching weaker settings, {spec.trials} trials")
-    first = {"params": "as written", "value": value, "latency_ms": budget_search.latency_ms(model, ctx.measure_inputs,
-                                                                                          device),
+    lat, steady = budget_search.latency_ms(model, ctx.measure_inputs, device)
+    first = {"params": "as written", "value": value, "latency_ms": lat, "latency_reliable": steady,
              "weight_bytes": budget_search.weight_bytes(model)}
     searched = budget_search.search(parent, data, stage, ctx, stage_dir, module, spec, reference, metric, first)
     if searched is not None:
