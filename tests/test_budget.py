@@ -122,3 +122,19 @@ def test_each_technique_draws_only_weaker_settings():
                              "float_head": True}), info)
     assert w.skip == ["pooler", "bert.encoder.layer.0.", "bert.encoder.layer.4.", "bert.encoder.layer.5.",
                       "classifier"] and w.embeddings is False
+
+
+def test_weight_bytes_counts_masks_and_int8_weights():
+    """The search's size objective: a pruning mask's zeros count nothing, int8 weights one byte each (quantized
+    tensors, which count_nonzero cannot read, are counted as stored)."""
+    import torch
+
+    from trainopt.budget_search import weight_bytes
+
+    dense = torch.nn.Sequential(torch.nn.Linear(64, 64))
+    with torch.no_grad():
+        dense[0].weight[:32] = 0
+    assert weight_bytes(dense) == (64 * 32 + 64) * 4
+    q = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(64, 64)), {torch.nn.Linear},
+                                               dtype=torch.qint8)
+    assert 0 < weight_bytes(q) < 64 * 64 * 4

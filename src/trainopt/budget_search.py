@@ -50,8 +50,10 @@ def info_for(model: torch.nn.Module) -> dict:
 def weight_bytes(model: torch.nn.Module) -> int:
     """Bytes of the model's non-zero weights as held in memory (int8 weights count one byte each; the zeros of a
     pruning mask count nothing: what a sparse format would store). For a dense model, its tensors' bytes."""
-    return sum(int(torch.count_nonzero(t)) * t.element_size() for t in model.state_dict().values()
-               if isinstance(t, torch.Tensor))
+    def nonzero(t: torch.Tensor) -> int:  # quantized tensors (PyTorch's int8 kernels) count as stored
+        return t.numel() if t.is_quantized else int(torch.count_nonzero(t))
+
+    return sum(nonzero(t) * t.element_size() for t in model.state_dict().values() if isinstance(t, torch.Tensor))
 
 
 def latency_ms(model, inputs: dict | None, device: torch.device) -> tuple[float | None, bool]:
