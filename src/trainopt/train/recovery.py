@@ -20,8 +20,8 @@ class SpikeGuard:
       - the window's highest loss by `tail` times that maximum's own height above the median, and
       - median + `min_rise` times the stage's starting loss (the median of its first `min_history` losses).
     The last two keep healthy training quiet: late in a fine-tune most batches score ~0.005 and a few 0.1-0.8 (one or
-    two hard or mislabelled examples); the MAD is tiny, and median + k·MAD alone rolled such batches back (52 times
-    in one clean 8-epoch run; benchmarks/spike_guard_replay.py). A blow-up takes the loss back above where the stage
+    two hard or mislabelled examples); the MAD is tiny, and median + k·MAD alone fired 121 times on two clean 8-epoch
+    runs (the tail bound alone: 49; benchmarks/spike_guard_replay.py, RESULTS.md). A blow-up takes the loss back above where the stage
     started (x1000, a diverging step); a hard batch late in training (0.78 after a median of 0.06, measured) does not.
     Hand-written: a few lines over a deque, no library does this for a training loop."""
 
