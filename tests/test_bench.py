@@ -143,3 +143,30 @@ def test_the_full_stack_takes_one_attention_kernel():
     assert bench_mod.full_stack(["sdpa", "sdpa_causal", "fa4", "compile"])["attention"] == "fa4"
     assert bench_mod.full_stack(["sdpa", "compile"])["attention"] == "sdpa"
     assert "sdpa_causal" not in bench_mod.available(torch.device("cpu"), "classification")
+
+
+def test_inductor_options_of_a_variant_hold_during_its_training_only(tmp_path, tiny_bert_dir, reviews_dir,
+                                                                      monkeypatch):
+    """`inductor.<option>` keys of a bench variant patch torch._inductor.config while that variant trains (its
+    compile sees them), are recorded in its row, and are undone afterwards; `log_every` sets the timing windows."""
+    import torch._inductor.config as inductor_config
+
+    from trainopt import bench as bench_mod
+    from trainopt.data.prepare import tokenize
+    from trainopt.models import load_tokenizer
+    from trainopt.runner import validate
+    from trainopt.train import loop
+
+    recipe, device, texts = validate(classification_recipe(tiny_bert_dir, reviews_dir))
+    tokenizer = load_tokenizer(recipe, texts.train)
+    data = tokenize(texts, tokenizer, recipe)
+    seen = []
+    real = loop.train
+    monkeypatch.setattr(loop, "train", lambda *a, **k: seen.append(
+        (inductor_config.coordinate_descent_tuning, a[2].log_every)) or real(*a, **k))
+    before = inductor_config.coordinate_descent_tuning
+    row = bench_mod.run_variant(recipe, recipe.stages[0], data, tokenizer, device, "cdt",
+                                {"inductor.coordinate_descent_tuning": not before}, 4, 1, tmp_path / "v", log_every=2)
+    assert seen == [(not before, 2)]
+    assert inductor_config.coordinate_descent_tuning == before
+    assert row["settings"] == {"inductor.coordinate_descent_tuning": not before} and row["tokens_per_s"] > 0

@@ -10,6 +10,7 @@ compile: compile time + one step). Written to <out>/bench.json and bench.md.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -152,14 +153,14 @@ def bench(recipe=None, overrides: list[str] | None = None, steps: int = 20, warm
 
 
 def run_variant(recipe, stage, data, tokenizer, device, name: str, over: dict, steps: int, warmup: int,
-                run_dir: Path) -> dict:
+                run_dir: Path, log_every: int = 1) -> dict:
     """Train `stage` with the plain settings + `over` for `steps` steps from the recipe's initial weights; one row.
     `over` may also set the batching (`data.bucket`, `data.pad_to_multiple_of`; "max_length" pads every batch to the
     truncation length): applied to this variant's recipe and tokenized splits, restored afterwards."""
     over = dict(over)
     data_over = {k: over.pop(k) for k in DATA_KEYS if k in over}
     if not data_over:
-        return _run_variant(recipe, stage, data, tokenizer, device, name, over, steps, warmup, run_dir)
+        return _run_variant(recipe, stage, data, tokenizer, device, name, over, steps, warmup, run_dir, log_every)
     spec = recipe.data
     bucket = data_over.get("data.bucket", spec.bucket)
     multiple = data_over.get("data.pad_to_multiple_of", spec.pad_to_multiple_of)
@@ -170,7 +171,7 @@ def run_variant(recipe, stage, data, tokenizer, device, name: str, over: dict, s
     for s in splits:  # classification splits were tokenized once: this variant's padding on them
         s.pad_multiple, s.max_width = multiple, spec.max_length
     try:
-        row = _run_variant(rec, stage, data, tokenizer, device, name, over, steps, warmup, run_dir)
+        row = _run_variant(rec, stage, data, tokenizer, device, name, over, steps, warmup, run_dir, log_every)
     finally:
         for s, (m, w) in zip(splits, saved):
             s.pad_multiple, s.max_width = m, w
@@ -178,15 +179,19 @@ def run_variant(recipe, stage, data, tokenizer, device, name: str, over: dict, s
 
 
 def _run_variant(recipe, stage, data, tokenizer, device, name: str, over: dict, steps: int, warmup: int,
-                 run_dir: Path) -> dict:
+                 run_dir: Path, log_every: int = 1) -> dict:
     from .artifacts import load_model
     from .context import RunContext
     from .train.loop import train
     from .train.setup import set_determinism
     from .train.monitor import MetricsLog, read_metrics
 
+    # "inductor.<option>" keys: torch._inductor.config options patched for this variant's compile only (a bench
+    # knob to measure before a setting earns a recipe key; e.g. inductor.coordinate_descent_tuning)
+    shown = dict(over)
+    inductor = {k.split(".", 1)[1]: over.pop(k) for k in [k for k in over if k.startswith("inductor.")]}
     settings = _settings(stage, {**over, "max_steps": steps, "eval_every": None, "checkpoint_every": 0,
-                                 "keep_best": False, "log_every": 1, "early_stopping": None})
+                                 "keep_best": False, "log_every": log_every, "early_stopping": None})
     # every variant compiles afresh: dynamo's cache would otherwise hand a later variant the graph an earlier one
     # traced (its guards do not see a different sdpa_backend context or a new model of the same shape), and its
     # first-step (compile) time would read ~0
@@ -200,7 +205,10 @@ def _run_variant(recipe, stage, data, tokenizer, device, name: str, over: dict, 
     console.rule(f"[bold]bench {name}[/bold] {over or '(plain)'}")
     t0 = time.perf_counter()
     try:
-        summary = train(model, data, settings, ctx, run_dir / "stage")
+        import torch._inductor.config as inductor_config
+
+        with inductor_config.patch(inductor) if inductor else contextlib.nullcontext():
+            summary = train(model, data, settings, ctx, run_dir / "stage")
     except RecipeError as e:  # e.g. an attention kernel this machine lacks: recorded, the others go on
         return {"variant": name, "settings": over, "error": e.problem}
     except Exception as e:  # noqa: BLE001 — a technique that fails here (a kernel, a compiler error) is a result too
@@ -214,7 +222,7 @@ def _run_variant(recipe, stage, data, tokenizer, device, name: str, over: dict, 
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return {"variant": name, "settings": over, "tokens_per_s": round(tps, 1) if tps else None,
+    return {"variant": name, "settings": shown, "tokens_per_s": round(tps, 1) if tps else None,
             "mfu": round(tps * summary["flops_per_token"] / peak, 4) if (tps and peak) else None,
             "peak_mem_bytes": summary["peak_mem_bytes"], "first_step_s": summary["first_step_s"],
             "loss_after": logged[-1]["loss"] if logged else None, "precision": summary["precision"],

@@ -44,24 +44,19 @@ class _ChunkedLinearCE(torch.autograd.Function):
         grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if bias is not None and need[2] \
             else None
         total = torch.zeros((), dtype=torch.float32, device=x.device)
+        functional = torch.compiler.is_compiling()
         for start in range(0, x.shape[0], chunk):
             xs, ts = x[start:start + chunk], targets[start:start + chunk]
             logits = xs @ weight.t()
             if bias is not None:
                 logits = logits + bias
-            logits = logits.float()
-            if pad:
-                logits[:, vocab:] = float("-inf")
             valid = ts != ignore_index
             safe = torch.where(valid, ts, torch.zeros_like(ts))
-            lse = torch.logsumexp(logits, dim=-1)
+            logits, lse, g = _chunk_grad(logits, safe, valid, vocab, functional)
             picked = logits.gather(1, safe[:, None]).squeeze(1)
             total = total + torch.where(valid, lse - picked, torch.zeros_like(lse)).sum()
             if grad_x is None and grad_w is None and grad_b is None:
                 continue
-            g = torch.exp(logits - lse[:, None])  # d(loss)/d(logits) = softmax − one-hot, 0 on ignored rows
-            g.scatter_add_(1, safe[:, None], -torch.ones_like(lse)[:, None])
-            g = g * valid[:, None]
             gm = g.to(cd)
             if grad_x is not None:
                 grad_x[start:start + chunk] = gm @ weight.to(cd)
@@ -80,6 +75,29 @@ class _ChunkedLinearCE(torch.autograd.Function):
         grads = tuple(None if g is None else (g * grad_out.to(g.dtype)).to(dt)
                       for g, dt in zip(ctx.saved_tensors, ctx.dtypes))
         return (*grads, None, None, None, None, None)
+
+
+def _chunk_grad(logits: torch.Tensor, safe: torch.Tensor, valid: torch.Tensor, vocab: int, functional: bool):
+    """One chunk's fp32 logits (columns ≥ `vocab` are padding: −inf), log-sum-exp per row, and d(loss)/d(logits) =
+    softmax − one-hot (0 on ignored rows). Two forms of the same numbers: `functional` (under torch.compile) has no
+    in-place writes, so inductor fuses the upcast, the padding mask, the exponent, the one-hot (an index compare)
+    and the row mask into the kernels around the log-sum-exp reduction and no fp32 gradient is materialised (the
+    in-place form cost a separate ~0.4 ms pass per 4,096-row chunk at GPT-2's vocabulary on an H100); eager keeps
+    the in-place form, which allocates fewer chunk-sized temporaries."""
+    z = logits.float()
+    if functional:
+        cols = torch.arange(z.shape[1], device=z.device)
+        if vocab < z.shape[1]:
+            z = z.masked_fill(cols >= vocab, float("-inf"))
+        lse = torch.logsumexp(z, dim=-1)
+        onehot = (cols[None, :] == safe[:, None]).to(z.dtype)
+        return z, lse, (torch.exp(z - lse[:, None]) - onehot) * valid[:, None]
+    if vocab < z.shape[1]:
+        z[:, vocab:] = float("-inf")
+    lse = torch.logsumexp(z, dim=-1)
+    g = torch.exp(z - lse[:, None])
+    g.scatter_add_(1, safe[:, None], -torch.ones_like(lse)[:, None])
+    return z, lse, g * valid[:, None]
 
 
 def chunked_linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
