@@ -41,10 +41,12 @@ stress: install
 	$(BIN)/python -m pytest -q -s -m stress
 
 # The input fuzzer at full size (the default suite runs its first 1,300 derandomized inputs): broken recipes, --set
-# values, YAML garbage and data files through `trainopt check`, each a one-line error with exit status 2.
+# values, YAML garbage and data files through `trainopt check`, each a one-line error with exit status 2; 30 accepted
+# inputs run two steps each in a fresh process (exit 0 or one line, < 60 s, < 2 GiB resident; the default suite: 3).
 fuzz: install
 	$(BIN)/trainopt data fetch --only fine_foods
-	TRAINOPT_FUZZ_EXAMPLES=$${TRAINOPT_FUZZ_EXAMPLES:-3000} $(BIN)/python -m pytest -q -s tests/test_fuzz.py
+	TRAINOPT_FUZZ_EXAMPLES=$${TRAINOPT_FUZZ_EXAMPLES:-3000} TRAINOPT_FUZZ_RUNS=$${TRAINOPT_FUZZ_RUNS:-30} \
+		$(BIN)/python -m pytest -q -s tests/test_fuzz.py
 
 # llama.cpp for GGUF exports (export format gguf runs in it when installed): llama-cpp-python is a source package,
 # built here with cmake + gcc (several minutes), so it stays out of `make install`, the tests and CI.

@@ -8,6 +8,7 @@ import copy
 import io
 import json
 import os
+from pathlib import Path
 
 import pytest
 import yaml
@@ -279,3 +280,110 @@ def test_generated_damaged_model_folders_are_one_line_errors(base, tmp_path_fact
     one()
     print(f"damaged folders: {counts}")
     assert counts["refused"] >= counts["ran"], counts
+
+
+# accepted inputs run for real: the default suite runs a few, `make fuzz` more (TRAINOPT_FUZZ_RUNS)
+RUNS = int(os.environ.get("TRAINOPT_FUZZ_RUNS", "3"))
+CHILD = ("import resource, sys\nfrom trainopt.cli import main\ncode = main(sys.argv[1:])\n"
+         "print(f'MAXRSS_KIB {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}', file=sys.stderr)\nsys.exit(code)")
+
+
+def _run_child(args, cwd) -> tuple[int, str, float, int]:
+    """`trainopt …` in a fresh process: (exit code, stderr, seconds, peak resident memory in bytes)."""
+    import subprocess
+    import sys
+    import time
+
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", CHILD, *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    rss = [int(line.split()[1]) * 1024 for line in proc.stderr.splitlines() if line.startswith("MAXRSS_KIB ")]
+    err = "\n".join(line for line in proc.stderr.splitlines() if not line.startswith("MAXRSS_KIB "))
+    return proc.returncode, err, time.perf_counter() - t0, rss[0] if rss else 0
+
+
+def test_accepted_generated_recipes_run_two_steps_in_bounded_memory(base, tmp_path_factory):
+    """The fuzzer's other half (issue 28): a generated recipe that `check` accepts must also run — here two training
+    steps of the tiny model end to end (data, training, measurement, report) in a fresh process — and end in exit 0
+    or a one-line error, within 60 s and 2 GiB of resident memory."""
+    recipe, _ = base
+    work = tmp_path_factory.mktemp("fuzzruns")
+    accepted: list[dict] = []
+
+    @settings(max_examples=max(40, RUNS * 10), deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(case=broken_recipes(recipe))
+    def collect(case):
+        r = case[1]
+        if len(accepted) >= RUNS or not isinstance(r.get("stages"), list) or not r["stages"]:
+            return
+        path = work / f"cand{len(accepted)}.yaml"
+        path.write_text(yaml.safe_dump(r, allow_unicode=True), encoding="utf-8")
+        if _check([str(path), "--set", "stages.0.max_steps=2", "--set", "measure.latency=false"])[0] == 0:
+            accepted.append(r)
+
+    collect()
+    assert len(accepted) == RUNS, f"only {len(accepted)} accepted inputs in the sample"
+    for i, r in enumerate(accepted):
+        path = work / f"ok{i}.yaml"
+        path.write_text(yaml.safe_dump(r, allow_unicode=True), encoding="utf-8")
+        code, err, seconds, rss = _run_child(["run", path, "--out", work / f"run{i}", "--set", "stages.0.max_steps=2",
+                                              "--set", "measure.latency=false"], work)
+        assert "Traceback" not in err, err
+        assert code == 0 or (code in (1, 2) and len(err.strip().splitlines()) == 1), (r, err)
+        assert seconds < 60, (r, seconds)
+        assert 0 < rss < 2 * 2**30, (r, rss)
+
+
+def _tree(folder):
+    """Every file under `folder` with its bytes (what must survive a refused run)."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_generated_run_directories_lose_nothing(base, tmp_path, monkeypatch, capsys):
+    """Run directories as input (issue 28): `--out` at a fresh path, a finished trainopt run, a folder of the user's,
+    the recipe's data folder, its parent, the current folder or a file, each with no flag, --overwrite or --resume
+    (21 cases). Every case runs (a fresh path; --overwrite or --resume of trainopt's own run) or is refused in one
+    line with exit 2 — and no file trainopt did not create is changed or lost."""
+    recipe, data_dir = base
+    r = copy.deepcopy(recipe)
+    r["stages"][0].update({"max_steps": 2, "eval_every": 2, "checkpoint_every": 2})
+    r["measure"]["latency"] = False
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(r))
+    user = tmp_path / "user"
+    (user / "photos").mkdir(parents=True)
+    (user / "notes.txt").write_text("mine")
+    (user / "photos" / "a.jpg").write_bytes(b"\xff\xd8 jpeg")
+    single = tmp_path / "file.txt"
+    single.write_text("a file, not a folder")
+    run = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(run)]) == 0
+    capsys.readouterr()
+    monkeypatch.chdir(user)
+    foreign = {"user": user, "data": data_dir, "parent_of_data": data_dir.parent, "cwd": Path("."), "file": single}
+    before = {name: (_tree(p) if p.is_dir() else p.read_bytes()) for name, p in foreign.items()}
+    outcomes = {}
+    for target in ["fresh", "run", *foreign]:
+        for flag in ([], ["--overwrite"], ["--resume"]):
+            out = tmp_path / f"fresh{len(outcomes)}" if target == "fresh" else run if target == "run" \
+                else foreign[target]
+            code = main(["run", str(path), "--out", str(out), *flag])
+            err = capsys.readouterr().err.strip()
+            outcomes[(target, *flag)] = code
+            assert "Traceback" not in err
+            if code != 0:
+                assert code == 2 and len(err.splitlines()) == 1 and err.startswith("trainopt: "), (target, flag, err)
+            for name, p in foreign.items():
+                now = _tree(p) if p.is_dir() else p.read_bytes()
+                if name == "parent_of_data":  # the fresh runs and the run live beside the data: its data part only
+                    now = {k: v for k, v in now.items() if k.startswith(data_dir.name + "/")}
+                    was = {k: v for k, v in before[name].items() if k.startswith(data_dir.name + "/")}
+                else:
+                    was = before[name]
+                assert now == was, (target, flag, name)
+    # the cases that must run, and that a finished run refuses a plain second run
+    assert all(outcomes[k] == 0 for k in [("fresh",), ("fresh", "--overwrite"), ("fresh", "--resume"),
+                                          ("run", "--overwrite"), ("run", "--resume")])  # --resume of nothing: a start
+    assert outcomes[("run",)] == 2
+    assert all(code == 2 for (target, *_), code in outcomes.items() if target in foreign)
