@@ -370,7 +370,8 @@ def main() -> None:
             continue
         mem = f"{r['peak_mem_bytes'] / 1e9:.1f}" if r.get("peak_mem_bytes") else "—"
         print(f"| {r['variant']} | {r.get('micro_batch')} | {r['tokens_per_s'] or 0:,.0f} | "
-              f"{r.get('vs_trainer') or '—'} | {r.get('vs_nanogpt') or '—'} | {(r.get('mfu') or 0):.1%} | {mem} | {r.get('loss_after')} | "
+              f"{r.get('vs_trainer') or '—'} | {r.get('vs_nanogpt') or '—'} | {(r.get('mfu') or 0):.1%} | {mem} | "
+              f"{r.get('loss_after')} | "
               f"{r.get('first_step_s')} |")
 
 
