@@ -2,7 +2,8 @@
 runs in one tiny chain through `trainopt run` and is held to the same contract — a report entry that reads back as a
 typed StageResult, a label from the allowed set, measured cost, size and speed, a saved folder that loads and
 predicts, its technique's own report section, a bad value of its own refused before any run directory exists, and
-a kill inside every training stage of the chain resumed to the uninterrupted chain's results.
+a kill inside every stage of the chain (a training step, or a stage's end before or after its folder is saved)
+resumed to the uninterrupted chain's results.
 Adding a technique to trainopt/techniques.py without a case here fails `test_every_technique_has_a_case`."""
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ CASES = {
 }
 ELSEWHERE = {"augment": "changes the training data, not the model: tests/test_augment.py runs it through the runner"}
 ORDER = ["eval", "train", "lora", "prune", "distill", "quantize", "export"]
+# the kill points of the stages that do not train (stage name: phase), alternating the two phases along the chain
+KILLS_IN_STAGE = ["before:ran", "prune:measured", "quantize:ran", "onnx-int8:measured"]
 
 
 def test_every_technique_has_a_case():
@@ -120,10 +123,12 @@ def test_a_bad_value_is_refused_before_work(chain, kind, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_a_kill_in_every_training_stage_resumes_to_the_same_chain(chain, tmp_path):
-    """SIGKILL after step 2 (its checkpoint written) of each training stage in turn: every `--resume` goes on from
-    the killed stage's checkpoint, the finished stages are not run again, and the chain ends with the uninterrupted
-    chain's quality in every stage."""
+def test_a_kill_in_every_stage_resumes_to_the_same_chain(chain, tmp_path):
+    """SIGKILL after step 2 (its checkpoint written) of each training stage in turn, and in each other stage either
+    once its work is done but nothing is saved (`ran`) or once its folder is saved, evaluated and timed but its
+    stage.json not written (`measured`): every `--resume` goes on from the killed training stage's checkpoint or runs
+    the killed stage again, the finished stages are not run again, and the chain ends with the uninterrupted chain's
+    quality in every stage."""
     import os
     import subprocess
     import sys
@@ -131,7 +136,8 @@ def test_a_kill_in_every_training_stage_resumes_to_the_same_chain(chain, tmp_pat
     recipe, _, clean = chain
     out = tmp_path / "killed"
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("TRAINOPT_FAULT")},
-           "TRAINOPT_FAULT_KILL_AT_STEP": "2"}
+           "TRAINOPT_FAULT_KILL_AT_STEP": "2",
+           "TRAINOPT_FAULT_KILL_IN_STAGE": ",".join(KILLS_IN_STAGE)}
     args = [sys.executable, "-m", "trainopt", "run", str(recipe), "--out", str(out)]
     trained = [k for k in ORDER if k in ("train", "lora", "distill")]
     kills = 0
@@ -141,9 +147,9 @@ def test_a_kill_in_every_training_stage_resumes_to_the_same_chain(chain, tmp_pat
         if proc.returncode != -9:
             break
         kills += 1
-        assert kills <= len(trained), "killed more often than there are training stages"
+        assert kills <= len(trained) + len(KILLS_IN_STAGE), "killed more often than there are kill points"
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert kills == len(trained)
+    assert kills == len(trained) + len(KILLS_IN_STAGE)
     report = json.loads((out / "report.json").read_text())
     assert [s["name"] for s in report["stages"]] == [s["name"] for s in clean["stages"]]
     for got, want in zip(report["stages"], clean["stages"]):

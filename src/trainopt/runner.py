@@ -136,10 +136,14 @@ def _execute(recipe: Recipe, device, texts, dd, run_dir: Path, resume: bool, on_
     results: list[StageResult] = []
     data_entries: list[AugmentResult] = []  # stages that change the training data (augment), not the model
     try:
-        for stage in recipe.stages:
+        for index, stage in enumerate(recipe.stages):
             stage_dir = run_dir / "stages" / stage.name
             done = stage_dir / "stage.json"
             module = stage_module(stage.kind)
+            # each stage starts from its own seed (the run's, offset by its place in the chain), not from whatever
+            # random state the stages before it left in this process: a chain resumed after a kill anywhere (a
+            # training stage's checkpoint restores its own state) draws what the uninterrupted chain drew
+            set_determinism(recipe.run.seed + 1000 * index, recipe.run.deterministic)
             if getattr(module, "CHANGES", "model") == "data":  # augment: rebuilt on resume too (its cache makes that
                 console.rule(f"[bold]{stage.name}[/bold] ({stage.kind})")  # cheap and exact)
                 if not dd.is_main:  # the other ranks read rank 0's cache
@@ -169,10 +173,12 @@ def _execute(recipe: Recipe, device, texts, dd, run_dir: Path, resume: bool, on_
                 model = _model_for(recipe, tokenizer, data, results, run_dir)
             ctx.parent_dir = run_dir / before.checkpoint if before is not None else \
                 (resolve_model_ref(recipe.model.path) if recipe.model.path else None)
+            first_attempt = not stage_dir.exists()  # (the kill-safety tests kill a stage on its first attempt)
             stage_dir.mkdir(parents=True, exist_ok=True)
             console.rule(f"[bold]{stage.name}[/bold] ({stage.kind})")
             parent = copy.deepcopy(model) if _may_search(stage, recipe, dd, results) else None
             model, outcome = module.run(model, data, stage, ctx, stage_dir)
+            ctx.hooks.faults.kill_in_chain(stage.name, "ran", first_attempt)
             searched = None
             if parent is not None:  # over budget with on_over_budget: search: the fastest weaker setting that fits
                 searched = _budget_search(model, parent, outcome, data, stage, ctx, stage_dir, module, results)
@@ -184,6 +190,7 @@ def _execute(recipe: Recipe, device, texts, dd, run_dir: Path, resume: bool, on_
                 result = _measure_stage(model, data, stage, outcome, ctx, inputs, stage_dir, meta, results)
                 if searched is not None:
                     result.details.setdefault("budget", {})["search"] = searched.entry
+                ctx.hooks.faults.kill_in_chain(stage.name, "measured", first_attempt)
                 _write_text(done, json.dumps(result.to_json(), indent=1))
                 shutil.rmtree(stage_dir / "checkpoints", ignore_errors=True)  # the model folder is the artifact
                 (stage_dir / "best.safetensors").unlink(missing_ok=True)

@@ -11,7 +11,8 @@ import os
 from dataclasses import dataclass
 
 ENV = {"kill_at": "TRAINOPT_FAULT_KILL_AT_STEP", "nan_at": "TRAINOPT_FAULT_NAN_AT_STEP",
-       "spike_at": "TRAINOPT_FAULT_SPIKE_AT_STEP", "kill_in_checkpoint": "TRAINOPT_FAULT_KILL_IN_CHECKPOINT"}
+       "spike_at": "TRAINOPT_FAULT_SPIKE_AT_STEP", "kill_in_checkpoint": "TRAINOPT_FAULT_KILL_IN_CHECKPOINT",
+       "kill_in_stage": "TRAINOPT_FAULT_KILL_IN_STAGE"}
 
 
 @dataclass
@@ -21,6 +22,10 @@ class Faults:
     spike_at: int = 0  # step N's loss is multiplied by 1000 (once)
     # "STEP:PHASE": SIGKILL inside that checkpoint's write, PHASE one of weights / manifest / renamed
     kill_in_checkpoint: str | None = None
+    # "NAME:PHASE[,NAME:PHASE…]": SIGKILL in stage NAME of the chain (any kind) at PHASE — `ran` (its work done, nothing
+    # saved) or `measured` (model folder saved, evaluated and timed; stage.json not yet written) — on that stage's
+    # first attempt only (its folder did not exist when it started), so that a --resume goes through
+    kill_in_stage: str | None = None
 
     @classmethod
     def from_env(cls, environ=None) -> Faults:
@@ -33,7 +38,8 @@ class Faults:
         if rank is not None and rank != env.get("RANK", "0"):
             return cls()
         return cls(kill_at=int(env.get(ENV["kill_at"], "0")), nan_at=int(env.get(ENV["nan_at"], "0")),
-                   spike_at=int(env.get(ENV["spike_at"], "0")), kill_in_checkpoint=env.get(ENV["kill_in_checkpoint"]))
+                   spike_at=int(env.get(ENV["spike_at"], "0")), kill_in_checkpoint=env.get(ENV["kill_in_checkpoint"]),
+                   kill_in_stage=env.get(ENV["kill_in_stage"]))
 
     def take_loss_fault(self, step: int) -> str | None:
         """'nan' or 'spike' when step `step`'s loss is to be corrupted; each fires once."""
@@ -52,6 +58,10 @@ class Faults:
 
     def kill_in(self, step: int, phase: str) -> None:
         if self.kill_in_checkpoint == f"{step}:{phase}":
+            os.kill(os.getpid(), 9)
+
+    def kill_in_chain(self, stage: str, phase: str, first_attempt: bool) -> None:
+        if first_attempt and self.kill_in_stage and f"{stage}:{phase}" in self.kill_in_stage.split(","):
             os.kill(os.getpid(), 9)
 
 
