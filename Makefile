@@ -42,7 +42,7 @@ stress: install
 
 # The input fuzzer at full size (the default suite runs its first 1,300 derandomized inputs): broken recipes, --set
 # values, YAML garbage and data files through `trainopt check`, each a one-line error with exit status 2; 30 accepted
-# inputs run two steps each in a fresh process (exit 0 or one line, < 60 s, < 2 GiB resident; the default suite: 3).
+# inputs run two steps each in a fresh process (exit 0 or one line, < 60 s, < 2 GiB resident; the default suite: 2).
 fuzz: install
 	$(BIN)/trainopt data fetch --only fine_foods
 	TRAINOPT_FUZZ_EXAMPLES=$${TRAINOPT_FUZZ_EXAMPLES:-3000} TRAINOPT_FUZZ_RUNS=$${TRAINOPT_FUZZ_RUNS:-30} \

@@ -283,7 +283,7 @@ def test_generated_damaged_model_folders_are_one_line_errors(base, tmp_path_fact
 
 
 # accepted inputs run for real: the default suite runs a few, `make fuzz` more (TRAINOPT_FUZZ_RUNS)
-RUNS = int(os.environ.get("TRAINOPT_FUZZ_RUNS", "3"))
+RUNS = int(os.environ.get("TRAINOPT_FUZZ_RUNS", "2"))
 CHILD = ("import resource, sys\nfrom trainopt.cli import main\ncode = main(sys.argv[1:])\n"
          "print(f'MAXRSS_KIB {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}', file=sys.stderr)\nsys.exit(code)")
 
