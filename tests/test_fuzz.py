@@ -324,6 +324,7 @@ def test_accepted_generated_recipes_run_two_steps_in_bounded_memory(base, tmp_pa
 
     collect()
     assert len(accepted) == RUNS, f"only {len(accepted)} accepted inputs in the sample"
+    worst = [0.0, 0]  # the slowest run's seconds, the largest peak resident memory
     for i, r in enumerate(accepted):
         path = work / f"ok{i}.yaml"
         path.write_text(yaml.safe_dump(r, allow_unicode=True), encoding="utf-8")
@@ -333,6 +334,9 @@ def test_accepted_generated_recipes_run_two_steps_in_bounded_memory(base, tmp_pa
         assert code == 0 or (code in (1, 2) and len(err.strip().splitlines()) == 1), (r, err)
         assert seconds < 60, (r, seconds)
         assert 0 < rss < 2 * 2**30, (r, rss)
+        worst = [max(worst[0], seconds), max(worst[1], rss)]
+    print(f"accepted inputs run: {len(accepted)}, slowest {worst[0]:.1f} s, "
+          f"largest peak memory {worst[1] / 2**20:.0f} MiB")
 
 
 def _tree(folder):
