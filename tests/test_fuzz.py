@@ -310,7 +310,7 @@ def test_accepted_generated_recipes_run_two_steps_in_bounded_memory(base, tmp_pa
     work = tmp_path_factory.mktemp("fuzzruns")
     accepted: list[dict] = []
 
-    @settings(max_examples=max(40, RUNS * 10), deadline=None, derandomize=True, database=None,
+    @settings(max_examples=max(60, RUNS * 25), deadline=None, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck))
     @given(case=broken_recipes(recipe))
     def collect(case):
