@@ -391,3 +391,15 @@ def test_generated_run_directories_lose_nothing(base, tmp_path, monkeypatch, cap
                                           ("run", "--overwrite"), ("run", "--resume")])  # --resume of nothing: a start
     assert outcomes[("run",)] == 2
     assert all(code == 2 for (target, *_), code in outcomes.items() if target in foreign)
+    # `trainopt eval --overwrite` (its own run directory) is held to the same rule
+    model = run / "stages" / r["stages"][0]["name"] / "model"
+    for name, p in foreign.items():
+        code = main(["eval", str(model), "--out", str(p), "--overwrite", "--set", f"data.source={data_dir}"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and err.startswith("trainopt: "), (name, err)
+        now = _tree(p) if p.is_dir() else p.read_bytes()
+        if name == "parent_of_data":
+            assert {k: v for k, v in now.items() if k.startswith(data_dir.name + "/")} == \
+                {k: v for k, v in before[name].items() if k.startswith(data_dir.name + "/")}
+        else:
+            assert now == before[name], name
