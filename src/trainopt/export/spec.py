@@ -10,28 +10,34 @@ from ..specbase import NAME, StageBase
 
 
 class ExportStage(StageBase):
-    """Write the previous stage's model (or `from_stage`'s) in another runtime's format, check that it computes what
-    trainopt's model computes, and measure it in that runtime (quality on the test split, latency, size). The chain
-    goes on from the exported stage's model: a stage after an export starts where the export started."""
+    """Write a stage's model in another runtime's format, check it against trainopt's model on the run's timing inputs,
+    and measure it *in that runtime* (test quality, latency, size) as a row of the report. The chain goes on from the
+    stage it exported: a stage after an export starts where the export started. See
+    [methods/export.md](methods/export.md); `trainopt export MODEL_DIR` does the same for one folder."""
 
     kind: Literal["export"]
     name: str = Field("export", pattern=NAME)
-    # onnx: a torch.onnx (dynamo) graph run by onnxruntime; hf: a plain transformers folder (no trainopt code: pruned
-    # shapes padded back with zeros, int8 weights dequantized, LoRA merged); gguf: one llama.cpp file (Llama-family
-    # causal LMs), run by llama.cpp where llama-cpp-python is installed, else read back by transformers' GGUF loader
+    """stage name"""
     format: Literal["onnx", "hf", "gguf"] = "onnx"
-    # onnx: int8 = onnxruntime's dynamic quantization (int8 weights per channel, activations quantized per call);
-    # gguf: q4_0 / q8_0 (ggml blocks of 32; the embedding in q8_0), q4_k_m (llama.cpp's own quantizer: needs
-    # llama-cpp-python, `make llama-cpp`) or f16; none = float32
+    """`onnx`: a `torch.onnx` (dynamo) graph run by onnxruntime on the CPU, the model's own shapes (a pruned model stays
+    small); `hf`: a plain transformers folder (pruned shapes padded back with zeros, int8 dequantized, LoRA merged);
+    `gguf`: one llama.cpp file (Llama-family causal LMs), run by llama.cpp where llama-cpp-python is installed (`make
+    llama-cpp`), else read back by transformers' GGUF loader"""
     quantize: Literal["none", "int8", "q4_0", "q4_k_m", "q8_0", "f16"] = "none"
-    # onnx, float exports: onnxruntime's transformer graph fusions (LayerNorm + residual, GELU) for the families it
-    # knows (BERT), kept when the fused graph matches; int8 exports quantize the unfused graph (measured faster)
+    """`onnx`: `int8` = onnxruntime's dynamic int8 (weights per output channel, activations per call); `gguf`: `q4_0` /
+    `q8_0` (ggml blocks of 32; the embedding in q8_0), `q4_k_m` (llama.cpp's own quantizer: needs llama-cpp-python,
+    `make llama-cpp`) or `f16`; `none`: float32"""
     optimize: bool = True
-    opset: int = Field(18, ge=17, le=23)  # ONNX opset of the exported graph
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # hf only: the weights' dtype in the folder
-    # the largest |logit| difference from trainopt's model on the test inputs that counts as the same model; an
-    # export over it fails the stage (int8 exports are compared by predictions instead: see the method card)
+    """`onnx`, float exports: onnxruntime's transformer fusions (LayerNorm + residual, GELU) for BERT-family models,
+    kept only if the fused graph matches the unfused one (an int8 export quantizes the unfused graph: measured
+    faster)"""
+    opset: int = Field(18, ge=17, le=23)
+    """`onnx`: the graph's opset"""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """`hf`: the weights' dtype"""
     tolerance: float = Field(1e-3, gt=0.0)
+    """largest |logit| difference from trainopt's model that counts as the same model (a float export over it fails the
+    stage; int8 exports report their difference and agreement instead)"""
 
     @model_validator(mode="after")
     def _format_keys(self):

@@ -3,22 +3,30 @@ shared by every stage that trains) and the `train` stage itself."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
-from ..specbase import NAME, StageBase, Strict
+from ..specbase import NAME, Doc, StageBase, Strict
 
 
 class OptimizerSpec(Strict):
     name: Literal["adamw", "sgd"] = "adamw"
+    """PyTorch's AdamW (decoupled weight decay) or SGD with momentum"""
     lr: float = Field(5e-5, gt=0.0, le=10.0)
+    """peak learning rate"""
     weight_decay: float = Field(0.01, ge=0.0, le=1.0)
+    """decoupled (AdamW) / L2 (SGD) decay, never on biases and normalisation weights"""
     betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW: the decay rates of the first and second moment estimates (each in [0, 1))"""
     eps: float = Field(1e-8, gt=0.0)
+    """AdamW: added to the denominator"""
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    """SGD: momentum"""
     nesterov: bool = False
-    fused: bool | None = None  # AdamW's fused kernel; null: on CUDA only
+    """SGD: Nesterov momentum"""
+    fused: bool | None = None
+    """AdamW's fused kernel (null: on CUDA only)"""
 
     @model_validator(mode="after")
     def _betas(self):
@@ -29,9 +37,13 @@ class OptimizerSpec(Strict):
 
 class ScheduleSpec(Strict):
     name: Literal["constant", "linear", "cosine"] = "linear"
+    """decay after warmup"""
     warmup_steps: int | None = Field(None, ge=0)
+    """linear warmup length (set one of them)"""
     warmup_ratio: float | None = Field(None, ge=0.0, lt=1.0)
+    """linear warmup length (set one of them)"""
     min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)
+    """floor of the decay, as a fraction of the peak lr"""
 
     @model_validator(mode="after")
     def _one_warmup(self):
@@ -42,7 +54,9 @@ class ScheduleSpec(Strict):
 
 class EarlyStoppingSpec(Strict):
     patience: int = Field(3, ge=1)
+    """stop after this many evaluations without improvement"""
     min_delta: float = Field(0.0, ge=0.0)
+    """smallest change that counts as an improvement"""
 
 
 class RecoverySpec(Strict):
@@ -52,17 +66,25 @@ class RecoverySpec(Strict):
     learning rate, and retries — at most `max_rollbacks` times; after that a bad step is skipped, never applied."""
 
     enabled: bool = True
-    spike_k: float = Field(8.0, gt=0.0)  # a spike: loss > median + spike_k · MAD (MAD floored at 1% of the median)
-    # ... and loss > max + tail · (max - median), max the window's highest loss: batch losses that jitter widely
-    # (a low-loss phase) raise the bar with them; 0 turns this bound off
+    """instability recovery: a non-finite loss or a loss spike rolls back to the last checkpoint, skips the data window
+    since it, multiplies the learning rate by `lr_factor` (needs `checkpoint_every` > 0; without a checkpoint the bad
+    step is skipped)"""
+    spike_k: float = Field(8.0, gt=0.0)
+    """a spike is a loss above median + k·MAD of the last `window` steps (MAD floored at 1% of the median) ..."""
     tail: float = Field(1.0, ge=0.0)
-    # ... and loss > median + min_rise · the stage's starting loss (the median of its first min_history losses): a
-    # hard batch late in training is no blow-up, a loss back above where the stage began is; 0 turns this bound off
+    """... and above the window's highest loss + tail · (that maximum − median): the wide jitter of a low-loss phase
+    raises the bar with it (0: off)"""
     min_rise: float = Field(1.0, ge=0.0)
-    window: int = Field(50, ge=5)  # steps in the rolling window
-    min_history: int = Field(20, ge=3)  # steps seen before spikes are looked for
-    lr_factor: float = Field(0.5, gt=0.0, le=1.0)  # the learning rate is multiplied by this at each rollback
+    """... and above median + min_rise · the stage's starting loss (the median of its first `min_history` losses): late
+    in training a batch with hard examples is no blow-up, a loss back above where the stage began is (0: off)"""
+    window: int = Field(50, ge=5)
+    """steps in the rolling window"""
+    min_history: int = Field(20, ge=3)
+    """steps seen before spikes are looked for"""
+    lr_factor: float = Field(0.5, gt=0.0, le=1.0)
+    """learning-rate factor per rollback"""
     max_rollbacks: int = Field(3, ge=0)
+    """rollbacks per stage; after that a bad step is skipped, never applied"""
 
 
 class ProfileSpec(Strict):
@@ -70,9 +92,12 @@ class ProfileSpec(Strict):
     a Chrome trace (`profile/trace_rank0.json`, open in Perfetto / chrome://tracing) and the costliest ops by self
     time (`profile/top_ops_rank0.txt`), under the stage's folder. Profiling slows the profiled steps down."""
 
-    start: int = Field(5, ge=1)  # first profiled step (after warm-up and compilation)
+    start: int = Field(5, ge=1)
+    """the first profiled step (after warm-up and compilation)"""
     steps: int = Field(3, ge=1, le=50)
-    top: int = Field(40, ge=1)  # rows of the op table
+    """steps profiled"""
+    top: int = Field(40, ge=1)
+    """rows of the op table"""
 
 
 class TrainSettings(Strict):
@@ -89,47 +114,78 @@ class TrainSettings(Strict):
         return f"{self._key or 'stages.' + getattr(self, 'name', 'train')}.{field}"
 
     epochs: float = Field(1.0, gt=0.0, le=1000.0)
+    """passes over the training split (ignored when `max_steps` is set)"""
     max_steps: int | None = Field(None, ge=1)
+    """optimizer steps to take"""
     batch_size: int = Field(32, ge=1)
+    """micro-batch size"""
     grad_accum: int = Field(1, ge=1)
+    """micro-batches per optimizer step; the loss is normalised over the whole accumulated batch (items, or predicted
+    tokens for LM)"""
     eval_batch_size: int = Field(64, ge=1)
+    """batch size for validation"""
     optimizer: OptimizerSpec = OptimizerSpec()
     schedule: ScheduleSpec = ScheduleSpec()
     max_grad_norm: float | None = Field(1.0, gt=0.0)
+    """gradient clipping (null: none)"""
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    """classification only"""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
-    eval_every: int | None = Field(None, ge=1)
+    """autocast precision; `auto` picks bf16 where the device runs it natively (CUDA with bf16; CPUs with
+    AVX512-BF16/AMX), fp32 elsewhere; fp16 needs CUDA (GradScaler)"""
+    eval_every: Annotated[int | None, Doc(default="null (once per epoch)")] = Field(None, ge=1)
+    """validation every N optimizer steps, and at the end"""
     metric: str | None = None
+    """validation metric for best weights and early stopping: `accuracy`, `f1_macro`, `loss` (classification); `loss`,
+    `perplexity` (LM). Null: `f1_macro` when the largest training class is ≥ 1.5x the smallest, else `accuracy`
+    (classification); `loss` (LM)"""
     early_stopping: EarlyStoppingSpec | None = None
+    """stop when the validation `metric` stops improving (null: train to the end)"""
     keep_best: bool = True
+    """end the stage with the best validation weights"""
     checkpoint_every: int = Field(50, ge=0)
-    # write checkpoints on a background thread (the tensors are copied to host memory first, the GPU waits for that
-    # only); auto: on CUDA, where a synchronous write stalls the GPU for seconds
+    """atomic checkpoint every N steps (0: never); `--resume` continues from the newest complete one"""
     async_checkpoint: Literal["auto", "on", "off"] = "auto"
+    """write checkpoints on a background thread: the tensors are copied to host memory, then written, hashed and renamed
+    while training goes on (auto: on CUDA)"""
     log_every: int = Field(10, ge=1)
-    recovery: RecoverySpec = RecoverySpec()  # rollback on NaN / loss spikes (needs checkpoint_every > 0)
-    # Acceleration switches (docs/methods/acceleration.md; `trainopt bench` measures each one on and off):
-    compile: bool = False  # torch.compile the training forward/backward (inductor, CPU and CUDA)
+    """steps between metric lines / progress updates"""
+    recovery: RecoverySpec = RecoverySpec()
+    compile: bool = False
+    """`torch.compile` the training forward/backward (the first step pays the compile time)"""
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
-    # torch.compile's shapes: auto (static first, dynamic once a second shape appears), static (one graph per batch
-    # shape: fastest kernels when shapes are few, e.g. with data.pad_to_multiple_of), dynamic (one shape-generic graph)
+    """torch.compile mode; `reduce-overhead` replays CUDA graphs (one per batch shape: with classification, pad to one
+    shape — `data.pad_to_multiple_of: <max_length>`, `data.bucket: false`, `compile_dynamic: static`)"""
     compile_dynamic: Literal["auto", "static", "dynamic"] = "auto"
-    activation_checkpointing: bool = False  # recompute activations in backward: less memory, more compute
-    auto_micro_batch: bool = False  # largest micro-batch that fits; grad_accum adjusted to keep the global batch
-    # attention kernel (auto: as loaded; sdpa_causal: SDPA with is_causal instead of a mask tensor for unpadded causal
-    # batches, train/attention.py; fa4: FlashAttention-4's CuTe kernels on Hopper/Blackwell, train/fa4.py)
+    """torch.compile's shapes: auto (static, then dynamic once a second shape appears), static (one graph per batch
+    shape; pair with `data.pad_to_multiple_of`), dynamic (one shape-generic graph)"""
+    activation_checkpointing: bool = False
+    """recompute activations in backward: less memory, more compute"""
+    auto_micro_batch: bool = False
+    """the largest micro-batch that fits in memory (probed on the longest examples, halving on out-of-memory, the
+    smallest choice over all ranks); `grad_accum` adjusted so the global batch `batch_size × grad_accum × ranks` stays
+    as set; the choice is logged and in the report"""
     attention: Literal["auto", "sdpa", "sdpa_causal", "eager", "flash_attention_2", "fa4"] = "auto"
-    # which kernel PyTorch's scaled_dot_product_attention runs in training (auto: PyTorch's choice; flash: its
-    # FlashAttention-2 (CUDA) or flash CPU kernel; cudnn and efficient: CUDA only; math: the unfused reference)
+    """attention kernel (`auto`: as the model loads; `sdpa_causal`: SDPA with `is_causal` instead of a mask tensor,
+    causal_lm; `fa4`: FlashAttention-4, Hopper/Blackwell + `flash-attn-4`, bf16, causal_lm, no attention dropout) —
+    docs/methods/attention.md"""
     sdpa_backend: Literal["auto", "flash", "cudnn", "efficient", "math"] = "auto"
-    lm_loss: Literal["full", "chunked", "liger"] = "full"  # causal LM head + loss without the full logits tensor
-    lm_loss_chunk: int = Field(4096, ge=16)  # positions per chunk for lm_loss: chunked
-    # lm_loss: chunked — the head's matmuls on the vocabulary zero-padded to a multiple of this (e.g. 64: GPT-2's
-    # 50,257 → 50,304, aligned for matmul kernels); the padded logits are masked, the model is unchanged
+    """the kernel PyTorch's `scaled_dot_product_attention` runs in training (`auto`: PyTorch's choice;
+    `cudnn`/`efficient`: CUDA only; `flash`/`cudnn` on CUDA need bf16/fp16); needs SDPA attention (`sdpa` or
+    `sdpa_causal`)"""
+    lm_loss: Literal["full", "chunked", "liger"] = "full"
+    """causal LMs in train stages: the head + cross-entropy without the full logits tensor (`chunked`: PyTorch, any
+    device; `liger`: Liger-Kernel's Triton kernel, CUDA)"""
+    lm_loss_chunk: int = Field(4096, ge=16)
+    """positions per chunk for `lm_loss: chunked`"""
     lm_loss_vocab_multiple: int = Field(1, ge=1, le=1024)
-    # fp8 matmuls in training through torchao (train/fp8.py): tensorwise | rowwise | rowwise_with_gw_hp scaling;
-    # CUDA compute capability 8.9+ for speed (the CPU runs them slowly); the model saves in its own dtype and class
+    """`lm_loss: chunked`: the head's matmuls on the vocabulary zero-padded to a multiple of this (64: GPT-2's 50,257 →
+    50,304, aligned shapes), the padded logits masked; the model is unchanged (`trainopt bench` variant
+    `chunked_ce_vocab64`)"""
     fp8: Literal["off", "tensorwise", "rowwise", "rowwise_with_gw_hp"] = "off"
+    """fp8 training matmuls through torchao (CUDA compute capability 8.9+ for speed; the CPU runs them slowly); the
+    output head and Linears with widths not a multiple of 16 stay in high precision; the saved model is unchanged in
+    class and layout ([acceleration](methods/acceleration.md))"""
 
     @field_validator("fp8", mode="before")
     @classmethod
@@ -141,19 +197,31 @@ class TrainSettings(Strict):
     def _async_bool(cls, v):  # the same for `async_checkpoint: on / off` (and true / false)
         return {False: "off", True: "on"}.get(v, v) if isinstance(v, bool) else v
 
-    parallel: Literal["ddp", "fsdp"] = "ddp"  # several processes: replicate (DDP) or shard (FSDP2) the model
-    ddp_bucket_mb: float = Field(25.0, gt=0.0)  # DDP: gradient all-reduce bucket size (overlap vs per-call cost)
-    ddp_comm: Literal["fp32", "bf16"] = "fp32"  # DDP: gradients all-reduced in fp32, or in bf16 (half the bytes)
-    # FSDP2: free each block's gathered parameters after its forward (least memory; gathered again for the backward)
-    # or keep them until the backward (one all-gather per block per step instead of two; ZeRO-2-like memory)
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    """under `--nproc N` / torchrun, train stages: replicate the model (DDP) or shard it (FSDP2)"""
+    ddp_bucket_mb: float = Field(25.0, gt=0.0)
+    """DDP: size of the gradient buckets all-reduced while the backward runs"""
+    ddp_comm: Literal["fp32", "bf16"] = "fp32"
+    """DDP: all-reduce the gradients in bf16 (half the bytes, bf16 rounding)"""
     fsdp_reshard: bool = True
-    profile: ProfileSpec | None = None  # torch.profiler over a few steps: traces + a table of the costliest ops
+    """FSDP2: free each block's gathered parameters after its forward (least memory), or keep them until its backward
+    (one all-gather per block per step)"""
+    profile: ProfileSpec | None = None
+    """torch.profiler over steps [start, start+steps) on rank 0: `profile/trace_rank0.json` (Chrome trace) and
+    `profile/top_ops_rank0.txt` (costliest ops) in the stage folder ([training loop](methods/training-loop.md))"""
 
 
 
 class TrainStage(StageBase, TrainSettings):
+    """Fine-tune a checkpoint or pretrain a fresh model.
+
+    A step whose loss or gradient is not finite, or whose loss spikes, is never applied: see `recovery.*` below and
+    [methods/training-loop.md](methods/training-loop.md). The acceleration switches are measured one by one by
+    `trainopt bench` ([methods/acceleration.md](methods/acceleration.md))."""
+
     kind: Literal["train"]
     name: str = Field("train", pattern=NAME)
+    """stage name"""
 
 
     def trainings(self):

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import difflib
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
 from ..results import batch_of_latency_key
-from ..specbase import Strict
+from ..specbase import Doc, Strict
 
 QUALITY_METRICS = ("accuracy", "f1_macro", "loss", "perplexity")
 OTHER_METRICS = ("params", "nonzero_params", "disk_bytes", "throughput_items_per_s", "wall_s", "tokens_per_s",
@@ -20,11 +20,17 @@ class ParamSpec(Strict):
     """One searched recipe key: a float or int range (optionally log-scaled or stepped), or a list of choices."""
 
     type: Literal["float", "int", "categorical"]
+    """a number range (`float`, `int`) or a list of `choices`"""
     low: float | None = None
+    """float / int: the smallest value (required)"""
     high: float | None = None
+    """float / int: the largest value (required)"""
     log: bool = False
+    """float / int: sample on a log scale (needs `low` > 0; not with `step`)"""
     step: float | None = Field(None, gt=0.0)
-    choices: list[bool | int | float | str | None] | None = None
+    """float / int: only values low + k·step (a grid search needs it for floats)"""
+    choices: Annotated[list[bool | int | float | str | None] | None, Doc(type="list of scalars or null")] = None
+    """categorical: the values tried (YAML scalars)"""
 
     @model_validator(mode="after")
     def _shape(self):
@@ -65,12 +71,17 @@ class ParamSpec(Strict):
 class ObjectiveSpec(Strict):
     """What a trial is scored on: a metric of one stage's report entry."""
 
-    # accuracy, f1_macro, loss, perplexity, latency_ms_b<N>_p50, disk_bytes, params, …; default: the task's own
-    # quality metric (accuracy for classification, loss for a causal LM: tune/space.py check_objectives)
-    metric: str = "accuracy"
-    direction: Literal["maximize", "minimize"] | None = None  # default: maximize accuracy-like, minimize others
-    stage: str | None = None  # default: the last stage
-    split: Literal["validation", "test"] = "validation"  # quality metrics: tune on validation, never on test
+    metric: Annotated[str, Doc(default="the task's: `accuracy` (classification), `loss` (causal LM)")] = "accuracy"
+    """`accuracy`, `f1_macro`, `loss`, `perplexity`, `latency_ms_b<N>_p50` (N a measured batch size), `disk_bytes`,
+    `params`, `nonzero_params`, `throughput_items_per_s`, `wall_s`, `tokens_per_s`, `mfu` or `peak_mem_bytes` of the
+    stage's report entry"""
+    direction: Annotated[Literal["maximize", "minimize"] | None, Doc(
+        default="maximize accuracy, F1, throughput, tokens/s and MFU; minimize the rest")] = None
+    """whether larger is better"""
+    stage: Annotated[str | None, Doc(default="the last stage")] = None
+    """the stage whose figure is scored"""
+    split: Literal["validation", "test"] = "validation"
+    """quality metrics: the split they are read on (tune on validation; test only to report)"""
 
     @model_validator(mode="after")
     def _metric(self):
@@ -90,16 +101,24 @@ class PrunerSpec(Strict):
     is compared with the k-th of the others)."""
 
     name: Literal["none", "median", "percentile", "halving", "hyperband"] = "median"
-    startup_trials: int = Field(5, ge=0)  # median / percentile: trials that finish before any is pruned
-    warmup_evals: int = Field(1, ge=0)  # median / percentile: a trial's first evaluations are never pruned
-    percentile: float = Field(25.0, gt=0.0, lt=100.0)  # percentile: prune below this percentile of earlier trials
-    reduction_factor: int = Field(3, ge=2)  # halving / hyperband
-    min_resource: int = Field(1, ge=1)  # halving / hyperband: evaluations before the first rung
-    # Optuna's PatientPruner around the chosen pruner: the pruner may act only once the best of the trial's last
-    # patience + 1 evaluations is below the best before them by more than min_delta (the trial got worse); with
-    # name: none, that alone stops the trial (early stopping per trial)
+    """Optuna's pruner: `median` (below the median of earlier trials at the same evaluation), `percentile`,
+    `halving` (successive halving), `hyperband`, or `none`"""
+    startup_trials: int = Field(5, ge=0)
+    """median / percentile: trials that finish before any is pruned"""
+    warmup_evals: int = Field(1, ge=0)
+    """median / percentile: a trial's first evaluations are never pruned"""
+    percentile: float = Field(25.0, gt=0.0, lt=100.0)
+    """percentile: prune below this percentile of earlier trials"""
+    reduction_factor: int = Field(3, ge=2)
+    """halving / hyperband: the factor by which each rung keeps fewer trials"""
+    min_resource: int = Field(1, ge=1)
+    """halving / hyperband: evaluations before the first rung"""
     patience: int | None = Field(None, ge=1)
+    """wrap the pruner in Optuna's PatientPruner: it may stop a trial only once the best of its last `patience` + 1
+    evaluations fell below its earlier best by more than `min_delta`; with `name: none`, that alone stops it (early
+    stopping per trial)"""
     min_delta: float = Field(0.0, ge=0.0)
+    """with `patience`: the smallest change that counts as an improvement"""
 
     @property
     def active(self) -> bool:
@@ -113,21 +132,40 @@ class PrunerSpec(Strict):
 class SearchSpec(Strict):
     """`trainopt tune`: an Optuna study over recipe keys (see docs/methods/tune.md)."""
 
-    space: dict[str, ParamSpec] = Field(min_length=1)  # recipe key path (as for --set) → range
-    objectives: list[ObjectiveSpec] = Field([ObjectiveSpec()], min_length=1, max_length=4)
-    trials: int | None = Field(20, ge=1)  # finished (complete or pruned) trials; null: until timeout_s
-    timeout_s: float | None = Field(None, gt=0.0)  # no new trial starts after this (a running one finishes)
-    max_trial_steps: int | None = Field(None, ge=1)  # compute budget: no new trial once trials ran this many steps
+    space: dict[str, ParamSpec] = Field(min_length=1)
+    """recipe key path → `{type: float|int|categorical, low, high, log, step, choices}`"""
+    objectives: Annotated[list[ObjectiveSpec], Doc(
+        default="`[{metric: accuracy}]` (classification), `[{metric: loss}]` (causal LM)")] = Field(
+        [ObjectiveSpec()], min_length=1, max_length=4)
+    """what a trial is scored on (1 to 4 objectives; several: a Pareto front)"""
+    trials: int | None = Field(20, ge=1)
+    """finished (complete or pruned) trials"""
+    timeout_s: float | None = Field(None, gt=0.0)
+    """no new trial after this many seconds"""
+    max_trial_steps: int | None = Field(None, ge=1)
+    """compute budget: no new trial once the study's trials have run this many optimizer steps (a running trial
+    finishes)"""
     sampler: Literal["tpe", "random", "grid", "gp", "nsga2"] = "tpe"
-    startup_trials: int = Field(8, ge=0)  # tpe / gp: random trials before the model takes over
+    """Optuna's sampler: TPE, random, grid (every combination of discrete values), Gaussian process or NSGA-II"""
+    startup_trials: int = Field(8, ge=0)
+    """tpe / gp: random trials before the model takes over"""
     pruner: PrunerSpec = PrunerSpec()
-    seed: int | None = None  # default: run.seed (worker k uses seed + k)
-    storage: str | None = None  # default: sqlite in the run directory; postgresql://… for many workers/machines
-    study_name: str | None = None  # default: the recipe name
-    heartbeat_s: int = Field(30, ge=1)  # a trial silent for 2 heartbeats (its worker died) is marked failed
-    max_failures: int = Field(5, ge=1)  # the study stops after this many failed trials in a row (the first's error)
-    keep_models: Literal["best", "all", "none"] = "best"  # trial model folders kept: best/Pareto trials only
-    enqueue: list[dict[str, Any]] = []  # trials to run first, e.g. [{stages.finetune.optimizer.lr: 1.0e-4}]
+    """stop unpromising trials early, from the training's periodic validation (keys below)"""
+    seed: Annotated[int | None, Doc(default="`run.seed`")] = None
+    """sampler seed (worker k: seed + k)"""
+    storage: str | None = None
+    """sqlite:///… or postgresql://…; null: study.db in the study directory"""
+    study_name: Annotated[str | None, Doc(default="the recipe's `name`")] = None
+    """the study's name in the storage"""
+    heartbeat_s: int = Field(30, ge=1)
+    """a trial silent for two heartbeats is failed"""
+    max_failures: int = Field(5, ge=1)
+    """stop the study (one line with the first failure's error; study.json/md written) after this many failed trials in
+    a row"""
+    keep_models: Literal["best", "all", "none"] = "best"
+    """trial model folders kept: the best (or Pareto-optimal) trials', every trial's, or none"""
+    enqueue: list[dict[str, Any]] = []
+    """parameter sets (keys of `search.space`) run before the sampler's proposals"""
 
     @model_validator(mode="after")
     def _consistent(self):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from ...specbase import BUILTIN_MODELS, NAME, StageBase, Strict
+from ...specbase import BUILTIN_MODELS, NAME, Doc, StageBase, Strict
 from ...train.spec import TrainSettings
 
 
@@ -14,8 +14,13 @@ class StudentSpec(Strict):
     """The student: teacher layers to keep (layer dropping), or a smaller config (fresh initialisation)."""
 
     layers: list[int] | None = None
-    num_layers: int | None = Field(None, ge=1)
+    """blocks of the stage's input model the student keeps, in order (layer dropping; the student starts as a copy of
+    them — with no `teacher`/`teacher_stage`, the input model is the teacher)"""
+    num_layers: Annotated[int | None, Doc(default="half the teacher's")] = Field(None, ge=1)
+    """keep this many evenly spaced teacher blocks, ending with the last (6 → 3 keeps 1, 3, 5)"""
     config: dict[str, Any] | None = None
+    """instead: a smaller config (teacher config keys overridden, e.g. `num_hidden_layers`, `hidden_size`), freshly
+    initialised"""
 
     @model_validator(mode="after")
     def _one_way(self):
@@ -31,10 +36,16 @@ class StudentSpec(Strict):
 
 class DistillLossSpec(Strict):
     kd: float = Field(1.0, ge=0.0)
+    """weight of the soft-target KL(teacher ‖ student) at `temperature`, scaled by T²"""
     temperature: float = Field(2.0, gt=0.0, le=100.0)
+    """softmax temperature of the soft targets"""
     ce: float = Field(1.0, ge=0.0)
+    """weight of the hard-label (or next-token) cross-entropy; `kd: 0, ce: 1` is the labels-only ablation"""
     hidden: float = Field(0.0, ge=0.0)
+    """weight of the hidden-state MSE over the layer map (embeddings included; a learned projection where widths
+    differ)"""
     attention: float = Field(0.0, ge=0.0)
+    """weight of the attention-distribution KL over the layer map (same head count; runs eager attention)"""
 
     @model_validator(mode="after")
     def _some_term(self):
@@ -44,14 +55,23 @@ class DistillLossSpec(Strict):
 
 
 class DistillStage(StageBase):
+    """Train a smaller student to imitate a teacher. See [methods/distill.md](methods/distill.md)."""
+
     kind: Literal["distill"]
     name: str = Field("distill", pattern=NAME)
-    teacher: str | None = None  # a model folder; default: the stage's input model
-    teacher_stage: str | None = None  # or an earlier stage's model (e.g. the fine-tuned one before pruning)
+    """stage name"""
+    teacher: str | None = None
+    """a model folder; default: the stage's input model (the previous stage's, or `from_stage`'s)"""
+    teacher_stage: str | None = None
+    """instead: an earlier stage's model as the teacher (e.g. `finetune` when the input is a pruned model); exclusive
+    with `teacher`"""
     student: StudentSpec = StudentSpec()
     loss: DistillLossSpec = DistillLossSpec()
-    train: TrainSettings = TrainSettings()
+    train: Annotated[TrainSettings, Doc(type="train settings", default="as a train stage", expand=False)] = \
+        TrainSettings()
+    """epochs, batch size, optimizer, schedule, precision, evaluation and checkpoints of the student's training"""
     cache_teacher: bool = True
+    """compute the teacher's logits once (classification, kd/ce terms only) instead of every epoch"""
 
 
     def paths(self):

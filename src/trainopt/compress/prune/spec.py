@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from ...specbase import NAME, StageBase, Strict
+from ...specbase import NAME, Doc, StageBase, Strict
 from ...train.spec import TrainSettings
 from ..distill.spec import DistillLossSpec
 
@@ -15,9 +15,13 @@ class GradualSpec(Strict):
     """Zhu & Gupta (2017) cubic schedule: s_t = s_f + (s_i - s_f)(1 - (t - t0)/(t1 - t0))^3 between t0 and t1."""
 
     initial_sparsity: float = Field(0.0, ge=0.0, lt=1.0)
-    start: float = Field(0.0, ge=0.0, lt=1.0)  # t0, as a fraction of the training steps
-    end: float = Field(0.7, gt=0.0, le=1.0)  # t1: the target sparsity is reached here and then held
-    every: int = Field(10, ge=1)  # optimizer steps between mask updates
+    """gradual: sparsity at `start`"""
+    start: float = Field(0.0, ge=0.0, lt=1.0)
+    """gradual: where the cubic ramp starts, as a fraction of the training steps"""
+    end: float = Field(0.7, gt=0.0, le=1.0)
+    """gradual: where the ramp reaches `sparsity`, which is then held"""
+    every: int = Field(10, ge=1)
+    """gradual: optimizer steps between mask updates"""
 
     @model_validator(mode="after")
     def _order(self):
@@ -29,10 +33,14 @@ class GradualSpec(Strict):
 class StructuredSpec(Strict):
     """Structured pruning: remove attention heads and FFN neurons by slicing the Linear layers."""
 
-    heads: float = Field(0.0, ge=0.0, lt=1.0)  # fraction of attention heads to remove
-    ffn: float = Field(0.0, ge=0.0, lt=1.0)  # fraction of FFN neurons to remove
+    heads: float = Field(0.0, ge=0.0, lt=1.0)
+    """fraction of attention heads removed (BERT-style encoders; not grouped-KV decoders)"""
+    ffn: float = Field(0.0, ge=0.0, lt=1.0)
+    """fraction of FFN neurons removed (BERT- and Llama-style blocks)"""
     importance: Literal["taylor", "magnitude"] = "taylor"
-    same_per_layer: bool = True  # same count in every layer (a plain config) vs one global ranking
+    """first-order Taylor |Σ w·∂L/∂w| over calibration batches, or the group's weight norm"""
+    same_per_layer: bool = True
+    """the same count in every layer; false: one global ranking (per-layer counts, trainopt's loader)"""
 
     @model_validator(mode="after")
     def _something(self):
@@ -42,22 +50,45 @@ class StructuredSpec(Strict):
 
 
 class PruneStage(StageBase):
+    """Zero or remove the weights that matter least, optionally recover by fine-tuning, and report target vs achieved
+    sparsity per layer. See [methods/prune.md](methods/prune.md)."""
+
     kind: Literal["prune"]
     name: str = Field("prune", pattern=NAME)
+    """stage name"""
     method: Literal["magnitude", "gradual", "wanda", "structured"] = "magnitude"
-    sparsity: float = Field(0.5, gt=0.0, lt=1.0)  # unstructured target (magnitude, gradual, wanda)
+    """one-shot |w|; |w| on a cubic schedule during `train`; Wanda |w|·‖x‖ per output row; heads + FFN neurons removed
+    by slicing"""
+    sparsity: float = Field(0.5, gt=0.0, lt=1.0)
+    """unstructured target over the pruned modules (magnitude, gradual, wanda)"""
     pattern: Literal["unstructured", "2:4"] = "unstructured"
-    scope: Literal["global", "layer"] = "global"  # magnitude/gradual: one threshold, or per layer (wanda: per row)
-    embeddings: bool = False  # prune the embedding matrices too
-    classifier: bool = False  # prune the output head (classifier / lm_head) too
-    skip: list[str] = []  # module-name substrings never pruned
+    """`"2:4"`: 2 of every 4 consecutive input weights kept (magnitude, wanda); quote it in YAML"""
+    scope: Literal["global", "layer"] = "global"
+    """magnitude/gradual: one threshold over all pruned modules, or the same sparsity in each (wanda always ranks per
+    output row)"""
+    embeddings: bool = False
+    """prune the embedding matrices too"""
+    classifier: bool = False
+    """prune the output head (classifier, pooler, LM head) too"""
+    skip: list[str] = []
+    """module-name substrings never pruned"""
     structured: StructuredSpec | None = None
+    """`method: structured`: what to remove (keys below); null for the other methods"""
     schedule: GradualSpec = GradualSpec()
-    calibration_batches: int = Field(16, ge=1)  # wanda / taylor importance
-    train: TrainSettings | None = None  # recovery fine-tuning (gradual: the training during which it prunes)
-    distill: DistillLossSpec | None = None  # recover by distilling from the unpruned model
-    teacher_stage: str | None = None  # distill from this earlier stage's model instead (e.g. the fine-tuned one)
-    sparse_kernels: bool = True  # 2:4 on CUDA: time cuSPARSELt kernels (fastest mode) against dense bf16 (fastest mode)
+    calibration_batches: int = Field(16, ge=1)
+    """batches of training data for Wanda norms / Taylor importance"""
+    train: Annotated[TrainSettings | None, Doc(type="train settings or null", expand=False)] = None
+    """recovery fine-tuning with the masks fixed (gradual: required, the fine-tune it prunes during)"""
+    distill: Annotated[DistillLossSpec | None, Doc(type="distill loss weights or null", expand=False)] = None
+    """recover by distilling from the unpruned model (`kd`, `temperature`, `ce`, `hidden`, `attention` as in a distill
+    stage); needs `train`"""
+    teacher_stage: str | None = None
+    """distill from this earlier stage's model instead of the unpruned input (e.g. gradual pruning from the pretrained
+    model, `from_stage:` an eval stage, taught by `finetune`); needs `distill`"""
+    sparse_kernels: bool = True
+    """2:4 on CUDA: time the model with its 2:4 Linears on cuSPARSELt (`Sparse24Linear`; PyTorch's semi-structured
+    tensor where cuSPARSELt is missing) against dense bf16, eager, graph-replayed and compiled (the stage is
+    `accelerated` only if its fastest mode is ≥ 1.10x the fastest dense mode)"""
 
     @model_validator(mode="after")
     def _method_keys(self):

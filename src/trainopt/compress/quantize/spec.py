@@ -2,35 +2,55 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from ...specbase import NAME, StageBase, Strict
+from ...specbase import NAME, Doc, StageBase, Strict
 from ...train.spec import TrainSettings
 
 
 class SmoothSpec(Strict):
     alpha: float = Field(0.5, ge=0.0, le=1.0)
+    """the migration strength α: per input channel the scale max|X|^α / max|W|^(1−α) moves from the activations into
+    the weights"""
     calibration_batches: int = Field(8, ge=1)
+    """batches of 4 training blocks used to measure the activation ranges"""
 
 
 class QuantizeStage(StageBase):
+    """Quantize the model of the previous stage (or of `from_stage`). See [methods/quantize.md](methods/quantize.md)."""
+
     kind: Literal["quantize"]
     name: str = Field("quantize", pattern=NAME)
+    """stage name"""
     method: Literal["dynamic_int8", "weight_only_int8", "weight_only_int4"] = "dynamic_int8"
-    group_size: Literal[32, 64, 128, 256] = 128  # weight_only_int4: input channels per int4 scale group
-    # weight_only_int4: each group's scale and zero from its min and max, or chosen by HQQ's solver (torchao's), which
-    # moves them to cut the rounding error (slower to quantize; the same kernel and bytes)
+    """dynamic int8: int8 weights per output channel, activations quantized on the fly, PyTorch's x86 kernels (CPU
+    inference). `weight_only_int8` (torchao) and `weight_only_int4` (PyTorch's int4 kernel, CPU and CUDA): integer
+    weights, floating-point activations; a tied LM head shares the int8 embedding ([method
+    card](methods/quantize.md))"""
+    group_size: Literal[32, 64, 128, 256] = 128
+    """`weight_only_int4`: input channels per int4 scale group (Linears whose width it does not divide stay bf16)"""
     int4_qparams: Literal["minmax", "hqq"] = "minmax"
+    """`weight_only_int4`: each group's scale and zero from its min and max, or by HQQ's error-minimising solver
+    (torchao's; same kernel and bytes)"""
     embeddings: bool = True
-    # weight_only_int4: vocabulary embeddings (and a head tied to them) in int8 per row, or in int4 in groups of
-    # embedding_group_size along the hidden axis (smaller; costs more quality: see docs/methods/quantize.md)
+    """also store vocabulary-sized embeddings in 8 bits per row (weight-only)"""
     embedding_bits: Literal[8, 4] = 8
+    """`weight_only_int4`: vocabulary embeddings (and a head tied to them) in int8 per row, or int4 in groups of
+    `embedding_group_size` along the hidden axis"""
     embedding_group_size: Literal[16, 32, 64, 128] = 32
+    """`embedding_bits: 4`: hidden channels per int4 scale group"""
     skip: list[str] = []
+    """module-name substrings to keep in float (e.g. `classifier`)"""
     smooth: SmoothSpec | None = None
-    qat: TrainSettings | None = None
+    """SmoothQuant-style smoothing before converting (Llama-family decoders; null: none): activation outliers moved into
+    the weights per input channel, folded into the preceding norm / up / value projection so the float model is
+    unchanged"""
+    qat: Annotated[TrainSettings | None, Doc(type="train settings or null", expand=False)] = None
+    """quantization-aware training first: the keys of a `train` stage (epochs, optimizer, schedule, precision,
+    eval_every, …) for a fine-tune with fake quantization of exactly what the conversion quantizes (`smooth` and `qat`:
+    `dynamic_int8` only)"""
 
     @model_validator(mode="after")
     def _dynamic_only(self):

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from ...specbase import BUILTIN_MODELS, NAME, StageBase, Strict
+from ...specbase import BUILTIN_MODELS, NAME, Doc, StageBase, Strict
 
 
 class EdaSpec(Strict):
     """EDA operation rates (Wei & Zou 2019's alpha): the share of a text's words each one touches; 0 turns it off."""
 
     synonym: float = Field(0.1, ge=0.0, le=1.0)
+    """synonym replacement: share of a text's words replaced by a WordNet synonym (0 = off)"""
     insert: float = Field(0.1, ge=0.0, le=1.0)
+    """random insertion: that share of synonyms inserted at random positions"""
     swap: float = Field(0.1, ge=0.0, le=1.0)
+    """random swap: that share of word pairs swapped"""
     delete: float = Field(0.1, ge=0.0, le=1.0)
+    """random deletion: each word dropped with this probability"""
 
     @model_validator(mode="after")
     def _some(self):
@@ -29,14 +33,23 @@ class BackTranslateSpec(Strict):
     local Hugging Face translation models (MarianMT or any seq2seq folder)."""
 
     engine: Literal["apertium", "marian"] = "apertium"
-    pivot: Literal["spa"] = "spa"  # apertium's pivot language
-    forward_model: str | None = None  # marian: English → pivot folder
-    back_model: str | None = None  # marian: pivot → English folder
-    batch_size: int = Field(256, ge=1)  # texts per engine call
-    max_new_tokens: int = Field(256, ge=1)  # marian: generation length cap
-    num_beams: int = Field(1, ge=1, le=16)  # marian: 1 = greedy
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # marian
-    timeout_s: float = Field(600.0, gt=0.0)  # apertium: per call; a clear error when the engine takes longer
+    """Apertium (from `trainopt data fetch --only apertium`), or a pair of local HF translation folders"""
+    pivot: Literal["spa"] = "spa"
+    """Apertium's pivot language"""
+    forward_model: str | None = None
+    """`marian`: the English → pivot model folder (MarianMT or any seq2seq model)"""
+    back_model: str | None = None
+    """`marian`: the pivot → English model folder"""
+    batch_size: int = Field(256, ge=1)
+    """texts per engine call"""
+    max_new_tokens: int = Field(256, ge=1)
+    """`marian`: the longest translation, in tokens"""
+    num_beams: int = Field(1, ge=1, le=16)
+    """`marian`: beam width (1: greedy)"""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """`marian`: where the translation models run (auto: CUDA when available)"""
+    timeout_s: float = Field(600.0, gt=0.0)
+    """Apertium: per call; longer is an error naming this key"""
 
     @model_validator(mode="after")
     def _marian_models(self):
@@ -50,10 +63,15 @@ class ContextualSpec(Strict):
     """Replace words with a model's suggestions: a masked LM's predictions, or input-embedding neighbours."""
 
     source: Literal["embedding", "mlm"] = "embedding"
-    model: str | None = None  # a local HF folder (mlm: with an MLM head); embedding: default the run's model
-    rate: float = Field(0.15, gt=0.0, le=1.0)  # share of a text's words replaced
-    per_example: int = Field(1, ge=1, le=16)  # contextual examples per training example
-    top_k: int = Field(5, ge=1, le=100)  # a replacement is drawn from the top k
+    """nearest whole-word neighbours in a model's input embeddings, or a masked LM's predictions"""
+    model: str | None = None
+    """a local HF folder (`mlm`: with an MLM head, required); `embedding`: default the run's `model.path`"""
+    rate: float = Field(0.15, gt=0.0, le=1.0)
+    """share of a text's words replaced"""
+    per_example: int = Field(1, ge=1, le=16)
+    """contextual variants per training example"""
+    top_k: int = Field(5, ge=1, le=100)
+    """each replacement is drawn from the top k candidates"""
 
     @model_validator(mode="after")
     def _mlm_needs_model(self):
@@ -63,18 +81,27 @@ class ContextualSpec(Strict):
 
 
 class AugmentStage(StageBase):
-    """Enlarge the training split for the stages after this one (classification). Trains nothing."""
+    """Enlarge the training split for the stages after it (classification); trains nothing, measures nothing, and is
+    listed under "Augmentation" in the report. See [methods/augment.md](methods/augment.md)."""
 
     kind: Literal["augment"]
     name: str = Field("augment", pattern=NAME)
-    per_example: int = Field(4, ge=0, le=64)  # new EDA examples per training example (before filtering)
+    """stage name (its folder caches `augmented.jsonl`)"""
+    per_example: int = Field(4, ge=0, le=64)
+    """new EDA examples made per training example, before filtering (0: EDA off)"""
     eda: EdaSpec = EdaSpec()
-    backtranslate: BackTranslateSpec | None = None  # adds one back-translated example per training example
-    contextual: ContextualSpec | None = None  # adds contextual.per_example model-suggested variants
+    backtranslate: BackTranslateSpec | None = None
+    """add one back-translated example per training example (keys below)"""
+    contextual: ContextualSpec | None = None
+    """add model-suggested variants per training example (keys below)"""
     synonyms: Literal["wordnet"] = "wordnet"
-    max_senses: int = Field(3, ge=1)  # synonyms come from the word's most frequent senses
-    max_words: int | None = Field(256, ge=1)  # longer augmented texts are cut to this many words
-    seed: int | None = None  # default: run.seed
+    """the synonym source (WordNet 3.0 from `trainopt data fetch --only wordnet`)"""
+    max_senses: int = Field(3, ge=1)
+    """synonyms come from the word's most frequent senses only"""
+    max_words: int | None = Field(256, ge=1)
+    """augmented texts longer than this are cut"""
+    seed: Annotated[int | None, Doc(default="`run.seed`")] = None
+    """the augmentation's own seed"""
 
     @model_validator(mode="after")
     def _no_model(self):
