@@ -60,15 +60,22 @@ def test_saved_files_are_readable_by_other_users(pruned):
         assert f.stat().st_mode & stat.S_IROTH, f
 
 
+@pytest.mark.parametrize("embedding_bits", [8, 4])
 def test_an_int8_folder_loads_bit_identical_with_its_code_and_is_never_loaded_with_random_weights(
-        tmp_path, minilm_tokenizer):
-    """Dynamic int8 (pruned shapes too): refused by plain from_pretrained; with trust_remote_code the shipped code
-    runs PyTorch's int8 kernels on the stored integers, the same logits as trainopt's model, bit for bit."""
+        tmp_path, minilm_tokenizer, embedding_bits):
+    """Dynamic int8 (pruned shapes too; the vocabulary embedding in 8-bit rows or int4 groups): refused by plain
+    from_pretrained; with trust_remote_code the shipped code runs PyTorch's int8 kernels on the stored integers, the
+    same logits as trainopt's model, bit for bit."""
     from transformers import AutoModelForSequenceClassification
+
+    from trainopt.compress.quantize.int4 import Int4Embedding
 
     model = _bert(minilm_tokenizer)
     apply_plan(model, {"heads": [[0, 2, 3], [1]], "ffn": [list(range(0, 64, 2)), list(range(40))]})
-    dynamic.convert(model, dynamic.plan(model, stage_embeddings=True, skip=[]))
+    modules = dynamic.plan(model, stage_embeddings=True, skip=[], embedding_bits=embedding_bits,
+                           embedding_group_size=16)
+    dynamic.convert(model, modules)
+    assert isinstance(model.bert.embeddings.word_embeddings, Int4Embedding) == (embedding_bits == 4)
     folder = save_model(model, minilm_tokenizer, tmp_path / "int8", {"task": "classification"})
     with pytest.raises(ValueError, match="trust_remote_code"):
         AutoModelForSequenceClassification.from_pretrained(folder)
@@ -76,6 +83,7 @@ def test_an_int8_folder_loads_bit_identical_with_its_code_and_is_never_loaded_wi
     assert torch.equal(_logits(plain), _logits(model))
     ours, _, _ = load_saved(folder)
     assert torch.equal(_logits(ours), _logits(model))
+    assert isinstance(ours.bert.embeddings.word_embeddings, Int4Embedding) == (embedding_bits == 4)
 
 
 def test_an_int8_causal_lm_with_tied_embeddings_loads_with_its_code(tmp_path, minilm_tokenizer):

@@ -51,7 +51,9 @@ def quant_run(tmp_path_factory, tiny_bert_dir):
     raw = classification_recipe(tiny_bert_dir, d, epochs=2)
     raw["stages"] += [{"kind": "quantize", "name": "int8"},
                       {"kind": "quantize", "name": "int8-qat", "from_stage": "finetune",
-                       "qat": {"max_steps": 6, "batch_size": 16, "optimizer": {"lr": 1e-4}, "checkpoint_every": 3}}]
+                       "qat": {"max_steps": 6, "batch_size": 16, "optimizer": {"lr": 1e-4}, "checkpoint_every": 3}},
+                      {"kind": "quantize", "name": "int8-e4", "from_stage": "finetune", "embedding_bits": 4,
+                       "embedding_group_size": 16}]
     out = tmp_path_factory.mktemp("q") / "run"
     import trainopt
 
@@ -61,7 +63,7 @@ def quant_run(tmp_path_factory, tiny_bert_dir):
 
 def test_quantize_stages_report_and_reload(quant_run):
     out, report = quant_run
-    base, ptq, qat = report["stages"]
+    base, ptq, qat, _ = report["stages"]
     for st in (ptq, qat):
         assert st["effect"] in ("smaller", "accelerated")
         assert st["vs_baseline"]["size_ratio"] < 0.5  # the tiny model is mostly its (now 8-bit) embedding
@@ -79,6 +81,29 @@ def test_quantize_stages_report_and_reload(quant_run):
     assert is_quantized(model)
     meta_file = json.loads((out / ptq["checkpoint"] / "trainopt.json").read_text())
     assert meta_file["quantization"]["method"] == "dynamic_int8"
+
+
+def test_int4_embeddings_with_dynamic_int8_shrink_the_model_and_reload_exactly(quant_run):
+    """`embedding_bits: 4` on dynamic int8: the vocabulary embedding in int4 groups, the Linears int8 as before — a
+    smaller folder (the tiny model is mostly its embedding), predictions close to the 8-bit-row stage's, and the saved
+    folder reloads into the same model."""
+    from trainopt.compress.quantize.int4 import Int4Embedding
+
+    out, report = quant_run
+    base, ptq, _, e4 = report["stages"]
+    assert e4["quantization"]["int4_embeddings"] == ["bert.embeddings.word_embeddings"]
+    assert e4["quantization"]["embeddings"] == [] and e4["quantization"]["embedding_group_size"] == 16
+    assert "int4 in groups of 16" in e4["quantization"]["weights"]
+    assert e4["size"]["disk_bytes"] < 0.75 * ptq["size"]["disk_bytes"]
+    assert e4["size"]["params"] == base["size"]["params"]
+    assert abs(e4["quality"]["accuracy"] - ptq["quality"]["accuracy"]) <= 0.1
+    model, _, meta = load_saved(out / e4["checkpoint"])
+    assert isinstance(model.bert.embeddings.word_embeddings, Int4Embedding)
+    assert meta["quantization"]["modules"]["embedding4_group_size"] == 16
+    ids = torch.tensor([[101, 2023, 2001, 2307, 102]])
+    again, _, _ = load_saved(out / e4["checkpoint"])
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, again(input_ids=ids).logits)
 
 
 def test_quantized_model_predicts_and_evaluates(quant_run, tmp_path, capsys):
@@ -208,6 +233,8 @@ def test_weight_only_methods_refuse_dynamic_only_options():
         load_recipe({"model": {"path": "x"}, "data": {"source": "y"},
                      "stages": [{"kind": "quantize", "method": "weight_only_int8", "embedding_bits": 4}]})
     assert "embedding_bits" in info.value.problem
+    load_recipe({"model": {"path": "x"}, "data": {"source": "y"},  # dynamic int8 takes int4 embeddings
+                 "stages": [{"kind": "quantize", "method": "dynamic_int8", "embedding_bits": 4}]})
 
 
 def test_int4_hqq_qparams_cut_the_rounding_error():

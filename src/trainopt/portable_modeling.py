@@ -11,8 +11,9 @@ is one implementation of the shapes.
   https://github.com/huggingface/transformers — transformers 5 dropped `prune_heads`): the model is built from the
   base config, then each block's Linear layers are resized to the recorded shapes before the weights load.
 - Dynamic int8 (trainopt's `quantize` stage, `method: dynamic_int8`): the quantized Linear and Embedding modules are
-  swapped for `Int8Linear` / `Int8Embedding` below, which hold the stored integers under the folder's own tensor
-  names and run PyTorch's quantized kernels: the same outputs as trainopt's model.
+  swapped for `Int8Linear` / `Int8Embedding` below (`Int4Embedding` for `embedding_bits: 4`), which hold the stored
+  integers under the folder's own tensor names and run PyTorch's quantized kernels: the same outputs as trainopt's
+  model.
 - Other quantized formats (torchao weight-only int8/int4): the classes refuse with a message naming the way to run
   the folder, never a model with re-initialised weights.
 """
@@ -146,9 +147,32 @@ class Int8Embedding(torch.nn.Module):
         return torch.ops.quantized.embedding_byte(self._packed, ids, pruned_weights=False)
 
 
+class Int4Embedding(torch.nn.Module):
+    """A vocabulary embedding in int4 (`embedding_bits: 4`): two values per byte (the first in the high nibble) in
+    `qweight`, bf16 scale and zero per group of `group_size` hidden channels in `scale_and_zero`; a row is
+    (q − 8)·scale + zero in bf16, computed as trainopt's Int4Embedding computes it."""
+
+    def __init__(self, embedding: torch.nn.Embedding, group_size: int):
+        super().__init__()
+        rows, dim = embedding.num_embeddings, embedding.embedding_dim
+        self.group_size = group_size
+        self.register_buffer("qweight", torch.zeros(rows, dim // 2, dtype=torch.uint8))
+        self.register_buffer("scale_and_zero", torch.zeros(rows, dim // group_size, 2, dtype=torch.bfloat16))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        p = self.qweight[ids].to(torch.int32)
+        q = torch.stack([p >> 4, p & 15], dim=-1).flatten(-2)
+        groups = q.to(torch.bfloat16).unflatten(-1, (-1, self.group_size))
+        sz = self.scale_and_zero[ids]
+        return ((groups - 8) * sz[..., 0:1] + sz[..., 1:2]).flatten(-2)
+
+
 def apply_int8(model: torch.nn.Module, modules: dict) -> None:
-    """Swap the named Linear / Embedding modules for the int8 ones above (their weights are loaded afterwards)."""
-    for kind, swap in (("linear", Int8Linear), ("embedding", Int8Embedding)):
+    """Swap the named Linear / Embedding modules for the int8 (and int4 embedding) ones above (their weights are
+    loaded afterwards)."""
+    group = modules.get("embedding4_group_size")
+    for kind, swap in (("linear", Int8Linear), ("embedding", Int8Embedding),
+                       ("embedding4", lambda e: Int4Embedding(e, group))):
         for name in modules.get(kind, []):
             parent_name, _, attr = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model

@@ -3,15 +3,18 @@ quantization-aware training (QAT) before the conversion.
 
 - dynamic_int8: every nn.Linear gets int8 weights (per output channel, symmetric) and quantizes its input on
   the fly (per tensor) — PyTorch's x86/oneDNN/fbgemm dynamic kernels. Vocabulary-sized embeddings get 8-bit
-  weights per row (weight-only). Small embeddings (positions, token types) stay float: the quantized embedding
-  kernel needs contiguous indices, which HF passes for input ids only.
+  weights per row (weight-only), or with `embedding_bits: 4` int4 in groups along the hidden axis (int4.py's
+  Int4Embedding: a lookup dequantizes its rows; half the bytes of the matrix that dominates a small encoder's size).
+  Small embeddings (positions, token types) stay float: the quantized embedding kernel needs contiguous indices,
+  which HF passes for input ids only.
 - QAT: before converting, fine-tune with fake quantization of exactly what the conversion will quantize
   (weights per channel, activations per tensor from the batch's own range), straight-through gradients.
 - Smoothing (Llama-family decoders): SmoothQuant-style per-channel scales moved from the activations into the
   weights before converting, so that activation outliers stop ruining the per-tensor activation scale.
 
 Saved form (`trainopt.json` → "quantization"): config.json + model.safetensors holding, for each quantized
-module, its integer weights and their scales/zero points; every other tensor as float. Plain `transformers`
+module, its integer weights and their scales/zero points (an Int4Embedding: its packed nibbles and bf16 scales and
+zeros, as its own buffers); every other tensor as float. Plain `transformers`
 cannot load it; `trainopt.artifacts.load_saved` (so `trainopt eval/predict`) rebuilds the model from its config,
 applies the same quantization and loads the stored integers: the reloaded model is bit-identical.
 """
@@ -29,14 +32,18 @@ from torch.ao.quantization import float_qparams_weight_only_qconfig, per_channel
 
 from ...errors import RecipeError
 from ...modules import set_module
+from .int4 import Int4Embedding
 
 MIN_EMBEDDING_ROWS = 1000  # quantize vocabulary embeddings, not position/type tables
 ACT_QMAX = 127  # activation range of the x86 dynamic int8 Linear (reduce_range=True)
 
 
-def plan(model: torch.nn.Module, stage_embeddings: bool, skip: list[str]) -> dict[str, list[str]]:
-    """Names of the modules to quantize: {"linear": [...], "embedding": [...]}."""
-    linear, embedding = [], []
+def plan(model: torch.nn.Module, stage_embeddings: bool, skip: list[str], embedding_bits: int = 8,
+         embedding_group_size: int = 32) -> dict:
+    """Names of the modules to quantize: {"linear": [...], "embedding": [...] (8-bit rows)} and, with
+    `embedding_bits` 4, "embedding4": [...] (int4 groups; an embedding whose width the group does not divide stays
+    8-bit) with its "embedding4_group_size"."""
+    linear, embedding, embedding4 = [], [], []
     for name, module in model.named_modules():
         if any(s and s in name for s in skip):
             continue
@@ -44,18 +51,26 @@ def plan(model: torch.nn.Module, stage_embeddings: bool, skip: list[str]) -> dic
             linear.append(name)
         elif stage_embeddings and isinstance(module, torch.nn.Embedding) and \
                 module.num_embeddings >= MIN_EMBEDDING_ROWS:
-            embedding.append(name)
-    return {"linear": linear, "embedding": embedding}
+            four = embedding_bits == 4 and Int4Embedding.supports(module, embedding_group_size)
+            (embedding4 if four else embedding).append(name)
+    out = {"linear": linear, "embedding": embedding}
+    if embedding_bits == 4:
+        out.update(embedding4=embedding4, embedding4_group_size=embedding_group_size)
+    return out
 
 
-def convert(model: torch.nn.Module, modules: dict[str, list[str]]) -> torch.nn.Module:
-    """Dynamic int8 conversion of the planned modules (in place), on CPU."""
+def convert(model: torch.nn.Module, modules: dict) -> torch.nn.Module:
+    """Dynamic int8 conversion of the planned modules (in place), on CPU; int4 embeddings swapped in after."""
     model.cpu().eval()
     spec = {name: per_channel_dynamic_qconfig for name in modules["linear"]}
     spec.update({name: float_qparams_weight_only_qconfig for name in modules["embedding"]})
     # Tied input/output embeddings: the conversion gives each module its own quantized copy.
     with _quiet():
-        return quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)
+        model = quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)
+    for name in modules.get("embedding4", []):
+        set_module(model, name, Int4Embedding.from_embedding(model.get_submodule(name),
+                                                             modules["embedding4_group_size"]))
+    return model
 
 
 @contextmanager
@@ -200,6 +215,7 @@ def quantized_weights(model: torch.nn.Module) -> list[torch.Tensor]:
 
 
 def is_quantized(model: torch.nn.Module) -> bool:
+    """Whether the model holds PyTorch's dynamic int8 modules (an Int4Embedding alone is weight-only int4's)."""
     return any(isinstance(m, (QDynLinear, QEmbedding)) for m in model.modules())
 
 
@@ -218,6 +234,9 @@ def export_tensors(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dic
                 tensors[f"{name}.bias"] = b.detach().contiguous()
             modules["linear"].append(name)
             quantized_prefixes.append(name + ".")
+        elif isinstance(m, Int4Embedding):  # its packed buffers are saved below, as plain tensors
+            modules.setdefault("embedding4", []).append(name)
+            modules["embedding4_group_size"] = m.group_size
         elif isinstance(m, QEmbedding):
             w = m.weight()
             tensors[f"{name}.weight.uint8"] = w.int_repr().contiguous()

@@ -37,8 +37,9 @@ class QuantizeStage(StageBase):
     embeddings: bool = True
     """also store vocabulary-sized embeddings in 8 bits per row (weight-only)"""
     embedding_bits: Literal[8, 4] = 8
-    """`weight_only_int4`: vocabulary embeddings (and a head tied to them) in int8 per row, or int4 in groups of
-    `embedding_group_size` along the hidden axis"""
+    """`weight_only_int4` and `dynamic_int8`: vocabulary embeddings in int8 per row, or int4 in groups of
+    `embedding_group_size` along the hidden axis (half the bytes of the matrix that is most of a small encoder's
+    size; weight_only_int4: a head tied to them too; dynamic_int8: a tied LM head keeps its own int8 copy)"""
     embedding_group_size: Literal[16, 32, 64, 128] = 32
     """`embedding_bits: 4`: hidden channels per int4 scale group"""
     skip: list[str] = []
@@ -58,8 +59,9 @@ class QuantizeStage(StageBase):
             raise ValueError("smooth and qat apply to method: dynamic_int8; remove them for weight-only methods")
         if self.method != "weight_only_int4" and self.int4_qparams != "minmax":
             raise ValueError("int4_qparams applies to method: weight_only_int4; remove it for other methods")
-        if self.method != "weight_only_int4" and self.embedding_bits != 8:
-            raise ValueError("embedding_bits: 4 applies to method: weight_only_int4; remove it for other methods")
+        if self.method == "weight_only_int8" and self.embedding_bits != 8:
+            raise ValueError("embedding_bits: 4 applies to methods weight_only_int4 and dynamic_int8; remove it for "
+                             "weight_only_int8")
         return self
 
 

@@ -24,7 +24,7 @@ def run(model, data, stage: QuantizeStage, ctx, stage_dir):
                         "activations": "floating point", "weight_bytes_in_memory": weight_only.weight_bytes(model)}
         return model, Outcome(measure_device=ctx.device.type, cost=_cost(start), details={
             "quantization": quantization}, saved_meta={"quantization": quantization})
-    modules = dynamic.plan(model, stage.embeddings, stage.skip)
+    modules = dynamic.plan(model, stage.embeddings, stage.skip, stage.embedding_bits, stage.embedding_group_size)
     smoothed = 0
     if stage.smooth is not None:
         model.cpu().eval()
@@ -43,7 +43,11 @@ def run(model, data, stage: QuantizeStage, ctx, stage_dir):
     outcome.measure_device = "cpu"  # the dynamic int8 kernels run on the CPU: measure them there
     quantization = {"method": stage.method, "qat": stage.qat is not None,
                     "linear_modules": len(modules["linear"]), "embeddings": modules["embedding"],
-                    "weights": "int8 per output channel (symmetric); embeddings 8-bit per row",
+                    "int4_embeddings": modules.get("embedding4", []),
+                    "embedding_group_size": modules.get("embedding4_group_size"),
+                    "weights": "int8 per output channel (symmetric); embeddings " + (
+                        f"int4 in groups of {stage.embedding_group_size}" if modules.get("embedding4")
+                        else "8-bit per row"),
                     "activations": "int8 dynamic, per tensor", "backend": torch.backends.quantized.engine,
                     "smoothed_linears": smoothed,
                     "smooth_alpha": stage.smooth.alpha if stage.smooth is not None else None}
