@@ -53,7 +53,7 @@ def quant_run(tmp_path_factory, tiny_bert_dir):
                       {"kind": "quantize", "name": "int8-qat", "from_stage": "finetune",
                        "qat": {"max_steps": 6, "batch_size": 16, "optimizer": {"lr": 1e-4}, "checkpoint_every": 3}},
                       {"kind": "quantize", "name": "int8-e4", "from_stage": "finetune", "embedding_bits": 4,
-                       "embedding_group_size": 16}]
+                       "embedding_group_size": 16, "int4_qparams": "hqq"}]
     out = tmp_path_factory.mktemp("q") / "run"
     import trainopt
 
@@ -93,6 +93,7 @@ def test_int4_embeddings_with_dynamic_int8_shrink_the_model_and_reload_exactly(q
     base, ptq, _, e4 = report["stages"]
     assert e4["quantization"]["int4_embeddings"] == ["bert.embeddings.word_embeddings"]
     assert e4["quantization"]["embeddings"] == [] and e4["quantization"]["embedding_group_size"] == 16
+    assert e4["quantization"]["int4_qparams"] == "hqq"
     assert "int4 in groups of 16" in e4["quantization"]["weights"]
     assert e4["size"]["disk_bytes"] < 0.75 * ptq["size"]["disk_bytes"]
     assert e4["size"]["params"] == base["size"]["params"]
@@ -233,8 +234,13 @@ def test_weight_only_methods_refuse_dynamic_only_options():
         load_recipe({"model": {"path": "x"}, "data": {"source": "y"},
                      "stages": [{"kind": "quantize", "method": "weight_only_int8", "embedding_bits": 4}]})
     assert "embedding_bits" in info.value.problem
-    load_recipe({"model": {"path": "x"}, "data": {"source": "y"},  # dynamic int8 takes int4 embeddings
-                 "stages": [{"kind": "quantize", "method": "dynamic_int8", "embedding_bits": 4}]})
+    load_recipe({"model": {"path": "x"}, "data": {"source": "y"},  # dynamic int8 takes int4 embeddings (HQQ's too)
+                 "stages": [{"kind": "quantize", "method": "dynamic_int8", "embedding_bits": 4,
+                             "int4_qparams": "hqq"}]})
+    with pytest.raises(RecipeError) as info:  # ... but has no int4 groups to solve without them
+        load_recipe({"model": {"path": "x"}, "data": {"source": "y"},
+                     "stages": [{"kind": "quantize", "method": "dynamic_int8", "int4_qparams": "hqq"}]})
+    assert "int4_qparams" in info.value.problem
 
 
 def test_int4_hqq_qparams_cut_the_rounding_error():

@@ -39,10 +39,10 @@ ACT_QMAX = 127  # activation range of the x86 dynamic int8 Linear (reduce_range=
 
 
 def plan(model: torch.nn.Module, stage_embeddings: bool, skip: list[str], embedding_bits: int = 8,
-         embedding_group_size: int = 32) -> dict:
+         embedding_group_size: int = 32, embedding_qparams: str = "minmax") -> dict:
     """Names of the modules to quantize: {"linear": [...], "embedding": [...] (8-bit rows)} and, with
     `embedding_bits` 4, "embedding4": [...] (int4 groups; an embedding whose width the group does not divide stays
-    8-bit) with its "embedding4_group_size"."""
+    8-bit) with its "embedding4_group_size" and "embedding4_qparams" (min/max or HQQ's scales)."""
     linear, embedding, embedding4 = [], [], []
     for name, module in model.named_modules():
         if any(s and s in name for s in skip):
@@ -55,12 +55,14 @@ def plan(model: torch.nn.Module, stage_embeddings: bool, skip: list[str], embedd
             (embedding4 if four else embedding).append(name)
     out = {"linear": linear, "embedding": embedding}
     if embedding_bits == 4:
-        out.update(embedding4=embedding4, embedding4_group_size=embedding_group_size)
+        out.update(embedding4=embedding4, embedding4_group_size=embedding_group_size,
+                   embedding4_qparams=embedding_qparams)
     return out
 
 
-def convert(model: torch.nn.Module, modules: dict) -> torch.nn.Module:
-    """Dynamic int8 conversion of the planned modules (in place), on CPU; int4 embeddings swapped in after."""
+def convert(model: torch.nn.Module, modules: dict, empty_int4: bool = False) -> torch.nn.Module:
+    """Dynamic int8 conversion of the planned modules (in place), on CPU; int4 embeddings swapped in after
+    (`empty_int4`: as zeros, for a saved model whose integers are loaded next)."""
     model.cpu().eval()
     spec = {name: per_channel_dynamic_qconfig for name in modules["linear"]}
     spec.update({name: float_qparams_weight_only_qconfig for name in modules["embedding"]})
@@ -68,8 +70,10 @@ def convert(model: torch.nn.Module, modules: dict) -> torch.nn.Module:
     with _quiet():
         model = quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)
     for name in modules.get("embedding4", []):
-        set_module(model, name, Int4Embedding.from_embedding(model.get_submodule(name),
-                                                             modules["embedding4_group_size"]))
+        emb, group = model.get_submodule(name), modules["embedding4_group_size"]
+        set_module(model, name, Int4Embedding(emb.num_embeddings, emb.embedding_dim, group, emb.padding_idx,
+                                              emb.weight.device) if empty_int4 else
+                   Int4Embedding.from_embedding(emb, group, modules.get("embedding4_qparams", "minmax")))
     return model
 
 
@@ -261,7 +265,7 @@ def export_tensors(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dic
 def import_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor], info: dict) -> torch.nn.Module:
     """Rebuild a model saved by export_tensors: quantize the same modules, then load the stored integers."""
     modules = info["modules"]
-    convert(model, modules)
+    convert(model, modules, empty_int4=True)
     with _quiet():
         _load_integers(model, tensors, modules)
     quantized = tuple(n + "." for n in modules["linear"] + modules["embedding"])

@@ -32,8 +32,8 @@ class QuantizeStage(StageBase):
     group_size: Literal[32, 64, 128, 256] = 128
     """`weight_only_int4`: input channels per int4 scale group (Linears whose width it does not divide stay bf16)"""
     int4_qparams: Literal["minmax", "hqq"] = "minmax"
-    """`weight_only_int4`: each group's scale and zero from its min and max, or by HQQ's error-minimising solver
-    (torchao's; same kernel and bytes)"""
+    """int4 groups (`weight_only_int4`, and `dynamic_int8`'s `embedding_bits: 4`): each group's scale and zero from
+    its min and max, or by HQQ's error-minimising solver (torchao's; same kernel and bytes)"""
     embeddings: bool = True
     """also store vocabulary-sized embeddings in 8 bits per row (weight-only)"""
     embedding_bits: Literal[8, 4] = 8
@@ -57,8 +57,10 @@ class QuantizeStage(StageBase):
     def _dynamic_only(self):
         if self.method != "dynamic_int8" and (self.smooth is not None or self.qat is not None):
             raise ValueError("smooth and qat apply to method: dynamic_int8; remove them for weight-only methods")
-        if self.method != "weight_only_int4" and self.int4_qparams != "minmax":
-            raise ValueError("int4_qparams applies to method: weight_only_int4; remove it for other methods")
+        int4 = self.method == "weight_only_int4" or (self.method == "dynamic_int8" and self.embedding_bits == 4)
+        if not int4 and self.int4_qparams != "minmax":
+            raise ValueError("int4_qparams applies to int4 groups (method: weight_only_int4, or dynamic_int8 with "
+                             "embedding_bits: 4); remove it here")
         if self.method == "weight_only_int8" and self.embedding_bits != 8:
             raise ValueError("embedding_bits: 4 applies to methods weight_only_int4 and dynamic_int8; remove it for "
                              "weight_only_int8")

@@ -24,7 +24,8 @@ def run(model, data, stage: QuantizeStage, ctx, stage_dir):
                         "activations": "floating point", "weight_bytes_in_memory": weight_only.weight_bytes(model)}
         return model, Outcome(measure_device=ctx.device.type, cost=_cost(start), details={
             "quantization": quantization}, saved_meta={"quantization": quantization})
-    modules = dynamic.plan(model, stage.embeddings, stage.skip, stage.embedding_bits, stage.embedding_group_size)
+    modules = dynamic.plan(model, stage.embeddings, stage.skip, stage.embedding_bits, stage.embedding_group_size,
+                           stage.int4_qparams)
     smoothed = 0
     if stage.smooth is not None:
         model.cpu().eval()
@@ -45,6 +46,7 @@ def run(model, data, stage: QuantizeStage, ctx, stage_dir):
                     "linear_modules": len(modules["linear"]), "embeddings": modules["embedding"],
                     "int4_embeddings": modules.get("embedding4", []),
                     "embedding_group_size": modules.get("embedding4_group_size"),
+                    "int4_qparams": modules.get("embedding4_qparams"),
                     "weights": "int8 per output channel (symmetric); embeddings " + (
                         f"int4 in groups of {stage.embedding_group_size}" if modules.get("embedding4")
                         else "8-bit per row"),
