@@ -228,7 +228,7 @@ def render_block(name: str) -> str:
 
 def render(page: str) -> str:
     """The page with every marked block regenerated from the schema."""
-    return MARK.sub(lambda m: m.group(1) + render_block(m.group("name")) + m.group(3), page)
+    return MARK.sub(lambda m: m.group(1) + "\n" + render_block(m.group("name")) + m.group(3), page)
 
 
 def main(argv: list[str] | None = None) -> int:
