@@ -33,16 +33,22 @@ def test_chunked_loss_and_gradients_equal_the_plain_ones(autocast):
         assert chunked_linear_cross_entropy(x, w, b, t, chunk=64).item() == pytest.approx(ref.item(), rel=1e-5)
 
 
-@pytest.mark.parametrize("autocast", [False, True])
-def test_vocabulary_padding_changes_nothing_but_the_matmul_shapes(autocast):
-    """vocab_multiple=64: the head's matmuls run on 101 → 128 rows (zeros, logits masked); loss and gradients equal
-    the unpadded chunked ones (fp32: to rounding; bf16: within the bf16 tolerance), gradient shapes unchanged."""
-    torch.manual_seed(0)
+def _head_inputs(seed: int, ignore_every: int):
+    """300 positions of width 32 into a vocabulary of 101 (not a multiple of 64), every n-th target ignored."""
+    torch.manual_seed(seed)
     x = torch.randn(300, 32, requires_grad=True)
     w = torch.randn(101, 32, requires_grad=True)
     b = torch.randn(101, requires_grad=True)
     t = torch.randint(0, 101, (300,))
-    t[::7] = -100
+    t[::ignore_every] = -100
+    return x, w, b, t
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_vocabulary_padding_changes_nothing_but_the_matmul_shapes(autocast):
+    """vocab_multiple=64: the head's matmuls run on 101 → 128 rows (zeros, logits masked); loss and gradients equal
+    the unpadded chunked ones (fp32: to rounding; bf16: within the bf16 tolerance), gradient shapes unchanged."""
+    x, w, b, t = _head_inputs(seed=0, ignore_every=7)
     out = {}
     for multiple in (1, 64):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
@@ -58,12 +64,7 @@ def test_vocabulary_padding_changes_nothing_but_the_matmul_shapes(autocast):
 def test_compiled_form_gives_the_eager_numbers(monkeypatch, multiple):
     """Under torch.compile the chunk's gradient is built without in-place writes (so inductor can fuse it); both forms
     give the same loss and gradients, padding columns and ignored rows included."""
-    torch.manual_seed(1)
-    x = torch.randn(300, 32, requires_grad=True)
-    w = torch.randn(101, 32, requires_grad=True)
-    b = torch.randn(101, requires_grad=True)
-    t = torch.randint(0, 101, (300,))
-    t[::5] = -100
+    x, w, b, t = _head_inputs(seed=1, ignore_every=5)
     runs = []
     for compiling in (False, True):
         monkeypatch.setattr(torch.compiler, "is_compiling", lambda c=compiling: c)

@@ -59,7 +59,7 @@ def save_model(model, tokenizer, out_dir: Path, meta: dict) -> Path:
     meta = {k: v for k, v in meta.items() if k != "structure"}
     if structure is not None:  # pruned shapes the config cannot express: trainopt's loader restores them
         meta["structure"] = structure
-    # dynamic int8 first: with `embedding_bits: 4` it also holds weight-only int4's Int4Embedding
+    torchao = False  # dynamic int8 first: with `embedding_bits: 4` it also holds weight-only int4's Int4Embedding
     if dynamic.is_quantized(model):  # integer weights + scales; see compress/quantize/dynamic.py for the format
         from safetensors.torch import save_file
 
@@ -68,6 +68,7 @@ def save_model(model, tokenizer, out_dir: Path, meta: dict) -> Path:
         model.config.save_pretrained(tmp)
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     elif weight_only.is_quantized(model):  # torchao tensors; see compress/quantize/weight_only.py for the format
+        torchao = True
         model.config.save_pretrained(tmp)
         weight_only.save(model, tmp / "model.safetensors")
     else:
@@ -75,7 +76,7 @@ def save_model(model, tokenizer, out_dir: Path, meta: dict) -> Path:
     tokenizer.save_pretrained(tmp)
     # a shape or format plain transformers cannot build: its config points at shipped code (portable.py)
     seal(tmp, model, meta.get("task") or _task_of(model), structure, meta.get("quantization") or
-         ({"format": "torchao"} if weight_only.is_quantized(model) and not dynamic.is_quantized(model) else None))
+         ({"format": "torchao"} if torchao else None))
     (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
     return publish_folder(tmp, out_dir)
 

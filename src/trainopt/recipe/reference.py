@@ -72,10 +72,6 @@ def _doc(info: FieldInfo) -> Doc:
     return next((m for m in info.metadata if isinstance(m, Doc)), Doc())
 
 
-def _args(annotation) -> tuple:
-    return typing.get_args(annotation)
-
-
 def _is_union(annotation) -> bool:
     return typing.get_origin(annotation) in (typing.Union, types.UnionType)
 
@@ -85,7 +81,7 @@ def _block(annotation) -> type[BaseModel] | None:
     if isinstance(annotation, type) and issubclass(annotation, Strict):
         return annotation
     if _is_union(annotation):
-        found = [a for a in _args(annotation) if a is not type(None)]
+        found = [a for a in typing.get_args(annotation) if a is not type(None)]
         return _block(found[0]) if len(found) == 1 else None
     return None
 
@@ -96,7 +92,7 @@ def _nested(annotation) -> tuple[type[BaseModel], str] | None:
     block = _block(annotation)
     if block is not None:
         return block, "."
-    origin, args = typing.get_origin(annotation), _args(annotation)
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is list and _block(args[0]) is not None:
         return _block(args[0]), "[]."
     if origin is dict and _block(args[1]) is not None:
@@ -138,15 +134,15 @@ def type_words(annotation, metadata=()) -> str:
     """An annotation as the reference writes it: `a` | `b`, int ≥ 1, float in [0, 1), list[str], … or null."""
     origin = typing.get_origin(annotation)
     if _is_union(annotation):
-        parts = [a for a in _args(annotation) if a is not type(None)]
+        parts = [a for a in typing.get_args(annotation) if a is not type(None)]
         words = " or ".join(type_words(a, metadata) for a in parts)
-        return words + (" or null" if len(parts) < len(_args(annotation)) else "")
+        return words + (" or null" if len(parts) < len(typing.get_args(annotation)) else "")
     if origin is typing.Literal:
-        return " | ".join(f"`{v}`" if isinstance(v, str) else _number(v) for v in _args(annotation))
+        return " | ".join(f"`{v}`" if isinstance(v, str) else _number(v) for v in typing.get_args(annotation))
     if origin is typing.Annotated:
-        return type_words(_args(annotation)[0], metadata)
+        return type_words(typing.get_args(annotation)[0], metadata)
     if origin in (list, tuple):
-        inner = _args(annotation)
+        inner = typing.get_args(annotation)
         if origin is tuple:
             return "[" + ", ".join(type_words(a) for a in inner) + "]"
         if _block(inner[0]) is not None or typing.get_origin(inner[0]) is dict:
